@@ -1,0 +1,390 @@
+//! The HTTP/1.1 upgrade handshake (RFC 6455 section 4.2), sans-IO.
+//!
+//! [`parse_upgrade`] reads a request head from a byte slice and either accepts it (the route,
+//! the accept key, the chosen subprotocol) or refuses it with a [`HandshakeError`], which maps
+//! to exactly one HTTP status in [`HandshakeError::status`]. Refusals from the server's own
+//! limits (full, draining) go through the same enum so every refusal is written one way.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+
+const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+const MAX_HEADERS: usize = 64;
+
+/// What the server accepts, fixed at start-up.
+#[derive(Clone, Debug, Default)]
+pub struct HandshakePolicy {
+    /// Paths served, by route number.
+    pub routes: Vec<String>,
+    /// Origins allowed (`scheme://host[:port]`, compared case-insensitively). Empty: any.
+    /// A request without an Origin header (a non-browser client) is always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Subprotocols the server speaks, in its order of preference.
+    pub subprotocols: Vec<String>,
+    /// Cap on the request head in bytes.
+    pub max_header_bytes: usize,
+}
+
+/// An accepted upgrade request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upgrade {
+    /// Index into [`HandshakePolicy::routes`].
+    pub route: usize,
+    /// The Sec-WebSocket-Accept value.
+    pub accept: [u8; 28],
+    /// Index into [`HandshakePolicy::subprotocols`] of the one chosen.
+    pub subprotocol: Option<usize>,
+    /// The query string, without the `?`, if any.
+    pub query: Option<String>,
+}
+
+/// Why a request was refused before the upgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeError {
+    /// Not parseable as an HTTP/1.x request.
+    Malformed,
+    /// The head exceeds the configured cap, or has too many header lines.
+    HeaderTooLarge,
+    /// Not a GET.
+    MethodNotAllowed,
+    /// HTTP/1.0.
+    HttpVersion,
+    /// A body was announced.
+    UnexpectedBody,
+    /// No Host header, or more than one, or an empty one.
+    BadHost,
+    /// No `Upgrade: websocket`.
+    NotWebSocket,
+    /// No `upgrade` token in Connection.
+    BadConnectionHeader,
+    /// Sec-WebSocket-Version is not 13.
+    UnsupportedVersion,
+    /// Sec-WebSocket-Key missing, repeated or not the base64 of 16 bytes.
+    BadKey,
+    /// No route for the path.
+    NotFound,
+    /// The Origin is not in the allowlist.
+    OriginNotAllowed,
+    /// The server (or this shard) holds its maximum number of connections.
+    ServerFull,
+    /// The source address holds its maximum number of connections.
+    AddressLimit,
+    /// The server is shutting down.
+    Draining,
+}
+
+impl HandshakeError {
+    /// The status line's code and phrase; the one mapping from refusal to HTTP.
+    pub fn status(self) -> (u16, &'static str) {
+        use HandshakeError::*;
+        match self {
+            Malformed | UnexpectedBody | BadHost | BadConnectionHeader | BadKey => {
+                (400, "Bad Request")
+            }
+            HeaderTooLarge => (431, "Request Header Fields Too Large"),
+            MethodNotAllowed => (405, "Method Not Allowed"),
+            HttpVersion => (505, "HTTP Version Not Supported"),
+            NotWebSocket | UnsupportedVersion => (426, "Upgrade Required"),
+            NotFound => (404, "Not Found"),
+            OriginNotAllowed => (403, "Forbidden"),
+            AddressLimit => (429, "Too Many Requests"),
+            ServerFull | Draining => (503, "Service Unavailable"),
+        }
+    }
+
+    /// A short, stable label: the response body and the metrics label.
+    pub fn reason(self) -> &'static str {
+        use HandshakeError::*;
+        match self {
+            Malformed => "malformed request",
+            HeaderTooLarge => "request head too large",
+            MethodNotAllowed => "method must be GET",
+            HttpVersion => "HTTP/1.1 required",
+            UnexpectedBody => "upgrade request must not have a body",
+            BadHost => "missing or invalid Host header",
+            NotWebSocket => "expected Upgrade: websocket",
+            BadConnectionHeader => "Connection header must contain upgrade",
+            UnsupportedVersion => "unsupported Sec-WebSocket-Version",
+            BadKey => "missing or invalid Sec-WebSocket-Key",
+            NotFound => "no such endpoint",
+            OriginNotAllowed => "origin not allowed",
+            ServerFull => "server at connection limit",
+            AddressLimit => "too many connections from this address",
+            Draining => "server shutting down",
+        }
+    }
+
+    /// Extra header lines the status calls for.
+    fn extra_headers(self) -> &'static str {
+        match self {
+            HandshakeError::UnsupportedVersion => "Sec-WebSocket-Version: 13\r\n",
+            HandshakeError::NotWebSocket => "Upgrade: websocket\r\n",
+            HandshakeError::MethodNotAllowed => "Allow: GET\r\n",
+            HandshakeError::ServerFull | HandshakeError::Draining => "Retry-After: 5\r\n",
+            _ => "",
+        }
+    }
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (code, _) = self.status();
+        write!(f, "{code} {}", self.reason())
+    }
+}
+
+impl std::error::Error for HandshakeError {}
+
+/// Computes Sec-WebSocket-Accept for a client key.
+pub fn accept_key(key: &[u8]) -> [u8; 28] {
+    let mut h = Sha1::new();
+    h.update(key);
+    h.update(GUID);
+    let mut out = [0u8; 28];
+    // A 20-byte digest is always 28 base64 characters.
+    let n = B64.encode_slice(h.finalize(), &mut out).unwrap_or(0);
+    debug_assert_eq!(n, 28);
+    out
+}
+
+fn has_token(value: &[u8], token: &str) -> bool {
+    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Parses and validates an upgrade request at the start of `buf`. `Ok(None)`: the head is not
+/// complete yet (and within the cap). `Ok(Some((upgrade, n)))`: accepted, the head was `n`
+/// bytes; what follows is the client's first frame bytes.
+pub fn parse_upgrade(
+    buf: &[u8],
+    policy: &HandshakePolicy,
+) -> Result<Option<(Upgrade, usize)>, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > policy.max_header_bytes {
+                Err(HandshakeError::HeaderTooLarge)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::HeaderTooLarge),
+        Err(_) => return Err(HandshakeError::Malformed),
+    };
+    if head_len > policy.max_header_bytes {
+        return Err(HandshakeError::HeaderTooLarge);
+    }
+    if req.method != Some("GET") {
+        return Err(HandshakeError::MethodNotAllowed);
+    }
+    if req.version != Some(1) {
+        return Err(HandshakeError::HttpVersion);
+    }
+    let target = req.path.unwrap_or("");
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+
+    let mut host = 0usize;
+    let mut upgrade = false;
+    let mut connection = false;
+    let mut version: Option<&[u8]> = None;
+    let mut key: Option<&[u8]> = None;
+    let mut keys = 0usize;
+    let mut origin: Option<&[u8]> = None;
+    let mut offered: Vec<&[u8]> = Vec::new();
+    for h in req.headers.iter() {
+        let v = h.value;
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            host += 1;
+            if v.trim_ascii().is_empty() || v.iter().any(|b| b.is_ascii_whitespace()) {
+                return Err(HandshakeError::BadHost);
+            }
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade |= has_token(v, "websocket");
+        } else if name.eq_ignore_ascii_case("connection") {
+            connection |= has_token(v, "upgrade");
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            version = Some(v.trim_ascii());
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            keys += 1;
+            key = Some(v.trim_ascii());
+        } else if name.eq_ignore_ascii_case("origin") {
+            origin = Some(v.trim_ascii());
+        } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
+            offered.extend(v.split(|&b| b == b',').map(<[u8]>::trim_ascii));
+        } else if name.eq_ignore_ascii_case("content-length") {
+            if v.trim_ascii() != b"0" {
+                return Err(HandshakeError::UnexpectedBody);
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(HandshakeError::UnexpectedBody);
+        }
+    }
+    if host != 1 {
+        return Err(HandshakeError::BadHost);
+    }
+    if !upgrade {
+        return Err(HandshakeError::NotWebSocket);
+    }
+    if !connection {
+        return Err(HandshakeError::BadConnectionHeader);
+    }
+    if version != Some(b"13") {
+        return Err(HandshakeError::UnsupportedVersion);
+    }
+    let key = match key {
+        Some(k) if keys == 1 => k,
+        _ => return Err(HandshakeError::BadKey),
+    };
+    match B64.decode(key) {
+        Ok(raw) if raw.len() == 16 => {}
+        _ => return Err(HandshakeError::BadKey),
+    }
+    let route =
+        policy.routes.iter().position(|r| r == path).ok_or(HandshakeError::NotFound)?;
+    if let Some(o) = origin {
+        if !policy.allowed_origins.is_empty()
+            && !policy.allowed_origins.iter().any(|a| a.as_bytes().eq_ignore_ascii_case(o))
+        {
+            return Err(HandshakeError::OriginNotAllowed);
+        }
+    }
+    let subprotocol =
+        policy.subprotocols.iter().position(|s| offered.iter().any(|o| *o == s.as_bytes()));
+    let upgrade = Upgrade {
+        route,
+        accept: accept_key(key),
+        subprotocol,
+        query: query.map(str::to_owned),
+    };
+    Ok(Some((upgrade, head_len)))
+}
+
+/// Writes the 101 response for an accepted upgrade.
+pub fn write_accept(out: &mut Vec<u8>, up: &Upgrade, policy: &HandshakePolicy) {
+    out.extend_from_slice(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+    );
+    out.extend_from_slice(&up.accept);
+    if let Some(p) = up.subprotocol.and_then(|i| policy.subprotocols.get(i)) {
+        out.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
+        out.extend_from_slice(p.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// Writes a complete refusal: status line, headers, and the reason as a short text body.
+pub fn write_refusal(out: &mut Vec<u8>, err: HandshakeError) {
+    use std::io::Write as _;
+    let (code, phrase) = err.status();
+    let body = err.reason();
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "HTTP/1.1 {code} {phrase}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n{body}\n",
+        body.len() + 1,
+        err.extra_headers(),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> HandshakePolicy {
+        HandshakePolicy {
+            routes: vec!["/ws".into(), "/echo".into()],
+            allowed_origins: vec!["https://app.example".into()],
+            subprotocols: vec!["ringcast.v1".into(), "chat".into()],
+            max_header_bytes: 1024,
+        }
+    }
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn req(extra: &str) -> String {
+        format!("GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n{extra}\r\n")
+    }
+
+    #[test]
+    fn rfc_example_accept_key() {
+        assert_eq!(&accept_key(KEY.as_bytes()), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn accepts_and_reports_leftover_bytes() {
+        let r = req("Origin: HTTPS://APP.example\r\nSec-WebSocket-Protocol: chat, ringcast.v1\r\n");
+        let mut wire = r.clone().into_bytes();
+        wire.extend_from_slice(&[0x81, 0x80]);
+        let (up, n) = parse_upgrade(&wire, &policy()).unwrap().unwrap();
+        assert_eq!(n, r.len());
+        assert_eq!(up.route, 1);
+        assert_eq!(up.subprotocol, Some(0), "server preference wins");
+        let mut out = Vec::new();
+        write_accept(&mut out, &up, &policy());
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 101 "));
+        assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(text.contains("Sec-WebSocket-Protocol: ringcast.v1\r\n"));
+    }
+
+    #[test]
+    fn tokens_are_case_insensitive_lists() {
+        let r = "GET /ws?user=1 HTTP/1.1\r\nhost: x\r\nupgrade: WebSocket\r\nconnection: keep-alive, UPGRADE\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        let (up, _) = parse_upgrade(r.as_bytes(), &policy()).unwrap().unwrap();
+        assert_eq!((up.route, up.query.as_deref(), up.subprotocol), (0, Some("user=1"), None));
+    }
+
+    #[test]
+    fn incomplete_head_needs_more_until_the_cap() {
+        let r = req("");
+        assert_eq!(parse_upgrade(&r.as_bytes()[..r.len() - 1], &policy()), Ok(None));
+        let long = format!("GET /echo HTTP/1.1\r\nX-Pad: {}", "a".repeat(2000));
+        assert_eq!(parse_upgrade(long.as_bytes(), &policy()), Err(HandshakeError::HeaderTooLarge));
+    }
+
+    #[test]
+    fn each_refusal_has_its_status() {
+        use HandshakeError::*;
+        let ok = req("");
+        let cases: Vec<(String, HandshakeError, u16)> = vec![
+            ("BLAH\r\n\r\n".into(), Malformed, 400),
+            (ok.replace("GET", "POST"), MethodNotAllowed, 405),
+            (ok.replace("HTTP/1.1", "HTTP/1.0"), HttpVersion, 505),
+            (ok.replace("Host: x\r\n", ""), BadHost, 400),
+            (req("Host: y\r\n"), BadHost, 400),
+            (ok.replace("Upgrade: websocket", "Upgrade: h2c"), NotWebSocket, 426),
+            (ok.replace("Connection: Upgrade", "Connection: close"), BadConnectionHeader, 400),
+            (ok.replace("Version: 13", "Version: 8"), UnsupportedVersion, 426),
+            (ok.replace(KEY, "c2hvcnQ="), BadKey, 400),
+            (req("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"), BadKey, 400),
+            (ok.replace("/echo", "/nope"), NotFound, 404),
+            (req("Origin: https://evil.example\r\n"), OriginNotAllowed, 403),
+            (req("Content-Length: 5\r\n"), UnexpectedBody, 400),
+        ];
+        for (r, err, code) in cases {
+            assert_eq!(parse_upgrade(r.as_bytes(), &policy()), Err(err), "{r}");
+            assert_eq!(err.status().0, code);
+            let mut out = Vec::new();
+            write_refusal(&mut out, err);
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.starts_with(&format!("HTTP/1.1 {code} ")));
+            assert!(text.ends_with(&format!("\r\n\r\n{}\n", err.reason())));
+        }
+        let mut out = Vec::new();
+        write_refusal(&mut out, UnsupportedVersion);
+        assert!(String::from_utf8(out).unwrap().contains("Sec-WebSocket-Version: 13\r\n"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_and_prefixes_never_accept_early(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = parse_upgrade(&data, &policy());
+        }
+    }
+}

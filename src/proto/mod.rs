@@ -1,0 +1,18 @@
+//! The WebSocket protocol, sans-IO.
+//!
+//! Owns the HTTP/1.1 upgrade handshake, the RFC 6455 frame codec (header parsing and encoding,
+//! masking, the streaming payload decoder with incremental UTF-8 validation) and close codes.
+//! Everything here is plain functions and small state machines over byte slices: nothing in
+//! this tree may import monoio, touch a socket or read the clock. The shard loop feeds bytes
+//! in and takes frames and actions out; the fuzz targets and unit tests drive it the same way.
+
+pub mod close;
+pub mod decoder;
+pub mod frame;
+pub mod handshake;
+pub mod mask;
+pub mod utf8;
+
+pub use close::{CloseCode, ProtocolError};
+pub use decoder::{Decoder, Event, Limits, Role};
+pub use frame::{FrameHeader, OpCode};
