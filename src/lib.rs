@@ -1,2 +1,12 @@
+//! ringcast: a WebSocket push gateway. One thread per core, each with its own monoio runtime,
+//! listener, connection slab and timer wheel.
+//!
+//! - [`proto`]: the WebSocket protocol, sans-IO.
+//! - [`timer_wheel`]: the per-shard timer wheel.
+//! - [`server`]: listeners, shards, connections.
+//! - [`config`]: every limit and deadline.
+
+pub mod config;
 pub mod proto;
+pub mod server;
 pub mod timer_wheel;

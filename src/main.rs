@@ -1,1 +1,76 @@
-fn main(){}
+use std::process::ExitCode;
+
+use clap::Parser;
+use ringcast::config::Config;
+use ringcast::server::{sys, Server};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cfg = Config::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log_level));
+    let filter = match filter {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("ringcast: --log-level {:?} is not a valid filter: {e}", cfg.log_level);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if let Err(e) = cfg.validate() {
+        eprintln!("ringcast: {e}");
+        return ExitCode::from(2);
+    }
+    // Block SIGINT/SIGTERM before any thread starts, so only the signal thread takes them.
+    let signals = match sys::TermSignals::block() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringcast: cannot block signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let nofile = sys::raise_nofile_limit();
+    let max = cfg.max_connections;
+    let server = match Server::start(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringcast: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        shards = server.shards(),
+        driver = server.driver(),
+        open_files = nofile,
+        "listening on ws://{}",
+        server.local_addr()
+    );
+    if (nofile as usize) < max.saturating_add(64) {
+        tracing::warn!(
+            "the open-file limit ({nofile}) allows about {} connections, below --max-connections ({max}); raise it (see tuning/)",
+            nofile.saturating_sub(64)
+        );
+    }
+    let handle = server.shutdown_handle();
+    std::thread::spawn(move || {
+        let sig = signals.wait();
+        tracing::info!(signal = sig, "stopping: no new connections, closing open ones with 1001");
+        handle.shutdown();
+        let sig = signals.wait();
+        tracing::warn!(signal = sig, "second signal: exiting at once");
+        std::process::exit(1);
+    });
+    match server.join() {
+        Ok(totals) => {
+            let summary: Vec<String> = totals.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            tracing::info!("stopped: {}", summary.join(" "));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

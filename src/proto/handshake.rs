@@ -75,6 +75,43 @@ pub enum HandshakeError {
 }
 
 impl HandshakeError {
+    /// Every variant, in a fixed order (metrics index by it).
+    pub const ALL: [HandshakeError; 15] = {
+        use HandshakeError::*;
+        [
+            Malformed, HeaderTooLarge, MethodNotAllowed, HttpVersion, UnexpectedBody, BadHost,
+            NotWebSocket, BadConnectionHeader, UnsupportedVersion, BadKey, NotFound,
+            OriginNotAllowed, ServerFull, AddressLimit, Draining,
+        ]
+    };
+
+    /// Position in [`HandshakeError::ALL`].
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|e| *e == self).unwrap_or(0)
+    }
+
+    /// A snake_case name for metrics and logs.
+    pub fn label(self) -> &'static str {
+        use HandshakeError::*;
+        match self {
+            Malformed => "malformed",
+            HeaderTooLarge => "header_too_large",
+            MethodNotAllowed => "method_not_allowed",
+            HttpVersion => "http_version",
+            UnexpectedBody => "unexpected_body",
+            BadHost => "bad_host",
+            NotWebSocket => "not_websocket",
+            BadConnectionHeader => "bad_connection_header",
+            UnsupportedVersion => "unsupported_version",
+            BadKey => "bad_key",
+            NotFound => "not_found",
+            OriginNotAllowed => "origin_not_allowed",
+            ServerFull => "server_full",
+            AddressLimit => "address_limit",
+            Draining => "draining",
+        }
+    }
+
     /// The status line's code and phrase; the one mapping from refusal to HTTP.
     pub fn status(self) -> (u16, &'static str) {
         use HandshakeError::*;

@@ -1,0 +1,122 @@
+//! One connection's state: what the shard keeps per socket, kept small because an idle
+//! connection is nothing but this slab entry (no task, no buffer, no timer future).
+
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+
+use crate::proto::Decoder;
+use crate::timer_wheel::TimerKey;
+
+use super::outbox::Outbox;
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the upgrade request.
+    Handshake,
+    /// Upgraded; frames flow both ways.
+    Open,
+    /// We sent a close frame and read on until the client's close arrives.
+    Closing,
+    /// Nothing more will be read: input is discarded, the write side is shut once the outbox
+    /// drains, and the socket closes at EOF or at the deadline.
+    Linger,
+}
+
+/// Which endpoint the connection was upgraded on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Ws,
+    Echo,
+}
+
+/// Flag bits.
+pub mod flag {
+    /// The socket may have unread bytes (edge seen, not read to the end).
+    pub const READ_READY: u8 = 1;
+    /// The last write hit a full socket buffer; wait for EPOLLOUT.
+    pub const WRITE_BLOCKED: u8 = 2;
+    /// Listed in the shard's flush list for this turn.
+    pub const DIRTY: u8 = 4;
+    /// Listed in the shard's ready list (read again next turn).
+    pub const QUEUED_READ: u8 = 8;
+    /// Shut the write side once the outbox drains.
+    pub const SHUT_AFTER_FLUSH: u8 = 16;
+    /// A ping is out and unanswered.
+    pub const PING_OUT: u8 = 32;
+    /// Counted in the open-connection limits (global, shard, address).
+    pub const COUNTED: u8 = 64;
+}
+
+/// Input kept between reads: an incomplete request head, frame header or control frame, and
+/// the message being assembled. Allocated only while non-empty.
+#[derive(Debug, Default)]
+pub struct Bufs {
+    pub pending: Vec<u8>,
+    pub message: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct Conn {
+    pub fd: RawFd,
+    pub gen: u32,
+    pub phase: Phase,
+    pub route: Route,
+    pub flags: u8,
+    pub timer: Option<TimerKey>,
+    /// Tick of the last bytes received (wrapping).
+    pub last_recv: u32,
+    /// Tick of the last message received (wrapping).
+    pub last_msg: u32,
+    /// Tick the outstanding ping was sent (wrapping).
+    pub ping_sent: u32,
+    pub decoder: Decoder,
+    pub bufs: Option<Box<Bufs>>,
+    pub outbox: Option<Box<Outbox>>,
+    pub ip: IpAddr,
+}
+
+impl Conn {
+    pub fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    pub fn set(&mut self, f: u8) {
+        self.flags |= f;
+    }
+
+    pub fn clear(&mut self, f: u8) {
+        self.flags &= !f;
+    }
+
+    pub fn bufs(&mut self) -> &mut Bufs {
+        self.bufs.get_or_insert_with(Default::default)
+    }
+
+    /// Frees the input buffers once nothing is kept in them.
+    pub fn trim_bufs(&mut self) {
+        if let Some(b) = &self.bufs {
+            if b.pending.is_empty() && b.message.is_empty() {
+                self.bufs = None;
+            }
+        }
+    }
+
+    pub fn outbox_bytes(&self) -> usize {
+        self.outbox.as_ref().map_or(0, |o| o.bytes())
+    }
+
+    pub fn outbox_frames(&self) -> usize {
+        self.outbox.as_ref().map_or(0, |o| o.frames())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_idle_connection_is_small() {
+        // The per-connection budget is 200 bytes of user space all told; the slab entry is
+        // most of it.
+        assert!(std::mem::size_of::<super::Conn>() <= 128, "{}", std::mem::size_of::<super::Conn>());
+    }
+}

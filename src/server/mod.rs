@@ -1,0 +1,246 @@
+//! The server: binds the listeners, starts one shard thread per core, and drains them on
+//! request. Everything per connection happens inside a shard (see `shard`).
+
+pub mod conn;
+pub mod limits;
+pub mod outbox;
+pub mod shard;
+pub mod stats;
+pub mod sys;
+
+use std::cell::RefCell;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use socket2::{Domain, Socket, Type};
+
+use crate::config::{Config, IoDriver};
+use limits::IpLimiter;
+use shard::Shard;
+use stats::Counters;
+use sys::EventFd;
+
+/// State every shard reads: the global connection count, the drain flag, the address caps.
+/// Touched at upgrade and close only, never per message.
+#[derive(Debug)]
+pub struct Shared {
+    pub total: AtomicUsize,
+    pub max_total: usize,
+    pub draining: AtomicBool,
+    pub limiter: Option<IpLimiter>,
+}
+
+impl Shared {
+    /// Counts one more open connection unless the global maximum is reached.
+    pub fn acquire(&self) -> bool {
+        if self.total.fetch_add(1, Relaxed) >= self.max_total {
+            self.total.fetch_sub(1, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub fn release(&self) {
+        self.total.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A start-up failure, said plainly.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Asks every shard to drain. Cheap to clone; usable from any thread.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    shared: Arc<Shared>,
+    wakes: Vec<Arc<EventFd>>,
+}
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.shared.draining.store(true, Relaxed);
+        for w in &self.wakes {
+            w.notify();
+        }
+    }
+}
+
+pub struct Server {
+    addr: SocketAddr,
+    driver: &'static str,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+    counters: Vec<Arc<Counters>>,
+    handle: ShutdownHandle,
+}
+
+/// Binds `n` SO_REUSEPORT listeners on `addr`, after checking that no other socket holds the
+/// port: a plain bind without SO_REUSEPORT fails if anyone is listening there, even another
+/// ringcast's reuse-port group, so two servers can never silently share a port.
+fn bind_listeners(addr: SocketAddr, n: usize, backlog: u32) -> Result<Vec<TcpListener>, StartError> {
+    let domain = Domain::for_address(addr);
+    let probe = Socket::new(domain, Type::STREAM, None)
+        .map_err(|e| StartError(format!("cannot create a socket: {e}")))?;
+    probe.set_reuse_address(true).map_err(|e| StartError(e.to_string()))?;
+    if let Err(e) = probe.bind(&addr.into()) {
+        return Err(StartError(if e.kind() == io::ErrorKind::AddrInUse {
+            format!("cannot listen on {addr}: the address is already in use (another ringcast or another server holds it)")
+        } else {
+            format!("cannot listen on {addr}: {e}")
+        }));
+    }
+    let bound = probe
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or_else(|| StartError("cannot read the bound address".into()))?;
+    drop(probe);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = Socket::new(domain, Type::STREAM, None).map_err(|e| StartError(e.to_string()))?;
+        let setup = || -> io::Result<()> {
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+            s.bind(&bound.into())?;
+            s.listen(backlog.min(i32::MAX as u32) as i32)?;
+            s.set_nonblocking(true)
+        };
+        setup().map_err(|e| StartError(format!("cannot listen on {bound}: {e}")))?;
+        out.push(s.into());
+    }
+    Ok(out)
+}
+
+impl Server {
+    /// Binds the listeners and starts the shards.
+    pub fn start(cfg: Config) -> Result<Server, StartError> {
+        cfg.validate().map_err(|e| StartError(e.0))?;
+        let cpus = sys::allowed_cpus();
+        let n = if cfg.shards == 0 { cpus.len().max(1) } else { cfg.shards };
+        let listeners = bind_listeners(cfg.listen, n, cfg.backlog)?;
+        let addr = listeners[0].local_addr().map_err(|e| StartError(e.to_string()))?;
+        let driver = match cfg.io_driver {
+            IoDriver::Epoll => "epoll",
+            IoDriver::IoUring => "io_uring",
+            IoDriver::Auto if monoio::utils::detect_uring() => "io_uring",
+            IoDriver::Auto => "epoll",
+        };
+        if cfg.io_driver == IoDriver::IoUring && !monoio::utils::detect_uring() {
+            return Err(StartError("--io-driver io-uring: io_uring is not available on this kernel".into()));
+        }
+        let shared = Arc::new(Shared {
+            total: AtomicUsize::new(0),
+            max_total: cfg.max_connections,
+            draining: AtomicBool::new(false),
+            limiter: (cfg.max_connections_per_ip > 0).then(|| IpLimiter::new(cfg.max_connections_per_ip)),
+        });
+        let cfg = Arc::new(cfg);
+        let mut threads = Vec::with_capacity(n);
+        let mut wakes = Vec::with_capacity(n);
+        let mut counters = Vec::with_capacity(n);
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let wake = Arc::new(EventFd::new().map_err(|e| StartError(format!("eventfd: {e}")))?);
+            let ctr = Arc::new(Counters::default());
+            let shard = Shard::new(i, &cfg, shared.clone(), ctr.clone(), wake.clone())
+                .map_err(|e| StartError(format!("shard {i}: {e}")))?;
+            let cpu = cfg.pin.then(|| cpus.get(i % cpus.len().max(1)).copied()).flatten();
+            let entries = cfg.uring_entries;
+            let use_uring = driver == "io_uring";
+            let t = std::thread::Builder::new()
+                .name(format!("ringcast-shard-{i}"))
+                .spawn(move || run_shard(shard, listener, cpu, entries, use_uring))
+                .map_err(|e| StartError(format!("cannot start shard thread: {e}")))?;
+            threads.push(t);
+            wakes.push(wake);
+            counters.push(ctr);
+        }
+        Ok(Server { addr, driver, threads, counters, handle: ShutdownHandle { shared, wakes } })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn driver(&self) -> &'static str {
+        self.driver
+    }
+
+    pub fn shards(&self) -> usize {
+        self.threads.len()
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.handle.clone()
+    }
+
+    pub fn counters(&self) -> &[Arc<Counters>] {
+        &self.counters
+    }
+
+    /// Waits for every shard to finish (after a shutdown) and returns the summed counters.
+    pub fn join(self) -> Result<Vec<(String, u64)>, StartError> {
+        let mut failure = None;
+        for (i, t) in self.threads.into_iter().enumerate() {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = Some(StartError(format!("shard {i} failed: {e}"))),
+                Err(_) => failure = Some(StartError(format!("shard {i} panicked"))),
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(stats::sum(&self.counters)),
+        }
+    }
+}
+
+fn run_shard(
+    shard: Shard,
+    listener: TcpListener,
+    cpu: Option<usize>,
+    entries: u32,
+    use_uring: bool,
+) -> io::Result<()> {
+    if let Some(cpu) = cpu {
+        if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
+            tracing::warn!(shard = shard.id, cpu, "cannot pin shard: {e:?}");
+        }
+    }
+    if use_uring {
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(entries)
+            .enable_timer()
+            .build()?;
+        rt.block_on(serve(shard, listener))
+    } else {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()?;
+        rt.block_on(serve(shard, listener))
+    }
+}
+
+async fn serve(shard: Shard, listener: TcpListener) -> io::Result<()> {
+    let epfd = shard.epoll_fd()?;
+    // monoio has no generic "wait until this fd is readable"; its UnixStream's readable() is
+    // exactly that (an io_uring poll, or a registration with the epoll fallback). The stream
+    // is never read or written.
+    let waiter = monoio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(epfd))?;
+    let listener = monoio::net::TcpListener::from_std(listener)?;
+    let shard = Rc::new(RefCell::new(shard));
+    shard.borrow_mut().set_listener_fd(listener.as_raw_fd());
+    let acceptor = monoio::spawn(shard::accept_loop(shard.clone(), listener));
+    shard::event_loop(shard, waiter).await;
+    acceptor.await;
+    Ok(())
+}

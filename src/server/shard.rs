@@ -1,0 +1,895 @@
+//! A shard: one thread's worth of the gateway. It owns a slab of connections, an edge-triggered
+//! epoll set over their sockets, a timer wheel for every deadline, and one read buffer that all
+//! its connections share.
+//!
+//! Two monoio tasks run on the shard's runtime: the accept loop (io_uring accept on the shard's
+//! SO_REUSEPORT listener) and the event loop, which waits for the epoll set through the
+//! runtime (one io_uring poll, or the epoll fallback's own registration) and then does a
+//! *turn*: drain readiness events, read and decode, expire timers, and flush every connection
+//! with queued frames in one gather write. An idle connection therefore costs its slab entry
+//! and its epoll registration: no task, no buffer, no pending operation, no timer future.
+//!
+//! Nothing here blocks: sockets are non-blocking, and a connection whose outbox is full stops
+//! being read until it drains. Per-connection protocol decisions come from `proto`; this file
+//! only moves bytes and keeps state.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use slab::Slab;
+
+use crate::config::Config;
+use crate::proto::frame::{close_payload, encode_frame};
+use crate::proto::handshake::{self, HandshakeError, HandshakePolicy, Upgrade};
+use crate::proto::{CloseCode, Decoder, Event, Limits, OpCode, ProtocolError, Role};
+use crate::timer_wheel::TimerWheel;
+
+use super::conn::{flag, Conn, Phase, Route};
+use super::outbox::{Flushed, Outbox};
+use super::stats::Counters;
+use super::sys::{self, Epoll, EventFd, TimerFd, EV_ERR, EV_IN, EV_OUT};
+use super::Shared;
+
+const WAKE_TOKEN: u64 = u64::MAX;
+const TICK_TOKEN: u64 = u64::MAX - 1;
+/// Reads of one connection per turn before others get theirs.
+const READS_PER_TURN: usize = 4;
+/// Readiness events taken per epoll_wait.
+const EVENTS_PER_TURN: usize = 1024;
+/// A message buffer larger than this is freed after use instead of kept.
+const KEEP_MESSAGE_CAPACITY: usize = 16 * 1024;
+
+/// Everything a shard derives from the configuration once.
+#[derive(Debug)]
+pub struct Params {
+    pub policy: HandshakePolicy,
+    pub routes: Vec<Route>,
+    pub limits: Limits,
+    pub handshake_ticks: u64,
+    pub ping_ticks: u64,
+    pub pong_ticks: u64,
+    pub idle_ticks: u64,
+    pub close_ticks: u64,
+    pub drain_ticks: u64,
+    pub tick_nanos: u128,
+    pub max_per_shard: usize,
+    pub max_pending: usize,
+    pub outbox_max_bytes: usize,
+    pub outbox_max_frames: usize,
+    pub heartbeat: Vec<u8>,
+    /// The heartbeat answer, encoded once and shared by every connection.
+    pub heartbeat_frame: Bytes,
+    pub read_buffer: usize,
+}
+
+impl Params {
+    pub fn new(cfg: &Config) -> Params {
+        let mut routes = vec![Route::Ws];
+        let mut paths = vec![cfg.ws_path.clone()];
+        if cfg.echo {
+            routes.push(Route::Echo);
+            paths.push(cfg.echo_path.clone());
+        }
+        let mut heartbeat_frame = Vec::new();
+        encode_frame(&mut heartbeat_frame, OpCode::Text, true, None, cfg.heartbeat_reply.as_bytes());
+        Params {
+            policy: HandshakePolicy {
+                routes: paths,
+                allowed_origins: cfg.allowed_origins.clone(),
+                subprotocols: cfg.subprotocols.clone(),
+                max_header_bytes: cfg.max_header_bytes as usize,
+            },
+            routes,
+            limits: Limits { max_frame: cfg.max_frame_size, max_message: cfg.max_message_size },
+            handshake_ticks: cfg.ticks(cfg.handshake_timeout),
+            ping_ticks: cfg.ticks(cfg.ping_interval),
+            pong_ticks: cfg.ticks(cfg.pong_timeout),
+            idle_ticks: cfg.ticks(cfg.idle_timeout),
+            close_ticks: cfg.ticks(cfg.close_timeout),
+            drain_ticks: cfg.ticks(cfg.drain_timeout),
+            tick_nanos: cfg.tick.as_nanos().max(1),
+            max_per_shard: cfg.max_connections_per_shard,
+            max_pending: cfg.max_pending_handshakes,
+            outbox_max_bytes: cfg.outbox_max_bytes as usize,
+            outbox_max_frames: cfg.outbox_max_frames,
+            heartbeat: cfg.heartbeat_text.as_bytes().to_vec(),
+            heartbeat_frame: Bytes::from(heartbeat_frame),
+            read_buffer: cfg.read_buffer as usize,
+        }
+    }
+}
+
+/// What the event loop does after a turn.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Turn {
+    /// Wait for the epoll set.
+    Wait,
+    /// Some connection still has bytes to read: go again after letting other tasks run.
+    Again,
+    /// Drained and empty: the shard is done.
+    Done,
+}
+
+fn token(key: usize, gen: u32) -> u64 {
+    (u64::from(gen) << 32) | key as u64
+}
+
+pub struct Shard {
+    pub id: usize,
+    p: Params,
+    shared: Arc<Shared>,
+    counters: Arc<Counters>,
+    epoll: Epoll,
+    wake: Arc<EventFd>,
+    tickfd: TimerFd,
+    listener_fd: RawFd,
+    conns: Slab<Conn>,
+    wheel: TimerWheel<u32>,
+    read_buf: Box<[u8]>,
+    events: Vec<libc::epoll_event>,
+    ready: Vec<u64>,
+    dirty: Vec<u64>,
+    fired: Vec<u32>,
+    start: Instant,
+    now: u64,
+    gen: u32,
+    open: usize,
+    handshaking: usize,
+    draining: bool,
+    drain_deadline: u64,
+}
+
+impl Shard {
+    pub fn new(
+        id: usize,
+        cfg: &Config,
+        shared: Arc<Shared>,
+        counters: Arc<Counters>,
+        wake: Arc<EventFd>,
+    ) -> io::Result<Shard> {
+        let p = Params::new(cfg);
+        let epoll = Epoll::new()?;
+        let tickfd = TimerFd::periodic(cfg.tick)?;
+        epoll.add(wake.raw(), WAKE_TOKEN, EV_IN)?;
+        epoll.add(tickfd.raw(), TICK_TOKEN, EV_IN)?;
+        // Slots for a little over the longest deadline, so most timers fire on first visit.
+        let longest = [p.handshake_ticks, p.ping_ticks + p.pong_ticks, p.idle_ticks, p.drain_ticks]
+            .into_iter()
+            .max()
+            .unwrap_or(1);
+        let read_buffer = p.read_buffer;
+        Ok(Shard {
+            id,
+            wheel: TimerWheel::new((longest as usize + 2).min(1 << 16), 0),
+            p,
+            shared,
+            counters,
+            epoll,
+            wake,
+            tickfd,
+            listener_fd: -1,
+            conns: Slab::new(),
+            read_buf: vec![0u8; read_buffer].into_boxed_slice(),
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_TURN],
+            ready: Vec::new(),
+            dirty: Vec::new(),
+            fired: Vec::new(),
+            start: Instant::now(),
+            now: 0,
+            gen: 0,
+            open: 0,
+            handshaking: 0,
+            draining: false,
+            drain_deadline: u64::MAX,
+        })
+    }
+
+    /// A duplicate of the epoll fd, for the runtime to poll.
+    pub fn epoll_fd(&self) -> io::Result<std::os::fd::OwnedFd> {
+        self.epoll.try_clone()
+    }
+
+    pub fn set_listener_fd(&mut self, fd: RawFd) {
+        self.listener_fd = fd;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    fn clock(&mut self) {
+        self.now = (self.start.elapsed().as_nanos() / self.p.tick_nanos) as u64;
+    }
+
+    fn now32(&self) -> u32 {
+        self.now as u32
+    }
+
+    fn elapsed(&self, stamp: u32) -> u64 {
+        u64::from(self.now32().wrapping_sub(stamp))
+    }
+
+    fn lookup(&self, tok: u64) -> Option<usize> {
+        let key = (tok & 0xFFFF_FFFF) as usize;
+        let gen = (tok >> 32) as u32;
+        self.conns.get(key).filter(|c| c.gen == gen).map(|_| key)
+    }
+
+    // ----- accept -----
+
+    /// Takes a freshly accepted socket.
+    pub fn on_accept(&mut self, fd: RawFd, ip: IpAddr) {
+        self.clock();
+        self.counters.accepted.inc();
+        if self.draining {
+            sys::close(fd);
+            return;
+        }
+        if self.handshaking >= self.p.max_pending {
+            self.counters.pending_overflow.inc();
+            sys::close(fd);
+            return;
+        }
+        sys::set_nodelay(fd);
+        self.gen = self.gen.wrapping_add(1);
+        let gen = self.gen;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if key >= (u32::MAX - 2) as usize || self.epoll.add(fd, token(key, gen), EV_IN | EV_OUT).is_err()
+        {
+            self.counters.accept_errors.inc();
+            sys::close(fd);
+            return;
+        }
+        let now32 = self.now as u32;
+        entry.insert(Conn {
+            fd,
+            gen,
+            phase: Phase::Handshake,
+            route: Route::Ws,
+            flags: 0,
+            timer: None,
+            last_recv: now32,
+            last_msg: now32,
+            ping_sent: now32,
+            decoder: Decoder::new(Role::Server),
+            bufs: None,
+            outbox: None,
+            ip,
+        });
+        self.handshaking += 1;
+        self.counters.handshaking.inc();
+        self.arm(key, Some(self.now + self.p.handshake_ticks));
+    }
+
+    pub fn count_accept_error(&self) {
+        self.counters.accept_errors.inc();
+    }
+
+    // ----- the turn -----
+
+    /// One turn of the event loop.
+    pub fn turn(&mut self) -> Turn {
+        self.clock();
+        let n = match self.epoll.poll(&mut self.events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => {
+                tracing::error!(shard = self.id, "epoll_wait failed: {e}");
+                0
+            }
+        };
+        for i in 0..n {
+            let ev = self.events[i];
+            let (bits, tok) = (ev.events, ev.u64);
+            match tok {
+                WAKE_TOKEN => {
+                    self.wake.drain();
+                    if self.shared.draining.load(Relaxed) && !self.draining {
+                        self.begin_drain();
+                    }
+                }
+                TICK_TOKEN => self.tickfd.drain(),
+                tok => {
+                    let Some(key) = self.lookup(tok) else { continue };
+                    if bits & (EV_OUT | EV_ERR) != 0 {
+                        let conn = &mut self.conns[key];
+                        conn.clear(flag::WRITE_BLOCKED);
+                        if conn.outbox.is_some() {
+                            self.mark_dirty(key);
+                        }
+                    }
+                    if bits & (EV_IN | EV_ERR) != 0 {
+                        self.conns[key].set(flag::READ_READY);
+                        self.read_conn(key);
+                    }
+                }
+            }
+        }
+        self.run_ready();
+        self.expire_timers();
+        self.flush_dirty();
+        if self.draining && self.conns.is_empty() {
+            Turn::Done
+        } else if self.ready.is_empty() {
+            Turn::Wait
+        } else {
+            Turn::Again
+        }
+    }
+
+    fn run_ready(&mut self) {
+        let ready = std::mem::take(&mut self.ready);
+        for tok in &ready {
+            if let Some(key) = self.lookup(*tok) {
+                let conn = &mut self.conns[key];
+                conn.clear(flag::QUEUED_READ);
+                if conn.has(flag::READ_READY) {
+                    self.read_conn(key);
+                }
+            }
+        }
+        // Keep the allocation of whichever list is larger.
+        if self.ready.is_empty() {
+            self.ready = ready;
+            self.ready.clear();
+        }
+    }
+
+    fn queue_read(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.has(flag::QUEUED_READ) {
+            conn.set(flag::QUEUED_READ);
+            self.ready.push(token(key, conn.gen));
+        }
+    }
+
+    fn paused(&self, conn: &Conn) -> bool {
+        matches!(conn.phase, Phase::Handshake | Phase::Open)
+            && (conn.outbox_bytes() >= self.p.outbox_max_bytes
+                || conn.outbox_frames() >= self.p.outbox_max_frames)
+    }
+
+    // ----- reading -----
+
+    fn read_conn(&mut self, key: usize) {
+        for _ in 0..READS_PER_TURN {
+            let Some(conn) = self.conns.get(key) else { return };
+            if self.paused(conn) {
+                return; // READ_READY stays set; the flush that drains the outbox resumes it.
+            }
+            let fd = conn.fd;
+            let mut buf = std::mem::take(&mut self.read_buf);
+            let conn = &mut self.conns[key];
+            let kept = match conn.bufs.as_mut() {
+                Some(b) if !b.pending.is_empty() => {
+                    let l = b.pending.len();
+                    buf[..l].copy_from_slice(&b.pending);
+                    b.pending.clear();
+                    l
+                }
+                _ => 0,
+            };
+            let space = buf.len() - kept;
+            match sys::recv(fd, &mut buf[kept..]) {
+                Ok(0) => {
+                    self.read_buf = buf;
+                    self.on_eof(key);
+                    return;
+                }
+                Ok(n) => {
+                    self.counters.bytes_in.add(n as u64);
+                    let now32 = self.now32();
+                    let conn = &mut self.conns[key];
+                    conn.last_recv = now32;
+                    conn.clear(flag::PING_OUT);
+                    self.process(key, &mut buf[..kept + n]);
+                    self.read_buf = buf;
+                    match self.conns.get_mut(key) {
+                        Some(c) => c.trim_bufs(),
+                        None => return,
+                    }
+                    if n < space {
+                        // A short read emptied the socket; the next arrival is a new edge.
+                        self.conns[key].clear(flag::READ_READY);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let conn = &mut self.conns[key];
+                    if kept > 0 {
+                        conn.bufs().pending.extend_from_slice(&buf[..kept]);
+                    }
+                    conn.clear(flag::READ_READY);
+                    self.read_buf = buf;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    if kept > 0 {
+                        self.conns[key].bufs().pending.extend_from_slice(&buf[..kept]);
+                    }
+                    self.read_buf = buf;
+                }
+                Err(_) => {
+                    self.read_buf = buf;
+                    self.counters.io_errors.inc();
+                    self.remove(key);
+                    return;
+                }
+            }
+        }
+        self.queue_read(key);
+    }
+
+    fn on_eof(&mut self, key: usize) {
+        match self.conns[key].phase {
+            Phase::Handshake => self.counters.handshake_aborted.inc(),
+            Phase::Open | Phase::Closing => self.counters.abnormal_closures.inc(),
+            Phase::Linger => {}
+        }
+        self.remove(key);
+    }
+
+    /// Handles bytes just read (with any kept bytes in front).
+    fn process(&mut self, key: usize, data: &mut [u8]) {
+        match self.conns[key].phase {
+            Phase::Handshake => match handshake::parse_upgrade(data, &self.p.policy) {
+                Ok(None) => self.conns[key].bufs().pending.extend_from_slice(data),
+                Err(e) => self.refuse(key, e),
+                Ok(Some((up, n))) => {
+                    if self.upgrade(key, &up) {
+                        self.decode_frames(key, &mut data[n..]);
+                    }
+                }
+            },
+            Phase::Open | Phase::Closing => self.decode_frames(key, data),
+            Phase::Linger => {}
+        }
+    }
+
+    fn decode_frames(&mut self, key: usize, data: &mut [u8]) {
+        let limits = self.p.limits;
+        let mut pos = 0;
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            if !matches!(conn.phase, Phase::Open | Phase::Closing) {
+                return;
+            }
+            match conn.decoder.decode(&mut data[pos..], &limits) {
+                Ok(Some((ev, n))) => {
+                    pos += n;
+                    self.on_frame(key, ev);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.fail(key, e);
+                    return;
+                }
+            }
+        }
+        if pos < data.len() {
+            self.conns[key].bufs().pending.extend_from_slice(&data[pos..]);
+        }
+    }
+
+    fn on_frame(&mut self, key: usize, ev: Event<'_>) {
+        let now32 = self.now32();
+        let conn = &mut self.conns[key];
+        match ev {
+            Event::Data { text, payload, first, last } => {
+                if conn.phase != Phase::Open {
+                    return; // after our close, data is discarded
+                }
+                if last {
+                    self.counters.messages_in.inc();
+                    conn.last_msg = now32;
+                }
+                if first && last {
+                    self.on_message(key, text, payload);
+                    return;
+                }
+                let bufs = conn.bufs();
+                bufs.message.extend_from_slice(payload);
+                if last {
+                    let mut msg = std::mem::take(&mut bufs.message);
+                    self.on_message(key, text, &msg);
+                    if msg.capacity() <= KEEP_MESSAGE_CAPACITY {
+                        msg.clear();
+                        if let Some(b) = self.conns.get_mut(key).and_then(|c| c.bufs.as_mut()) {
+                            b.message = msg;
+                        }
+                    }
+                }
+            }
+            Event::Ping(payload) => {
+                if conn.phase == Phase::Open {
+                    self.queue_frame(key, OpCode::Pong, payload);
+                }
+            }
+            Event::Pong(_) => {}
+            Event::Close(code, _reason) => match conn.phase {
+                Phase::Open => {
+                    self.counters.closed_by_client.inc();
+                    let reply = code.map(|c| c.0.to_be_bytes().to_vec()).unwrap_or_default();
+                    self.queue_frame(key, OpCode::Close, &reply);
+                    self.linger(key);
+                }
+                // The answer to our close: the handshake is complete.
+                _ => self.remove(key),
+            },
+        }
+    }
+
+    /// A whole message from the client.
+    fn on_message(&mut self, key: usize, text: bool, msg: &[u8]) {
+        match self.conns[key].route {
+            Route::Echo => {
+                let op = if text { OpCode::Text } else { OpCode::Binary };
+                self.queue_frame(key, op, msg);
+            }
+            Route::Ws => {
+                if text && !self.p.heartbeat.is_empty() && msg == self.p.heartbeat.as_slice() {
+                    let frame = self.p.heartbeat_frame.clone();
+                    self.queue_bytes(key, frame);
+                }
+            }
+        }
+    }
+
+    // ----- handshake outcomes -----
+
+    /// Completes an accepted upgrade unless a limit refuses it; returns whether it is open.
+    fn upgrade(&mut self, key: usize, up: &Upgrade) -> bool {
+        let ip = self.conns[key].ip;
+        let refusal = if self.draining {
+            Some(HandshakeError::Draining)
+        } else if self.p.max_per_shard > 0 && self.open >= self.p.max_per_shard {
+            Some(HandshakeError::ServerFull)
+        } else if !self.shared.acquire() {
+            Some(HandshakeError::ServerFull)
+        } else if self.shared.limiter.as_ref().is_some_and(|l| !l.try_acquire(ip)) {
+            self.shared.release();
+            Some(HandshakeError::AddressLimit)
+        } else {
+            None
+        };
+        if let Some(e) = refusal {
+            self.refuse(key, e);
+            return false;
+        }
+        let mut resp = Vec::with_capacity(160);
+        handshake::write_accept(&mut resp, up, &self.p.policy);
+        let now32 = self.now32();
+        let route = self.p.routes.get(up.route).copied().unwrap_or(Route::Ws);
+        let conn = &mut self.conns[key];
+        conn.phase = Phase::Open;
+        conn.route = route;
+        conn.set(flag::COUNTED);
+        conn.last_recv = now32;
+        conn.last_msg = now32;
+        self.handshaking -= 1;
+        self.counters.handshaking.sub(1);
+        self.open += 1;
+        self.counters.open_connections.inc();
+        self.counters.upgrades.inc();
+        self.queue_bytes(key, Bytes::from(resp));
+        let deadline = self.open_deadline(key);
+        self.arm(key, deadline);
+        true
+    }
+
+    fn refuse(&mut self, key: usize, e: HandshakeError) {
+        self.counters.refused(e).inc();
+        let mut resp = Vec::with_capacity(192);
+        handshake::write_refusal(&mut resp, e);
+        self.queue_bytes(key, Bytes::from(resp));
+        self.linger(key);
+    }
+
+    // ----- closing -----
+
+    /// Fails the connection for a protocol violation: close frame with the mapped code, then
+    /// stop reading.
+    fn fail(&mut self, key: usize, e: ProtocolError) {
+        self.counters.protocol_errors.inc();
+        tracing::debug!(shard = self.id, conn = key, "protocol error: {e}");
+        let payload = close_payload(e.close_code().0, e.reason());
+        self.queue_frame(key, OpCode::Close, &payload);
+        self.linger(key);
+    }
+
+    /// Starts a close handshake from our side; reading goes on until the client answers.
+    fn server_close(&mut self, key: usize, code: CloseCode, reason: &str, deadline: u64) {
+        self.counters.closed_by_server.inc();
+        let payload = close_payload(code.0, reason);
+        self.queue_frame(key, OpCode::Close, &payload);
+        self.conns[key].phase = Phase::Closing;
+        self.arm(key, Some(deadline));
+    }
+
+    /// Stops reading: the write side is shut once the outbox drains; the socket closes at EOF
+    /// or at the close deadline.
+    fn linger(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if conn.phase == Phase::Handshake {
+            self.handshaking -= 1;
+            self.counters.handshaking.sub(1);
+        }
+        conn.phase = Phase::Linger;
+        conn.set(flag::SHUT_AFTER_FLUSH);
+        if let Some(b) = conn.bufs.as_mut() {
+            b.pending = Vec::new();
+            b.message = Vec::new();
+        }
+        conn.trim_bufs();
+        self.mark_dirty(key);
+        let deadline = (self.now + self.p.close_ticks).min(self.drain_deadline);
+        self.arm(key, Some(deadline));
+    }
+
+    fn remove(&mut self, key: usize) {
+        let Some(conn) = self.conns.try_remove(key) else { return };
+        if let Some(t) = conn.timer {
+            self.wheel.cancel(t);
+        }
+        sys::close(conn.fd);
+        if conn.phase == Phase::Handshake {
+            self.handshaking -= 1;
+            self.counters.handshaking.sub(1);
+        }
+        if conn.has(flag::COUNTED) {
+            self.open -= 1;
+            self.counters.open_connections.sub(1);
+            self.shared.release();
+            if let Some(l) = &self.shared.limiter {
+                l.release(conn.ip);
+            }
+        }
+    }
+
+    fn begin_drain(&mut self) {
+        self.draining = true;
+        self.drain_deadline = self.now + self.p.drain_ticks;
+        sys::shutdown_listener(self.listener_fd);
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        tracing::info!(shard = self.id, connections = keys.len(), "draining");
+        for key in keys {
+            match self.conns[key].phase {
+                Phase::Handshake => self.refuse(key, HandshakeError::Draining),
+                Phase::Open => {
+                    let d = self.drain_deadline;
+                    self.server_close(key, CloseCode::GOING_AWAY, "server shutting down", d);
+                }
+                Phase::Closing | Phase::Linger => {}
+            }
+        }
+    }
+
+    // ----- timers -----
+
+    fn arm(&mut self, key: usize, deadline: Option<u64>) {
+        let conn = &mut self.conns[key];
+        if let Some(t) = conn.timer.take() {
+            self.wheel.cancel(t);
+        }
+        if let Some(d) = deadline {
+            conn.timer = Some(self.wheel.insert(d, key as u32));
+        }
+    }
+
+    /// The next instant an open connection needs looking at: its ping, pong or idle deadline.
+    fn open_deadline(&self, key: usize) -> Option<u64> {
+        let conn = &self.conns[key];
+        let mut next: Option<u64> = None;
+        let mut consider = |d: u64| next = Some(next.map_or(d, |n: u64| n.min(d)));
+        if self.p.ping_ticks > 0 {
+            if conn.has(flag::PING_OUT) {
+                consider(self.now + self.p.pong_ticks.saturating_sub(self.elapsed(conn.ping_sent)));
+            } else {
+                consider(self.now + self.p.ping_ticks.saturating_sub(self.elapsed(conn.last_recv)));
+            }
+        }
+        if self.p.idle_ticks > 0 {
+            consider(self.now + self.p.idle_ticks.saturating_sub(self.elapsed(conn.last_msg)));
+        }
+        next
+    }
+
+    fn expire_timers(&mut self) {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.expire(self.now, &mut fired);
+        for &key in &fired {
+            let key = key as usize;
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.timer = None;
+                self.on_timer(key);
+            }
+        }
+        fired.clear();
+        self.fired = fired;
+    }
+
+    fn on_timer(&mut self, key: usize) {
+        match self.conns[key].phase {
+            Phase::Handshake => {
+                self.counters.handshake_timeouts.inc();
+                self.remove(key);
+            }
+            Phase::Closing | Phase::Linger => {
+                if self.draining && self.now >= self.drain_deadline {
+                    self.counters.drain_forced.inc();
+                } else {
+                    self.counters.close_timeouts.inc();
+                }
+                self.remove(key);
+            }
+            Phase::Open => self.on_open_timer(key),
+        }
+    }
+
+    fn on_open_timer(&mut self, key: usize) {
+        let conn = &self.conns[key];
+        if self.p.idle_ticks > 0 && self.elapsed(conn.last_msg) >= self.p.idle_ticks {
+            self.counters.idle_timeouts.inc();
+            let d = self.now + self.p.close_ticks;
+            self.server_close(key, CloseCode::NORMAL, "idle timeout", d);
+            return;
+        }
+        if self.p.ping_ticks > 0 {
+            if conn.has(flag::PING_OUT) {
+                if self.elapsed(conn.ping_sent) >= self.p.pong_ticks {
+                    // A dead peer will not answer a close handshake: say why and drop it.
+                    self.counters.pong_timeouts.inc();
+                    let payload = close_payload(CloseCode::GOING_AWAY.0, "pong timeout");
+                    self.queue_frame(key, OpCode::Close, &payload);
+                    self.flush(key);
+                    self.remove(key);
+                    return;
+                }
+            } else if self.elapsed(conn.last_recv) >= self.p.ping_ticks {
+                let now32 = self.now32();
+                let conn = &mut self.conns[key];
+                conn.set(flag::PING_OUT);
+                conn.ping_sent = now32;
+                self.counters.pings_sent.inc();
+                self.queue_frame(key, OpCode::Ping, &[]);
+            }
+        }
+        let deadline = self.open_deadline(key);
+        self.arm(key, deadline);
+    }
+
+    // ----- writing -----
+
+    fn queue_frame(&mut self, key: usize, op: OpCode, payload: &[u8]) {
+        let mut v = Vec::new();
+        encode_frame(&mut v, op, true, None, payload);
+        self.queue_bytes(key, Bytes::from(v));
+    }
+
+    fn queue_bytes(&mut self, key: usize, frame: Bytes) {
+        self.counters.frames_out.inc();
+        self.conns[key].outbox.get_or_insert_with(|| Box::new(Outbox::default())).push(frame);
+        self.mark_dirty(key);
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.has(flag::DIRTY) {
+            conn.set(flag::DIRTY);
+            self.dirty.push(token(key, conn.gen));
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for tok in &dirty {
+            if let Some(key) = self.lookup(*tok) {
+                self.conns[key].clear(flag::DIRTY);
+                self.flush(key);
+            }
+        }
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+            self.dirty.clear();
+        }
+    }
+
+    /// Writes everything queued for a connection in gather writes.
+    fn flush(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if conn.has(flag::WRITE_BLOCKED) {
+            return;
+        }
+        let fd = conn.fd;
+        if let Some(ob) = conn.outbox.as_mut() {
+            match ob.flush(|iov| sys::writev(fd, iov)) {
+                Ok((Flushed::All, n)) => {
+                    self.counters.bytes_out.add(n as u64);
+                    conn.outbox = None;
+                }
+                Ok((Flushed::Blocked, n)) => {
+                    self.counters.bytes_out.add(n as u64);
+                    conn.set(flag::WRITE_BLOCKED);
+                }
+                Err(_) => {
+                    self.counters.io_errors.inc();
+                    self.remove(key);
+                    return;
+                }
+            }
+        }
+        if conn.outbox.is_none() && conn.has(flag::SHUT_AFTER_FLUSH) {
+            conn.clear(flag::SHUT_AFTER_FLUSH);
+            sys::shutdown_write(fd);
+        }
+        let conn = &self.conns[key];
+        if conn.has(flag::READ_READY) && !conn.has(flag::QUEUED_READ) && !self.paused(conn) {
+            self.queue_read(key);
+        }
+    }
+}
+
+/// The accept loop: io_uring accept on the shard's listener, until the listener is shut.
+pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpListener) {
+    use std::os::fd::IntoRawFd;
+    let mut warned_at: Option<Instant> = None;
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                let fd = stream.into_raw_fd();
+                shard.borrow_mut().on_accept(fd, addr.ip());
+            }
+            Err(e) => {
+                if shard.borrow().is_draining() {
+                    return;
+                }
+                shard.borrow().count_accept_error();
+                if warned_at.is_none_or(|t| t.elapsed().as_secs() >= 10) {
+                    tracing::warn!("accept failed: {e} (check the open-file limit); backing off");
+                    warned_at = Some(Instant::now());
+                }
+                monoio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// The event loop: wait for the epoll set through the runtime, then turn.
+pub async fn event_loop(shard: Rc<RefCell<Shard>>, waiter: monoio::net::UnixStream) {
+    loop {
+        let next = shard.borrow_mut().turn();
+        match next {
+            Turn::Done => return,
+            Turn::Again => YieldNow(false).await,
+            Turn::Wait => {
+                if let Err(e) = waiter.readable(false).await {
+                    tracing::error!("waiting for the epoll set failed: {e}");
+                    monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Lets the runtime's other tasks run once.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}

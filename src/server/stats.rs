@@ -1,0 +1,102 @@
+//! Per-shard counters. Each shard is the only writer of its own counters (a relaxed load and
+//! store, no read-modify-write shared across cores); readers on other threads sum the shards.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::proto::handshake::HandshakeError;
+
+/// A counter or gauge written by one shard thread only.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_sub(n), Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+macro_rules! counters {
+    ($($name:ident: $help:literal,)*) => {
+        /// One shard's counters and gauges.
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $(#[doc = $help] pub $name: Counter,)*
+            /// Handshakes refused, by [`HandshakeError`], in `HandshakeError::ALL` order.
+            pub refused: [Counter; HandshakeError::ALL.len()],
+        }
+
+        impl Counters {
+            /// (name, help, value) for every scalar counter.
+            pub fn scalars(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), $help, self.$name.get()),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    open_connections: "open WebSocket connections (gauge)",
+    handshaking: "connections still in the handshake (gauge)",
+    accepted: "TCP connections accepted",
+    accept_errors: "accept calls that failed (EMFILE and the like)",
+    pending_overflow: "connections closed at accept: too many pending handshakes",
+    upgrades: "handshakes completed with 101",
+    handshake_timeouts: "connections dropped for not completing the handshake in time",
+    handshake_aborted: "connections closed by the peer during the handshake",
+    closed_by_client: "close handshakes started by the client",
+    closed_by_server: "close handshakes started by the server (shutdown, idle)",
+    protocol_errors: "connections failed for a protocol violation",
+    pong_timeouts: "connections evicted for not answering a ping",
+    idle_timeouts: "connections closed for sending no message",
+    abnormal_closures: "connections that dropped without a close frame",
+    io_errors: "connections closed on a socket error",
+    close_timeouts: "close handshakes that timed out",
+    drain_forced: "connections still open at the drain deadline",
+    messages_in: "messages received",
+    bytes_in: "bytes received",
+    frames_out: "frames queued for sending",
+    bytes_out: "bytes written to sockets",
+    pings_sent: "pings sent",
+}
+
+impl Counters {
+    pub fn refused(&self, e: HandshakeError) -> &Counter {
+        &self.refused[e.index()]
+    }
+}
+
+/// Counters summed over shards.
+pub fn sum(shards: &[std::sync::Arc<Counters>]) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for (i, c) in shards.iter().enumerate() {
+        for (j, (name, _, v)) in c.scalars().into_iter().enumerate() {
+            if i == 0 {
+                out.push((name.to_string(), 0));
+            }
+            out[j].1 += v;
+        }
+        for (k, e) in HandshakeError::ALL.iter().enumerate() {
+            let name = format!("refused_{}", e.label());
+            match out.iter_mut().find(|(n, _)| *n == name) {
+                Some(slot) => slot.1 += c.refused[k].get(),
+                None => out.push((name, c.refused[k].get())),
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,256 @@
+//! The few Linux calls the shard makes itself, each wrapped once with its safety argument:
+//! the per-shard epoll set, eventfd, timerfd, non-blocking recv/writev, shutdown and close.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// An edge-triggered epoll set.
+#[derive(Debug)]
+pub struct Epoll {
+    fd: OwnedFd,
+}
+
+pub const EV_IN: u32 = libc::EPOLLIN as u32;
+pub const EV_OUT: u32 = libc::EPOLLOUT as u32;
+pub const EV_ERR: u32 = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+const EV_ET: u32 = libc::EPOLLET as u32;
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new fd we own.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: `fd` was just returned by epoll_create1 and is owned by nobody else.
+        Ok(Epoll { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    /// Adds `fd` for edge-triggered read and write readiness, tagged with `token`.
+    pub fn add(&self, fd: RawFd, token: u64, interest: u32) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events: interest | EV_ET, u64: token };
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call; epoll_ctl does not
+        // keep the pointer.
+        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })?;
+        Ok(())
+    }
+
+    /// Collects ready events without blocking; returns how many were written into `events`.
+    pub fn poll(&self, events: &mut [libc::epoll_event]) -> io::Result<usize> {
+        let max = events.len().min(i32::MAX as usize) as libc::c_int;
+        // SAFETY: `events` is valid for writes of `max` entries; timeout 0 never blocks.
+        let n = cvt(unsafe { libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), max, 0) })?;
+        Ok(n as usize)
+    }
+
+    /// A second fd for the same epoll set (for the runtime to poll).
+    pub fn try_clone(&self) -> io::Result<OwnedFd> {
+        self.fd.try_clone()
+    }
+}
+
+/// An eventfd: other threads write to it to wake the shard.
+#[derive(Debug)]
+pub struct EventFd {
+    fd: OwnedFd,
+}
+
+impl EventFd {
+    pub fn new() -> io::Result<EventFd> {
+        // SAFETY: eventfd takes no pointers; a non-negative result is a new fd we own.
+        let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        Ok(EventFd { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Wakes the reader. Never blocks: a full counter (2^64-2 pending wakes) is still a wake.
+    pub fn notify(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
+        let _ = unsafe { libc::write(self.raw(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Resets the counter.
+    pub fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64.
+        let _ = unsafe { libc::read(self.raw(), (&mut v as *mut u64).cast(), 8) };
+    }
+}
+
+/// A periodic timerfd: the shard's tick.
+#[derive(Debug)]
+pub struct TimerFd {
+    fd: OwnedFd,
+}
+
+impl TimerFd {
+    pub fn periodic(every: Duration) -> io::Result<TimerFd> {
+        let flags = libc::TFD_CLOEXEC | libc::TFD_NONBLOCK;
+        // SAFETY: timerfd_create takes no pointers; a non-negative result is a new fd we own.
+        let fd = cvt(unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, flags) })?;
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let ts = libc::timespec {
+            tv_sec: every.as_secs() as libc::time_t,
+            tv_nsec: every.subsec_nanos() as libc::c_long,
+        };
+        let spec = libc::itimerspec { it_interval: ts, it_value: ts };
+        // SAFETY: `spec` is valid for reads during the call; the old value pointer may be null.
+        cvt(unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) })?;
+        Ok(TimerFd { fd })
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64.
+        let _ = unsafe { libc::read(self.raw(), (&mut v as *mut u64).cast(), 8) };
+    }
+}
+
+/// Non-blocking recv into `buf`.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
+    cvt_size(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
+}
+
+/// Non-blocking gather write. MSG_NOSIGNAL: a closed peer is an EPIPE error, not a signal.
+pub fn writev(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: IoSlice is ABI-compatible with iovec (std guarantees it on Unix); `bufs` and the
+    // memory each slice points to stay borrowed for the duration of the call.
+    let msg = libc::msghdr {
+        msg_name: std::ptr::null_mut(),
+        msg_namelen: 0,
+        msg_iov: bufs.as_ptr() as *mut libc::iovec,
+        msg_iovlen: bufs.len().min(1024) as _,
+        msg_control: std::ptr::null_mut(),
+        msg_controllen: 0,
+        msg_flags: 0,
+    };
+    // SAFETY: `msg` points at live iovecs (see above) and no name or control data.
+    cvt_size(unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) })
+}
+
+/// Half-closes the write side: the peer reads EOF after what was sent.
+pub fn shutdown_write(fd: RawFd) {
+    // SAFETY: shutdown takes no pointers; an error (peer gone) needs no handling.
+    let _ = unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+}
+
+/// Stops a listening socket: a pending accept on it fails, which ends the accept loop.
+pub fn shutdown_listener(fd: RawFd) {
+    // SAFETY: shutdown takes no pointers.
+    let _ = unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// Closes a socket the shard owns. Closing also removes it from the epoll set.
+pub fn close(fd: RawFd) {
+    // SAFETY: the caller passes an fd it owns and never uses again.
+    let _ = unsafe { libc::close(fd) };
+}
+
+/// Sets TCP_NODELAY: the shard coalesces writes itself, so Nagle only adds latency.
+pub fn set_nodelay(fd: RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: passes a pointer to a live c_int and its exact size.
+    let _ = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; all-zero is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: passes a live cpu_set_t and its exact size.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+    }
+    // SAFETY: CPU_ISSET reads the set we own; the index is below CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize).filter(|&i| unsafe { libc::CPU_ISSET(i, &set) }).collect()
+}
+
+/// The soft and hard open-file limits.
+pub fn nofile_limit() -> (u64, u64) {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: passes a live rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return (0, 0);
+    }
+    (r.rlim_cur as u64, r.rlim_max as u64)
+}
+
+/// Raises the soft open-file limit to the hard limit; returns the new soft limit.
+pub fn raise_nofile_limit() -> u64 {
+    let (soft, hard) = nofile_limit();
+    if soft < hard {
+        let r = libc::rlimit { rlim_cur: hard as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+        // SAFETY: passes a live rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } == 0 {
+            return hard;
+        }
+    }
+    soft
+}
+
+/// SIGINT and SIGTERM, blocked in every thread so that one thread can take them with sigwait.
+pub struct TermSignals {
+    set: libc::sigset_t,
+}
+
+impl TermSignals {
+    /// Blocks SIGINT and SIGTERM in the calling thread and every thread it spawns afterwards.
+    pub fn block() -> io::Result<TermSignals> {
+        // SAFETY: sigset_t is plain data and sigemptyset initialises it.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a live sigset_t for each call.
+        unsafe {
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+        }
+        // SAFETY: `set` is initialised; the old mask pointer may be null.
+        let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+        Ok(TermSignals { set })
+    }
+
+    /// Waits for the next SIGINT or SIGTERM and returns its number.
+    pub fn wait(&self) -> i32 {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `self.set` is initialised and `sig` is a live c_int.
+        unsafe { libc::sigwait(&self.set, &mut sig) };
+        sig
+    }
+}
