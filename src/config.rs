@@ -32,8 +32,9 @@ pub struct Config {
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(8..=32768))]
     pub uring_entries: u32,
 
-    /// Maximum open WebSocket connections, all shards together.
-    #[arg(long, default_value_t = 1_000_000)]
+    /// Maximum open WebSocket connections, all shards together; 0 derives it from the
+    /// open-file limit (less a reserve for listeners and handshakes in progress).
+    #[arg(long, default_value_t = 0)]
     pub max_connections: usize,
     /// Maximum open WebSocket connections per shard; 0 means no per-shard cap.
     #[arg(long, default_value_t = 0)]
@@ -171,9 +172,6 @@ impl Config {
         }
         if self.max_frame_size > 1 << 40 || self.max_message_size > 1 << 40 {
             return err("--max-frame-size and --max-message-size must be at most 1TiB".into());
-        }
-        if self.max_connections == 0 {
-            return err("--max-connections must be positive".into());
         }
         if self.max_pending_handshakes == 0 {
             return err("--max-pending-handshakes must be positive".into());

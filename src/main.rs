@@ -31,8 +31,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let nofile = sys::raise_nofile_limit();
-    let max = cfg.max_connections;
     let server = match Server::start(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -43,16 +41,11 @@ fn main() -> ExitCode {
     tracing::info!(
         shards = server.shards(),
         driver = server.driver(),
-        open_files = nofile,
+        open_files = server.nofile(),
+        max_connections = server.max_connections(),
         "listening on ws://{}",
         server.local_addr()
     );
-    if (nofile as usize) < max.saturating_add(64) {
-        tracing::warn!(
-            "the open-file limit ({nofile}) allows about {} connections, below --max-connections ({max}); raise it (see tuning/)",
-            nofile.saturating_sub(64)
-        );
-    }
     let handle = server.shutdown_handle();
     std::thread::spawn(move || {
         let sig = signals.wait();

@@ -81,9 +81,20 @@ impl ShutdownHandle {
 pub struct Server {
     addr: SocketAddr,
     driver: &'static str,
+    nofile: u64,
+    max_total: usize,
     threads: Vec<JoinHandle<io::Result<()>>>,
     counters: Vec<Arc<Counters>>,
     handle: ShutdownHandle,
+}
+
+/// Connections the open-file limit leaves room for: each shard keeps a listener, an epoll
+/// set, an eventfd, a timerfd and the runtime's ring; the rest is kept for handshakes in
+/// progress and sockets closing (1% or 64, whichever is more).
+pub fn fd_budget(nofile: u64, shards: usize) -> usize {
+    let fixed = 16 + 8 * shards as u64;
+    let spare = (nofile / 100).max(64);
+    nofile.saturating_sub(fixed + spare).max(1) as usize
 }
 
 /// Binds `n` SO_REUSEPORT listeners on `addr`, after checking that no other socket holds the
@@ -140,9 +151,18 @@ impl Server {
         if cfg.io_driver == IoDriver::IoUring && !monoio::utils::detect_uring() {
             return Err(StartError("--io-driver io-uring: io_uring is not available on this kernel".into()));
         }
+        let nofile = sys::raise_nofile_limit();
+        let fd_budget = fd_budget(nofile, n);
+        let max_total = if cfg.max_connections == 0 { fd_budget } else { cfg.max_connections };
+        if max_total > fd_budget {
+            tracing::warn!(
+                "--max-connections {max_total} is above what the open-file limit ({nofile}) allows \
+                 (about {fd_budget}); raise the limit (tuning/) or accepts will fail"
+            );
+        }
         let shared = Arc::new(Shared {
             total: AtomicUsize::new(0),
-            max_total: cfg.max_connections,
+            max_total,
             draining: AtomicBool::new(false),
             limiter: (cfg.max_connections_per_ip > 0).then(|| IpLimiter::new(cfg.max_connections_per_ip)),
         });
@@ -166,7 +186,15 @@ impl Server {
             wakes.push(wake);
             counters.push(ctr);
         }
-        Ok(Server { addr, driver, threads, counters, handle: ShutdownHandle { shared, wakes } })
+        Ok(Server {
+            addr,
+            driver,
+            nofile,
+            max_total,
+            threads,
+            counters,
+            handle: ShutdownHandle { shared, wakes },
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -175,6 +203,16 @@ impl Server {
 
     pub fn driver(&self) -> &'static str {
         self.driver
+    }
+
+    /// The open-file limit in force.
+    pub fn nofile(&self) -> u64 {
+        self.nofile
+    }
+
+    /// The effective global connection cap.
+    pub fn max_connections(&self) -> usize {
+        self.max_total
     }
 
     pub fn shards(&self) -> usize {
