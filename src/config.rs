@@ -177,7 +177,10 @@ impl Config {
             return err("--max-pending-handshakes must be positive".into());
         }
         if self.outbox_max_bytes < 1024 || self.outbox_max_frames < 8 {
-            return err("--outbox-max-bytes must be at least 1KiB and --outbox-max-frames at least 8".into());
+            return err(
+                "--outbox-max-bytes must be at least 1KiB and --outbox-max-frames at least 8"
+                    .into(),
+            );
         }
         for (flag, path) in [("--ws-path", &self.ws_path), ("--echo-path", &self.echo_path)] {
             if !path.starts_with('/') || path.contains(['?', ' ', '#']) {

@@ -39,7 +39,13 @@ impl<T: Copy + Default> TimerWheel<T> {
     /// A wheel of `slots` slots (rounded up to a power of two), starting at tick `now`.
     pub fn new(slots: usize, now: u64) -> Self {
         let n = slots.next_power_of_two().max(2);
-        TimerWheel { slots: vec![NIL; n].into_boxed_slice(), nodes: Vec::new(), free: NIL, now, len: 0 }
+        TimerWheel {
+            slots: vec![NIL; n].into_boxed_slice(),
+            nodes: Vec::new(),
+            free: NIL,
+            now,
+            len: 0,
+        }
     }
 
     /// Pending timers.

@@ -71,8 +71,15 @@ impl ProtocolError {
     pub fn close_code(self) -> CloseCode {
         use ProtocolError::*;
         match self {
-            ReservedBits | ReservedOpcode | BadMasking | FragmentedControl | ControlTooLong
-            | UnexpectedContinuation | ExpectedContinuation | BadLength | BadClosePayload
+            ReservedBits
+            | ReservedOpcode
+            | BadMasking
+            | FragmentedControl
+            | ControlTooLong
+            | UnexpectedContinuation
+            | ExpectedContinuation
+            | BadLength
+            | BadClosePayload
             | BadCloseCode(_) => CloseCode::PROTOCOL_ERROR,
             InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
             FrameTooLarge | MessageTooLarge => CloseCode::MESSAGE_TOO_BIG,
@@ -114,7 +121,8 @@ mod tests {
 
     #[test]
     fn wire_validity_follows_rfc_6455_and_the_iana_registry() {
-        for ok in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999]
+        for ok in
+            [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999]
         {
             assert!(CloseCode(ok).is_valid_on_wire(), "{ok}");
         }

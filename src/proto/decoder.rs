@@ -35,7 +35,12 @@ impl Default for Limits {
 pub enum Event<'a> {
     /// A piece of a text or binary message, unmasked. `first` marks the message's first piece,
     /// `last` its end. Text pieces are valid UTF-8 so far; the message is valid once `last`.
-    Data { text: bool, payload: &'a [u8], first: bool, last: bool },
+    Data {
+        text: bool,
+        payload: &'a [u8],
+        first: bool,
+        last: bool,
+    },
     Ping(&'a [u8]),
     Pong(&'a [u8]),
     /// A close frame: its code (`None` for an empty payload) and reason.
@@ -285,13 +290,23 @@ mod tests {
             (frame(OpCode::Ping, false, b""), FragmentedControl),
             (frame(OpCode::Ping, true, &[0; 126]), ControlTooLong),
             (frame(OpCode::Continuation, true, b"x"), UnexpectedContinuation),
-            ([frame(OpCode::Text, false, b"a"), frame(OpCode::Text, true, b"b")].concat(), ExpectedContinuation),
+            (
+                [frame(OpCode::Text, false, b"a"), frame(OpCode::Text, true, b"b")].concat(),
+                ExpectedContinuation,
+            ),
             (frame(OpCode::Close, true, &[3]), BadClosePayload),
             (frame(OpCode::Close, true, &1005u16.to_be_bytes()), BadCloseCode(1005)),
             (frame(OpCode::Close, true, &[0x03, 0xe8, 0xff]), InvalidUtf8),
             (frame(OpCode::Text, true, &[0xce, 0xba, 0xff]), InvalidUtf8),
             (frame(OpCode::Binary, true, &[0; 2000]), FrameTooLarge),
-            ([frame(OpCode::Binary, false, &[0; 600]), frame(OpCode::Continuation, true, &[0; 600])].concat(), MessageTooLarge),
+            (
+                [
+                    frame(OpCode::Binary, false, &[0; 600]),
+                    frame(OpCode::Continuation, true, &[0; 600]),
+                ]
+                .concat(),
+                MessageTooLarge,
+            ),
         ];
         let small = Limits { max_frame: 1000, max_message: 1000 };
         for (wire, err) in cases {
@@ -328,7 +343,11 @@ mod tests {
                 } else {
                     payload
                 };
-                let payload = if op.is_control() { payload[..payload.len().min(125)].to_vec() } else { payload };
+                let payload = if op.is_control() {
+                    payload[..payload.len().min(125)].to_vec()
+                } else {
+                    payload
+                };
                 frame(op, fin || op.is_control(), &payload)
             })
     }

@@ -79,9 +79,21 @@ impl HandshakeError {
     pub const ALL: [HandshakeError; 15] = {
         use HandshakeError::*;
         [
-            Malformed, HeaderTooLarge, MethodNotAllowed, HttpVersion, UnexpectedBody, BadHost,
-            NotWebSocket, BadConnectionHeader, UnsupportedVersion, BadKey, NotFound,
-            OriginNotAllowed, ServerFull, AddressLimit, Draining,
+            Malformed,
+            HeaderTooLarge,
+            MethodNotAllowed,
+            HttpVersion,
+            UnexpectedBody,
+            BadHost,
+            NotWebSocket,
+            BadConnectionHeader,
+            UnsupportedVersion,
+            BadKey,
+            NotFound,
+            OriginNotAllowed,
+            ServerFull,
+            AddressLimit,
+            Draining,
         ]
     };
 
@@ -282,8 +294,7 @@ pub fn parse_upgrade(
         Ok(raw) if raw.len() == 16 => {}
         _ => return Err(HandshakeError::BadKey),
     }
-    let route =
-        policy.routes.iter().position(|r| r == path).ok_or(HandshakeError::NotFound)?;
+    let route = policy.routes.iter().position(|r| r == path).ok_or(HandshakeError::NotFound)?;
     if let Some(o) = origin {
         if !policy.allowed_origins.is_empty()
             && !policy.allowed_origins.iter().any(|a| a.as_bytes().eq_ignore_ascii_case(o))
@@ -291,14 +302,9 @@ pub fn parse_upgrade(
             return Err(HandshakeError::OriginNotAllowed);
         }
     }
-    let subprotocol =
-        policy.subprotocols.iter().position(|s| offered.iter().any(|o| *o == s.as_bytes()));
-    let upgrade = Upgrade {
-        route,
-        accept: accept_key(key),
-        subprotocol,
-        query: query.map(str::to_owned),
-    };
+    let subprotocol = policy.subprotocols.iter().position(|s| offered.contains(&s.as_bytes()));
+    let upgrade =
+        Upgrade { route, accept: accept_key(key), subprotocol, query: query.map(str::to_owned) };
     Ok(Some((upgrade, head_len)))
 }
 

@@ -117,6 +117,10 @@ mod tests {
     fn an_idle_connection_is_small() {
         // The per-connection budget is 200 bytes of user space all told; the slab entry is
         // most of it.
-        assert!(std::mem::size_of::<super::Conn>() <= 128, "{}", std::mem::size_of::<super::Conn>());
+        assert!(
+            std::mem::size_of::<super::Conn>() <= 128,
+            "{}",
+            std::mem::size_of::<super::Conn>()
+        );
     }
 }

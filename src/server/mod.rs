@@ -100,7 +100,11 @@ pub fn fd_budget(nofile: u64, shards: usize) -> usize {
 /// Binds `n` SO_REUSEPORT listeners on `addr`, after checking that no other socket holds the
 /// port: a plain bind without SO_REUSEPORT fails if anyone is listening there, even another
 /// ringcast's reuse-port group, so two servers can never silently share a port.
-fn bind_listeners(addr: SocketAddr, n: usize, backlog: u32) -> Result<Vec<TcpListener>, StartError> {
+fn bind_listeners(
+    addr: SocketAddr,
+    n: usize,
+    backlog: u32,
+) -> Result<Vec<TcpListener>, StartError> {
     let domain = Domain::for_address(addr);
     let probe = Socket::new(domain, Type::STREAM, None)
         .map_err(|e| StartError(format!("cannot create a socket: {e}")))?;
@@ -149,7 +153,9 @@ impl Server {
             IoDriver::Auto => "epoll",
         };
         if cfg.io_driver == IoDriver::IoUring && !monoio::utils::detect_uring() {
-            return Err(StartError("--io-driver io-uring: io_uring is not available on this kernel".into()));
+            return Err(StartError(
+                "--io-driver io-uring: io_uring is not available on this kernel".into(),
+            ));
         }
         let nofile = sys::raise_nofile_limit();
         let fd_budget = fd_budget(nofile, n);
@@ -164,7 +170,8 @@ impl Server {
             total: AtomicUsize::new(0),
             max_total,
             draining: AtomicBool::new(false),
-            limiter: (cfg.max_connections_per_ip > 0).then(|| IpLimiter::new(cfg.max_connections_per_ip)),
+            limiter: (cfg.max_connections_per_ip > 0)
+                .then(|| IpLimiter::new(cfg.max_connections_per_ip)),
         });
         let cfg = Arc::new(cfg);
         let mut threads = Vec::with_capacity(n);
@@ -263,7 +270,8 @@ fn run_shard(
             .build()?;
         rt.block_on(serve(shard, listener))
     } else {
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()?;
+        let mut rt =
+            monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()?;
         rt.block_on(serve(shard, listener))
     }
 }

@@ -62,7 +62,9 @@ impl Outbox {
             }
             let written = match write(&iov[..n]) {
                 Ok(w) => w,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((Flushed::Blocked, total)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok((Flushed::Blocked, total))
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
@@ -100,7 +102,7 @@ mod tests {
             o.push(Bytes::from_static(s.as_bytes()));
         }
         let mut sink = Vec::new();
-        let mut budget = [4usize, 3, 0];
+        let budget = [4usize, 3, 0];
         let mut call = 0;
         let r = o.flush(|iov| {
             let cap = budget.get(call).copied().unwrap_or(0);

@@ -78,7 +78,13 @@ impl Params {
             paths.push(cfg.echo_path.clone());
         }
         let mut heartbeat_frame = Vec::new();
-        encode_frame(&mut heartbeat_frame, OpCode::Text, true, None, cfg.heartbeat_reply.as_bytes());
+        encode_frame(
+            &mut heartbeat_frame,
+            OpCode::Text,
+            true,
+            None,
+            cfg.heartbeat_reply.as_bytes(),
+        );
         Params {
             policy: HandshakePolicy {
                 routes: paths,
@@ -242,7 +248,8 @@ impl Shard {
         let gen = self.gen;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if key >= (u32::MAX - 2) as usize || self.epoll.add(fd, token(key, gen), EV_IN | EV_OUT).is_err()
+        if key >= (u32::MAX - 2) as usize
+            || self.epoll.add(fd, token(key, gen), EV_IN | EV_OUT).is_err()
         {
             self.counters.accept_errors.inc();
             sys::close(fd);
@@ -550,9 +557,9 @@ impl Shard {
         let ip = self.conns[key].ip;
         let refusal = if self.draining {
             Some(HandshakeError::Draining)
-        } else if self.p.max_per_shard > 0 && self.open >= self.p.max_per_shard {
-            Some(HandshakeError::ServerFull)
-        } else if !self.shared.acquire() {
+        } else if (self.p.max_per_shard > 0 && self.open >= self.p.max_per_shard)
+            || !self.shared.acquire()
+        {
             Some(HandshakeError::ServerFull)
         } else if self.shared.limiter.as_ref().is_some_and(|l| !l.try_acquire(ip)) {
             self.shared.release();
@@ -884,7 +891,10 @@ struct YieldNow(bool);
 
 impl std::future::Future for YieldNow {
     type Output = ();
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
         if self.0 {
             return std::task::Poll::Ready(());
         }

@@ -206,7 +206,7 @@ pub fn nofile_limit() -> (u64, u64) {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
         return (0, 0);
     }
-    (r.rlim_cur as u64, r.rlim_max as u64)
+    (r.rlim_cur, r.rlim_max)
 }
 
 /// Raises the soft open-file limit to the hard limit; returns the new soft limit.

@@ -1,0 +1,242 @@
+//! Test support: a ringcast process on a loopback port and a small blocking WebSocket client
+//! built on ringcast's own codec in the client role.
+#![allow(dead_code, clippy::unwrap_used)] // reason: shared by several test crates; a panic is the failure report
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringcast::proto::frame::encode_frame;
+use ringcast::proto::{Decoder, Event, Limits, OpCode, Role};
+
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts ringcast with 2 shards on 127.0.0.1:0 plus `args`, and waits until it listens.
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .args(["--listen", "127.0.0.1:0", "--shards", "2", "--log-level", "info"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ringcast");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(i) = line.find("listening on ws://") {
+                    let rest = &line[i + "listening on ws://".len()..];
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("ringcast did not start: {:?}", log.lock().unwrap()));
+        Server { child, addr: addr.parse().expect("address"), log }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill takes no pointers; the pid is our live child's.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                // Let the log reader catch up with the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// The value of `name=N` in the final "stopped:" summary line.
+    pub fn total(&self, name: &str) -> u64 {
+        let log = self.log();
+        let line = log.lines().rev().find(|l| l.contains("stopped:")).expect("summary line");
+        let key = format!(" {name}=");
+        let i = line.find(&key).unwrap_or_else(|| panic!("{name} not in {line}"));
+        line[i + key.len()..].split_whitespace().next().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the client read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(Option<u16>, String),
+    /// The server closed the TCP connection.
+    Eof,
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    dec: Decoder,
+    msg: Vec<u8>,
+}
+
+pub fn upgrade_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    )
+}
+
+/// Sends raw bytes and returns everything the server sends back before closing (or 5 s).
+pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr, path: &str) -> Client {
+        Self::try_connect(addr, path, "").unwrap_or_else(|resp| panic!("upgrade refused: {resp}"))
+    }
+
+    /// Upgrades with extra header lines; `Err(response head)` if the server refuses.
+    pub fn try_connect(addr: SocketAddr, path: &str, extra: &str) -> Result<Client, String> {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream.write_all(upgrade_request(path, extra).as_bytes()).expect("write");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = stream.read(&mut chunk).expect("read handshake");
+            if n == 0 {
+                return Err(String::from_utf8_lossy(&buf).into_owned());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        if !head.starts_with("HTTP/1.1 101") {
+            return Err(head);
+        }
+        assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{head}");
+        buf.drain(..head_end);
+        Ok(Client { stream, buf, dec: Decoder::new(Role::Client), msg: Vec::new() })
+    }
+
+    pub fn send(&mut self, op: OpCode, payload: &[u8]) {
+        let mut v = Vec::new();
+        encode_frame(&mut v, op, true, Some([1, 2, 3, 4]), payload);
+        self.stream.write_all(&v).expect("send");
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    pub fn text(&mut self, s: &str) {
+        self.send(OpCode::Text, s.as_bytes());
+    }
+
+    /// Reads the next frame (whole messages), or Eof.
+    pub fn recv(&mut self) -> Frame {
+        let limits = Limits { max_frame: 1 << 30, max_message: 1 << 30 };
+        loop {
+            let mut consumed = 0;
+            let mut out = None;
+            match self.dec.decode(&mut self.buf, &limits) {
+                Ok(Some((ev, n))) => {
+                    consumed = n;
+                    out = match ev {
+                        Event::Data { text, payload, first, last } => {
+                            if first {
+                                self.msg.clear();
+                            }
+                            self.msg.extend_from_slice(payload);
+                            last.then(|| {
+                                let m = std::mem::take(&mut self.msg);
+                                if text {
+                                    Frame::Text(String::from_utf8(m).unwrap())
+                                } else {
+                                    Frame::Binary(m)
+                                }
+                            })
+                        }
+                        Event::Ping(p) => Some(Frame::Ping(p.to_vec())),
+                        Event::Pong(p) => Some(Frame::Pong(p.to_vec())),
+                        Event::Close(c, r) => Some(Frame::Close(c.map(|c| c.0), r.to_string())),
+                    };
+                }
+                Ok(None) => {}
+                Err(e) => panic!("server sent a bad frame: {e}"),
+            }
+            if consumed > 0 {
+                self.buf.drain(..consumed);
+                if let Some(f) = out {
+                    return f;
+                }
+                continue;
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Frame::Eof,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Frame::Eof,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Reads frames, answering nothing, until a close frame; returns its code and reason.
+    pub fn recv_close(&mut self) -> (Option<u16>, String) {
+        loop {
+            match self.recv() {
+                Frame::Close(c, r) => return (c, r),
+                Frame::Eof => panic!("EOF before a close frame"),
+                _ => {}
+            }
+        }
+    }
+
+    /// After a close frame: the server must close the TCP connection.
+    pub fn expect_eof(&mut self) {
+        loop {
+            match self.recv() {
+                Frame::Eof => return,
+                Frame::Ping(_) | Frame::Pong(_) => {}
+                other => panic!("expected EOF, got {other:?}"),
+            }
+        }
+    }
+}
