@@ -28,6 +28,10 @@ pub struct Config {
     /// I/O driver: io-uring, epoll, or auto (io_uring where the kernel allows it).
     #[arg(long, value_enum, default_value_t = IoDriver::Auto)]
     pub io_driver: IoDriver,
+    /// Allow transparent huge pages (off by default: they multiply resident memory per idle
+    /// connection; see docs/benchmarks.md).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub transparent_huge_pages: bool,
     /// io_uring submission queue entries per shard.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(8..=32768))]
     pub uring_entries: u32,

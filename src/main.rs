@@ -9,6 +9,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cfg = Config::parse();
+    if !cfg.transparent_huge_pages {
+        if let Err(e) = sys::disable_transparent_huge_pages() {
+            eprintln!("ringcast: cannot turn transparent huge pages off: {e}");
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log_level));
     let filter = match filter {

@@ -180,7 +180,11 @@ impl Server {
         for (i, listener) in listeners.into_iter().enumerate() {
             let wake = Arc::new(EventFd::new().map_err(|e| StartError(format!("eventfd: {e}")))?);
             let ctr = Arc::new(Counters::default());
-            let shard = Shard::new(i, &cfg, shared.clone(), ctr.clone(), wake.clone())
+            let capacity = match cfg.max_connections_per_shard {
+                0 => max_total,
+                m => m.min(max_total),
+            };
+            let shard = Shard::new(i, &cfg, capacity, shared.clone(), ctr.clone(), wake.clone())
                 .map_err(|e| StartError(format!("shard {i}: {e}")))?;
             let cpu = cfg.pin.then(|| cpus.get(i % cpus.len().max(1)).copied()).flatten();
             let entries = cfg.uring_entries;

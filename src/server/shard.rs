@@ -153,9 +153,13 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// `capacity`: the most connections this shard may hold. The slab and the timer array are
+    /// reserved for it up front; pages nobody touches cost no memory, while growing by
+    /// doubling would leave the old copies resident (about 90 B per connection at 19k).
     pub fn new(
         id: usize,
         cfg: &Config,
+        capacity: usize,
         shared: Arc<Shared>,
         counters: Arc<Counters>,
         wake: Arc<EventFd>,
@@ -171,9 +175,11 @@ impl Shard {
             .max()
             .unwrap_or(1);
         let read_buffer = p.read_buffer;
+        let mut wheel = TimerWheel::new((longest as usize + 2).min(1 << 16), 0);
+        wheel.reserve(capacity);
         Ok(Shard {
             id,
-            wheel: TimerWheel::new((longest as usize + 2).min(1 << 16), 0),
+            wheel,
             p,
             shared,
             counters,
@@ -181,7 +187,7 @@ impl Shard {
             wake,
             tickfd,
             listener_fd: -1,
-            conns: Slab::new(),
+            conns: Slab::with_capacity(capacity),
             read_buf: vec![0u8; read_buffer].into_boxed_slice(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_TURN],
             ready: Vec::new(),

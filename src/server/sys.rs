@@ -57,6 +57,10 @@ impl Epoll {
         Ok(n as usize)
     }
 
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
     /// A second fd for the same epoll set (for the runtime to poll).
     pub fn try_clone(&self) -> io::Result<OwnedFd> {
         self.fd.try_clone()
@@ -253,4 +257,14 @@ impl TermSignals {
         unsafe { libc::sigwait(&self.set, &mut sig) };
         sig
     }
+}
+
+/// Turns transparent huge pages off for this process. The allocator asks for huge pages on its
+/// arenas; for a gateway whose memory is many small per-connection objects, 2 MiB pages make
+/// resident memory grow in steps far above what is used (measured: 642 B per idle connection
+/// with THP, 252 B without; docs/benchmarks.md).
+pub fn disable_transparent_huge_pages() -> io::Result<()> {
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only.
+    cvt(unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) })?;
+    Ok(())
 }

@@ -1,0 +1,476 @@
+//! The client engine: one thread per core, each multiplexing its share of the connections over
+//! an edge-triggered epoll set. Connections are plain state machines (connecting, upgrading,
+//! open) over non-blocking sockets bound to the chosen source address; frames are decoded with
+//! ringcast's own codec in the client role, so loadgen works against any RFC 6455 server.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use ringcast::proto::frame::encode_frame;
+use ringcast::proto::{Decoder, Event, Limits, OpCode, Role};
+use ringcast::server::sys::{self, Epoll, EV_ERR, EV_IN, EV_OUT};
+use socket2::{Domain, Socket, Type};
+
+/// The Sec-WebSocket-Key every connection sends, and the accept value it must get back.
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+/// Handshakes in flight per thread, so a fast ramp does not flood the listen backlog.
+const MAX_IN_FLIGHT: usize = 512;
+
+/// What one thread does.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub target: SocketAddr,
+    pub path: String,
+    /// Connections this thread opens.
+    pub conns: usize,
+    /// Connections per second this thread opens; 0: as fast as the handshakes complete.
+    pub rate: f64,
+    pub sources: Vec<IpAddr>,
+    /// Time a connection may take to connect and upgrade.
+    pub connect_timeout: Duration,
+    /// Hard stop, whatever happens.
+    pub deadline: Instant,
+}
+
+/// What the threads share while running: progress, and the signal to stop.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Connections whose attempt has an outcome (upgraded, refused or failed).
+    pub settled: AtomicUsize,
+    pub open: AtomicUsize,
+    pub stop: AtomicBool,
+}
+
+/// What one thread saw.
+#[derive(Debug)]
+pub struct Tally {
+    pub attempted: u64,
+    pub upgraded: u64,
+    /// Refused upgrades by HTTP status.
+    pub refused: BTreeMap<u16, u64>,
+    /// Failed attempts by reason.
+    pub errors: BTreeMap<String, u64>,
+    /// Close frames from the server, by code.
+    pub closed_by_server: BTreeMap<u16, u64>,
+    /// Connections the server dropped without a close frame.
+    pub dropped_by_server: u64,
+    pub pings_answered: u64,
+    pub messages: u64,
+    /// Connect-to-101 latency, microseconds.
+    pub handshake_us: Histogram<u64>,
+    pub first_attempt: Option<Instant>,
+    pub last_upgrade: Option<Instant>,
+    pub open_at_end: u64,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            attempted: 0,
+            upgraded: 0,
+            refused: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            closed_by_server: BTreeMap::new(),
+            dropped_by_server: 0,
+            pings_answered: 0,
+            messages: 0,
+            handshake_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds"),
+            first_attempt: None,
+            last_upgrade: None,
+            open_at_end: 0,
+        }
+    }
+
+    pub fn merge(&mut self, o: Tally) {
+        self.attempted += o.attempted;
+        self.upgraded += o.upgraded;
+        for (k, v) in o.refused {
+            *self.refused.entry(k).or_default() += v;
+        }
+        for (k, v) in o.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+        for (k, v) in o.closed_by_server {
+            *self.closed_by_server.entry(k).or_default() += v;
+        }
+        self.dropped_by_server += o.dropped_by_server;
+        self.pings_answered += o.pings_answered;
+        self.messages += o.messages;
+        let _ = self.handshake_us.add(&o.handshake_us);
+        self.first_attempt = match (self.first_attempt, o.first_attempt) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_upgrade = self.last_upgrade.max(o.last_upgrade);
+        self.open_at_end += o.open_at_end;
+    }
+
+    pub fn empty() -> Tally {
+        Tally::new()
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Upgrading,
+    Open,
+}
+
+struct Conn {
+    fd: RawFd,
+    state: State,
+    started: Instant,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    dec: Decoder,
+}
+
+fn request(plan: &Plan) -> Vec<u8> {
+    format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\r\n",
+        plan.path, plan.target
+    )
+    .into_bytes()
+}
+
+fn open_socket(target: SocketAddr, source: IpAddr) -> io::Result<RawFd> {
+    let s = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
+    s.set_nonblocking(true)?;
+    s.set_tcp_nodelay(true)?;
+    let one: libc::c_int = 1;
+    // SAFETY: passes a live c_int and its size. IP_BIND_ADDRESS_NO_PORT defers the port choice
+    // to connect(), so each source address can reuse ports across destinations.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    s.bind(&SocketAddr::new(source, 0).into())?;
+    match s.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(s.into_raw_fd())
+}
+
+fn error_kind(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EADDRNOTAVAIL) => "no free source port (EADDRNOTAVAIL): add --sources".into(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) => "open-file limit reached".into(),
+        Some(libc::ECONNREFUSED) => "connection refused".into(),
+        Some(libc::ECONNRESET) => "connection reset".into(),
+        Some(libc::ETIMEDOUT) => "timed out".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Runs one thread's plan until `progress.stop` is set or the deadline passes.
+pub fn run(plan: Plan, thread: usize, progress: Arc<Progress>) -> Tally {
+    let mut tally = Tally::new();
+    let epoll = match Epoll::new() {
+        Ok(e) => e,
+        Err(e) => {
+            tally.errors.insert(format!("epoll: {e}"), plan.conns as u64);
+            progress.settled.fetch_add(plan.conns, Relaxed);
+            return tally;
+        }
+    };
+    let req = request(&plan);
+    let limits = Limits { max_frame: 1 << 30, max_message: 1 << 30 };
+    let mut conns: slab::Slab<Conn> = slab::Slab::with_capacity(plan.conns);
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let mut rbuf = vec![0u8; 64 * 1024];
+    let mut opened = 0usize;
+    let mut in_flight = 0usize;
+    let start = Instant::now();
+    let settle = |tally: &mut Tally, progress: &Progress| {
+        let _ = tally;
+        progress.settled.fetch_add(1, Relaxed);
+    };
+    while !progress.stop.load(Relaxed) && Instant::now() < plan.deadline {
+        // Ramp: open what is due.
+        let due = if plan.rate > 0.0 {
+            ((start.elapsed().as_secs_f64() * plan.rate) as usize + 1).min(plan.conns)
+        } else {
+            plan.conns
+        };
+        while opened < due && in_flight < MAX_IN_FLIGHT {
+            let source = plan.sources[(thread + opened * 7919) % plan.sources.len()];
+            opened += 1;
+            tally.attempted += 1;
+            let now = Instant::now();
+            tally.first_attempt.get_or_insert(now);
+            match open_socket(plan.target, source) {
+                Ok(fd) => {
+                    let key = conns.insert(Conn {
+                        fd,
+                        state: State::Connecting,
+                        started: now,
+                        inbuf: Vec::new(),
+                        out: Vec::new(),
+                        dec: Decoder::new(Role::Client),
+                    });
+                    if let Err(e) = epoll.add(fd, key as u64, EV_IN | EV_OUT) {
+                        *tally.errors.entry(error_kind(&e)).or_default() += 1;
+                        sys::close(fd);
+                        conns.remove(key);
+                        settle(&mut tally, &progress);
+                        continue;
+                    }
+                    in_flight += 1;
+                }
+                Err(e) => {
+                    *tally.errors.entry(error_kind(&e)).or_default() += 1;
+                    settle(&mut tally, &progress);
+                }
+            }
+        }
+        // SAFETY: `events` is valid for writes of its length; the timeout bounds the wait.
+        let n = unsafe {
+            libc::epoll_wait(epoll_fd(&epoll), events.as_mut_ptr(), events.len() as i32, 5)
+        };
+        let n = n.max(0) as usize;
+        let now = Instant::now();
+        for ev in &events[..n] {
+            let key = ev.u64 as usize;
+            let bits = ev.events;
+            let Some(c) = conns.get_mut(key) else { continue };
+            let mut outcome: Option<Result<(), String>> = None; // Some: leaves the handshake
+            let mut close = false;
+            if c.state == State::Connecting && bits & (EV_OUT | EV_ERR) != 0 {
+                match socket_error(c.fd) {
+                    Ok(()) => {
+                        c.state = State::Upgrading;
+                        c.out.extend_from_slice(&req);
+                    }
+                    Err(e) => {
+                        outcome = Some(Err(error_kind(&e)));
+                        close = true;
+                    }
+                }
+            }
+            if !close && !c.out.is_empty() && c.state != State::Connecting {
+                match write_out(c) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        if c.state == State::Upgrading {
+                            outcome = Some(Err(error_kind(&e)));
+                        } else {
+                            tally.dropped_by_server += 1;
+                        }
+                        close = true;
+                    }
+                }
+            }
+            if !close && c.state != State::Connecting && bits & (EV_IN | EV_ERR) != 0 {
+                loop {
+                    match sys::recv(c.fd, &mut rbuf) {
+                        Ok(0) => {
+                            if c.state == State::Upgrading {
+                                outcome = Some(Err(refusal(&c.inbuf)));
+                            } else {
+                                tally.dropped_by_server += 1;
+                            }
+                            close = true;
+                            break;
+                        }
+                        Ok(k) => c.inbuf.extend_from_slice(&rbuf[..k]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            if c.state == State::Upgrading {
+                                outcome = Some(Err(error_kind(&e)));
+                            } else {
+                                tally.dropped_by_server += 1;
+                            }
+                            close = true;
+                            break;
+                        }
+                    }
+                }
+                if !close && c.state == State::Upgrading {
+                    if let Some(end) = c.inbuf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&c.inbuf[..end + 4]).into_owned();
+                        if head.starts_with("HTTP/1.1 101") && head.contains(ACCEPT) {
+                            c.inbuf.drain(..end + 4);
+                            c.state = State::Open;
+                            outcome = Some(Ok(()));
+                        } else {
+                            outcome = Some(Err(refusal(&c.inbuf)));
+                            close = true;
+                        }
+                    }
+                }
+                if !close && c.state == State::Open && !c.inbuf.is_empty() {
+                    match read_frames(c, &limits, &mut tally) {
+                        Ok(false) => {}
+                        Ok(true) => close = true,
+                        Err(e) => {
+                            *tally
+                                .errors
+                                .entry(format!("bad frame from server: {e}"))
+                                .or_default() += 1;
+                            close = true;
+                        }
+                    }
+                    if !close && !c.out.is_empty() && write_out(c).is_err() {
+                        tally.dropped_by_server += 1;
+                        close = true;
+                    }
+                }
+            }
+            if let Some(r) = outcome {
+                in_flight -= 1;
+                settle(&mut tally, &progress);
+                match r {
+                    Ok(()) => {
+                        tally.upgraded += 1;
+                        tally.last_upgrade = Some(now);
+                        let us = now.duration_since(c.started).as_micros() as u64;
+                        let _ = tally.handshake_us.record(us.max(1));
+                        progress.open.fetch_add(1, Relaxed);
+                    }
+                    Err(reason) => {
+                        if let Some(code) =
+                            reason.strip_prefix("status ").and_then(|s| s.parse().ok())
+                        {
+                            *tally.refused.entry(code).or_default() += 1;
+                        } else {
+                            *tally.errors.entry(reason).or_default() += 1;
+                        }
+                    }
+                }
+            } else if close && c.state == State::Open {
+                progress.open.fetch_sub(1, Relaxed);
+            }
+            if close {
+                sys::close(c.fd);
+                conns.remove(key);
+            }
+        }
+        // Handshake deadline.
+        if in_flight > 0 {
+            let late: Vec<usize> = conns
+                .iter()
+                .filter(|(_, c)| {
+                    c.state != State::Open && now.duration_since(c.started) > plan.connect_timeout
+                })
+                .map(|(k, _)| k)
+                .collect();
+            for k in late {
+                let c = conns.remove(k);
+                sys::close(c.fd);
+                in_flight -= 1;
+                *tally.errors.entry("connect/upgrade timed out".into()).or_default() += 1;
+                settle(&mut tally, &progress);
+            }
+        }
+    }
+    // Whatever never got an outcome still counts as settled, so waiters do not hang.
+    let unsettled = plan.conns - opened + in_flight;
+    progress.settled.fetch_add(unsettled, Relaxed);
+    for (_, c) in conns.iter() {
+        if c.state == State::Open {
+            tally.open_at_end += 1;
+        }
+        sys::close(c.fd);
+    }
+    tally
+}
+
+fn epoll_fd(e: &Epoll) -> RawFd {
+    e.raw()
+}
+
+fn socket_error(fd: RawFd) -> io::Result<()> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: passes a live c_int and its length.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err));
+    }
+    Ok(())
+}
+
+fn write_out(c: &mut Conn) -> io::Result<()> {
+    while !c.out.is_empty() {
+        match sys::writev(c.fd, &[io::IoSlice::new(&c.out)]) {
+            Ok(n) => {
+                c.out.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// "status NNN" for an HTTP refusal, or a description of what came instead.
+fn refusal(head: &[u8]) -> String {
+    let text = String::from_utf8_lossy(head);
+    let mut parts = text.split_whitespace();
+    match (parts.next(), parts.next().and_then(|c| c.parse::<u16>().ok())) {
+        (Some(v), Some(code)) if v.starts_with("HTTP/") && code != 101 => format!("status {code}"),
+        _ if head.is_empty() => "closed before answering".into(),
+        _ => "bad upgrade response".into(),
+    }
+}
+
+/// Decodes what arrived; answers pings and close frames. Returns whether to close.
+fn read_frames(c: &mut Conn, limits: &Limits, tally: &mut Tally) -> Result<bool, String> {
+    let mut pos = 0;
+    let mut close = false;
+    loop {
+        match c.dec.decode(&mut c.inbuf[pos..], limits) {
+            Ok(Some((ev, n))) => {
+                pos += n;
+                match ev {
+                    Event::Data { last: true, .. } => tally.messages += 1,
+                    Event::Data { .. } | Event::Pong(_) => {}
+                    Event::Ping(p) => {
+                        let p = p.to_vec();
+                        encode_frame(&mut c.out, OpCode::Pong, true, Some([1, 2, 3, 4]), &p);
+                        tally.pings_answered += 1;
+                    }
+                    Event::Close(code, _) => {
+                        *tally.closed_by_server.entry(code.map_or(1005, |c| c.0)).or_default() += 1;
+                        let payload = code.map(|c| c.0.to_be_bytes().to_vec()).unwrap_or_default();
+                        encode_frame(&mut c.out, OpCode::Close, true, Some([1, 2, 3, 4]), &payload);
+                        let _ = write_out(c);
+                        close = true;
+                        break;
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    c.inbuf.drain(..pos);
+    Ok(close)
+}
