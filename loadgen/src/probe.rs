@@ -114,6 +114,7 @@ mod tests {
         let st = "Name:\tx\nVmRSS:\t    2048 kB\nRssAnon:\t    1024 kB\n";
         assert_eq!(parse_status(st), ProcMem { rss: 2 << 20, rss_anon: 1 << 20 });
         let stat = "42 (a b) S 1 1 1 0 -1 0 0 0 0 0 300 100 0 0 20 0 1 0";
+        // SAFETY: sysconf takes no pointers.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         assert_eq!(parse_stat_cpu(stat), Some(400.0 / hz));
         let slab = "slabinfo - version: 2.1\n# name <active_objs> <num_objs> <objsize>\nTCP 10 12 2368 13 8 : t\n";
