@@ -240,9 +240,8 @@ pub fn run(plan: Plan, thread: usize, progress: Arc<Progress>) -> Tally {
             }
         }
         // SAFETY: `events` is valid for writes of its length; the timeout bounds the wait.
-        let n = unsafe {
-            libc::epoll_wait(epoll_fd(&epoll), events.as_mut_ptr(), events.len() as i32, 5)
-        };
+        let n =
+            unsafe { libc::epoll_wait(epoll.raw(), events.as_mut_ptr(), events.len() as i32, 5) };
         let n = n.max(0) as usize;
         let now = Instant::now();
         for ev in &events[..n] {
@@ -267,11 +266,7 @@ pub fn run(plan: Plan, thread: usize, progress: Arc<Progress>) -> Tally {
                 match write_out(c) {
                     Ok(()) => {}
                     Err(e) => {
-                        if c.state == State::Upgrading {
-                            outcome = Some(Err(error_kind(&e)));
-                        } else {
-                            tally.dropped_by_server += 1;
-                        }
+                        outcome = lost(&c.state, error_kind(&e), &mut tally);
                         close = true;
                     }
                 }
@@ -280,22 +275,14 @@ pub fn run(plan: Plan, thread: usize, progress: Arc<Progress>) -> Tally {
                 loop {
                     match sys::recv(c.fd, &mut rbuf) {
                         Ok(0) => {
-                            if c.state == State::Upgrading {
-                                outcome = Some(Err(refusal(&c.inbuf)));
-                            } else {
-                                tally.dropped_by_server += 1;
-                            }
+                            outcome = lost(&c.state, refusal(&c.inbuf), &mut tally);
                             close = true;
                             break;
                         }
                         Ok(k) => c.inbuf.extend_from_slice(&rbuf[..k]),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) => {
-                            if c.state == State::Upgrading {
-                                outcome = Some(Err(error_kind(&e)));
-                            } else {
-                                tally.dropped_by_server += 1;
-                            }
+                            outcome = lost(&c.state, error_kind(&e), &mut tally);
                             close = true;
                             break;
                         }
@@ -391,8 +378,15 @@ pub fn run(plan: Plan, thread: usize, progress: Arc<Progress>) -> Tally {
     tally
 }
 
-fn epoll_fd(e: &Epoll) -> RawFd {
-    e.raw()
+/// A connection ended by the server or the network: before the upgrade that is the attempt's
+/// outcome; after it, the server dropped an open connection.
+fn lost(state: &State, reason: String, tally: &mut Tally) -> Option<Result<(), String>> {
+    if *state == State::Upgrading {
+        Some(Err(reason))
+    } else {
+        tally.dropped_by_server += 1;
+        None
+    }
 }
 
 fn socket_error(fd: RawFd) -> io::Result<()> {
