@@ -8,5 +8,6 @@
 
 pub mod config;
 pub mod proto;
+pub mod push;
 pub mod server;
 pub mod timer_wheel;

@@ -1,0 +1,135 @@
+//! The messages shards (and the API thread) send each other through the shard inboxes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+
+use super::directory::Policy;
+use super::ids::ConnId;
+use super::report::ReportPart;
+
+/// Delivery priority: the lanes of a connection's outbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    Low = 0,
+    Normal = 1,
+    High = 2,
+}
+
+impl Priority {
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s {
+            "high" => Some(Priority::High),
+            "normal" => Some(Priority::Normal),
+            "low" => Some(Priority::Low),
+            _ => None,
+        }
+    }
+}
+
+/// What a backend published: JSON (raw text, already validated) or binary bytes.
+#[derive(Clone, Debug)]
+pub enum Payload {
+    Json(Arc<serde_json::value::RawValue>),
+    Binary(Bytes),
+}
+
+/// A frame ready to queue, shared by every recipient.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub bytes: Bytes,
+    pub priority: Priority,
+}
+
+/// Which local connections a delivery is for.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Conns(Vec<ConnId>),
+    Channel(Arc<str>),
+    All,
+}
+
+/// A connection as the user directory lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub conn: ConnId,
+    pub device: Option<Arc<str>>,
+    pub connected_ms: u64,
+    pub active_ms: u64,
+}
+
+#[derive(Debug)]
+pub enum ShardMsg {
+    // ----- directory upkeep, to the home shard -----
+    UserJoined {
+        user: Arc<str>,
+        device: Option<Arc<str>>,
+        conn: ConnId,
+        at_ms: u64,
+    },
+    UserLeft {
+        user: Arc<str>,
+        conn: ConnId,
+    },
+    UserActive {
+        user: Arc<str>,
+        conn: ConnId,
+        at_ms: u64,
+    },
+    ChannelCount {
+        channel: Arc<str>,
+        shard: u16,
+        delta: i32,
+    },
+
+    // ----- requests, to the home shard -----
+    PushUser {
+        user: Arc<str>,
+        device: Option<Arc<str>>,
+        policy: Policy,
+        payload: Payload,
+        priority: Priority,
+        report: ReportPart,
+    },
+    Publish {
+        channel: Arc<str>,
+        payload: Payload,
+        priority: Priority,
+        report: ReportPart,
+    },
+    KickUser {
+        user: Arc<str>,
+        code: u16,
+        reason: Arc<str>,
+        report: ReportPart,
+    },
+    QueryUser {
+        user: Arc<str>,
+        reply: oneshot::Sender<Vec<ConnInfo>>,
+    },
+    QueryChannel {
+        channel: Arc<str>,
+        reply: oneshot::Sender<u64>,
+    },
+
+    // ----- work, to the shard holding the connections -----
+    Deliver {
+        target: Target,
+        frame: Frame,
+        report: ReportPart,
+    },
+    /// A message to one connection; its shard numbers it in the connection's direct stream.
+    SendConn {
+        conn: ConnId,
+        payload: Payload,
+        priority: Priority,
+        report: ReportPart,
+    },
+    Kick {
+        conns: Vec<ConnId>,
+        code: u16,
+        reason: Arc<str>,
+        report: Option<ReportPart>,
+    },
+}

@@ -1,0 +1,130 @@
+//! Delivery reports, exact across shards. The API creates a [`Report`] and hands a
+//! [`ReportPart`] with the request; whoever forwards work splits the part, and every part
+//! adds its counts and is dropped when its work is done. The report completes when the last
+//! part is dropped, so a message lost on the way (a full inbox, a shard shutting down) still
+//! completes it rather than hanging the API call.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::AcqRel, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use futures_channel::oneshot;
+
+#[derive(Debug, Default)]
+pub struct Report {
+    recipients: AtomicU64,
+    queued: AtomicU64,
+    dropped: AtomicU64,
+    offline: AtomicU64,
+    pending: AtomicI64,
+    done: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+/// Counts of one delivery.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Connections addressed.
+    pub recipients: u64,
+    /// Frames queued to them.
+    pub queued: u64,
+    /// Frames not queued (outbox full, inbox full, connection gone).
+    pub dropped: u64,
+    /// Addressed users, or connections, with nothing connected.
+    pub offline: u64,
+}
+
+impl Report {
+    /// A report, its first part, and what completes when every part is gone.
+    pub fn new() -> (Arc<Report>, ReportPart, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let r = Arc::new(Report {
+            pending: AtomicI64::new(1),
+            done: Mutex::new(Some(tx)),
+            ..Default::default()
+        });
+        (r.clone(), ReportPart(r), rx)
+    }
+
+    pub fn totals(&self) -> Totals {
+        Totals {
+            recipients: self.recipients.load(Relaxed),
+            queued: self.queued.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            offline: self.offline.load(Relaxed),
+        }
+    }
+}
+
+/// A share of a delivery's work. Dropping it marks that share done.
+#[derive(Debug)]
+pub struct ReportPart(Arc<Report>);
+
+impl ReportPart {
+    /// Another share, for work forwarded elsewhere.
+    pub fn split(&self) -> ReportPart {
+        self.0.pending.fetch_add(1, AcqRel);
+        ReportPart(self.0.clone())
+    }
+
+    pub fn add(&self, t: Totals) {
+        self.0.recipients.fetch_add(t.recipients, Relaxed);
+        self.0.queued.fetch_add(t.queued, Relaxed);
+        self.0.dropped.fetch_add(t.dropped, Relaxed);
+        self.0.offline.fetch_add(t.offline, Relaxed);
+    }
+}
+
+impl Drop for ReportPart {
+    fn drop(&mut self) {
+        if self.0.pending.fetch_sub(1, AcqRel) == 1 {
+            let tx = self.0.done.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(tx) = tx {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completes_when_the_last_part_drops() {
+        let (r, part, mut rx) = Report::new();
+        let a = part.split();
+        let b = a.split();
+        part.add(Totals { recipients: 1, queued: 1, ..Default::default() });
+        drop(part);
+        b.add(Totals { recipients: 2, queued: 1, dropped: 1, offline: 0 });
+        drop(b);
+        assert_eq!(rx.try_recv(), Ok(None), "a part is still out");
+        drop(a);
+        assert_eq!(rx.try_recv(), Ok(Some(())));
+        assert_eq!(r.totals(), Totals { recipients: 3, queued: 2, dropped: 1, offline: 0 });
+    }
+
+    #[test]
+    fn parts_dropped_across_threads_complete_exactly_once() {
+        let (r, part, rx) = Report::new();
+        let parts: Vec<ReportPart> = (0..64).map(|_| part.split()).collect();
+        drop(part);
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|p| std::thread::spawn(move || p.add(Totals { queued: 1, ..Default::default() })))
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(futures_executor_lite(rx), Ok(()));
+        assert_eq!(r.totals().queued, 64);
+    }
+
+    fn futures_executor_lite(mut rx: oneshot::Receiver<()>) -> Result<(), oneshot::Canceled> {
+        loop {
+            if let Some(v) = rx.try_recv()? {
+                return Ok(v);
+            }
+            std::thread::yield_now();
+        }
+    }
+}
