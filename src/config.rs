@@ -115,6 +115,35 @@ pub struct Config {
     #[arg(long, value_delimiter = ',')]
     pub subprotocols: Vec<String>,
 
+    /// HTTP API listen address (publish, push, kick, queries).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub api_listen: SocketAddr,
+    /// Bearer key the API requires (`Authorization: Bearer KEY`). Required when --api-listen
+    /// is not a loopback address.
+    #[arg(long, env = "RINGCAST_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Largest API request body (413 beyond).
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    pub api_max_body: u64,
+    /// Channels one connection may subscribe to.
+    #[arg(long, default_value_t = 64)]
+    pub max_channels_per_conn: usize,
+    /// A device counts as active for the `active` push policy if it sent a message this recently.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub active_window: Duration,
+    /// Close the older connection (code 4000, "replaced") when the same user and device connect again.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub replace_same_device: bool,
+    /// A connection that keeps losing pushes to a full outbox this long is closed (4002, "slow consumer").
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub slow_consumer_timeout: Duration,
+    /// Messages each shard inbox holds; a full inbox refuses requests (503) and drops deliveries.
+    #[arg(long, default_value_t = 65536)]
+    pub inbox_capacity: usize,
+    /// Bad client messages tolerated per minute before the connection is closed with 1008.
+    #[arg(long, default_value_t = 10)]
+    pub max_client_errors: u32,
+
     /// Log filter (tracing `EnvFilter` syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -193,6 +222,21 @@ impl Config {
         }
         if self.echo && self.ws_path == self.echo_path {
             return err("--ws-path and --echo-path must differ".into());
+        }
+        if !self.api_listen.ip().is_loopback() && self.api_key.as_deref().unwrap_or("").is_empty() {
+            return err(format!(
+                "--api-key is required when --api-listen ({}) is not a loopback address",
+                self.api_listen
+            ));
+        }
+        if self.api_listen == self.listen {
+            return err("--api-listen and --listen must differ".into());
+        }
+        if self.inbox_capacity < 16 {
+            return err("--inbox-capacity must be at least 16".into());
+        }
+        if self.api_max_body < 1024 {
+            return err("--api-max-body must be at least 1KiB".into());
         }
         if self.heartbeat_reply.len() > 125 * 1024 {
             return err("--heartbeat-reply is too long".into());

@@ -72,11 +72,13 @@ pub enum HandshakeError {
     AddressLimit,
     /// The server is shutting down.
     Draining,
+    /// The identity step refused the request (bad user, device or channels).
+    BadIdentity,
 }
 
 impl HandshakeError {
     /// Every variant, in a fixed order (metrics index by it).
-    pub const ALL: [HandshakeError; 15] = {
+    pub const ALL: [HandshakeError; 16] = {
         use HandshakeError::*;
         [
             Malformed,
@@ -94,6 +96,7 @@ impl HandshakeError {
             ServerFull,
             AddressLimit,
             Draining,
+            BadIdentity,
         ]
     };
 
@@ -121,6 +124,7 @@ impl HandshakeError {
             ServerFull => "server_full",
             AddressLimit => "address_limit",
             Draining => "draining",
+            BadIdentity => "bad_identity",
         }
     }
 
@@ -128,7 +132,7 @@ impl HandshakeError {
     pub fn status(self) -> (u16, &'static str) {
         use HandshakeError::*;
         match self {
-            Malformed | UnexpectedBody | BadHost | BadConnectionHeader | BadKey => {
+            Malformed | UnexpectedBody | BadHost | BadConnectionHeader | BadKey | BadIdentity => {
                 (400, "Bad Request")
             }
             HeaderTooLarge => (431, "Request Header Fields Too Large"),
@@ -161,6 +165,7 @@ impl HandshakeError {
             ServerFull => "server at connection limit",
             AddressLimit => "too many connections from this address",
             Draining => "server shutting down",
+            BadIdentity => "invalid identity parameters",
         }
     }
 
@@ -323,9 +328,13 @@ pub fn write_accept(out: &mut Vec<u8>, up: &Upgrade, policy: &HandshakePolicy) {
 
 /// Writes a complete refusal: status line, headers, and the reason as a short text body.
 pub fn write_refusal(out: &mut Vec<u8>, err: HandshakeError) {
+    write_refusal_with(out, err, err.reason());
+}
+
+/// Writes a refusal with a more specific reason as the body.
+pub fn write_refusal_with(out: &mut Vec<u8>, err: HandshakeError, body: &str) {
     use std::io::Write as _;
     let (code, phrase) = err.status();
-    let body = err.reason();
     // Writing into a Vec cannot fail.
     let _ = write!(
         out,

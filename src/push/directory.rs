@@ -149,6 +149,11 @@ impl ChannelDirectory {
         }
     }
 
+    /// Subscribers on one shard.
+    pub fn count_on(&self, channel: &str, shard: usize) -> u64 {
+        self.channels.get(channel).and_then(|e| e.counts.get(shard)).map_or(0, |&c| u64::from(c))
+    }
+
     pub fn subscribers(&self, channel: &str) -> u64 {
         self.channels.get(channel).map_or(0, |e| e.counts.iter().map(|&c| u64::from(c)).sum())
     }

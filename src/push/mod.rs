@@ -8,6 +8,7 @@
 //! lock shared across cores: each structure is owned by one shard.
 
 pub mod directory;
+pub mod identity;
 pub mod ids;
 pub mod index;
 pub mod msg;

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use crate::proto::Decoder;
 use crate::timer_wheel::TimerKey;
@@ -46,6 +47,8 @@ pub mod flag {
     pub const PING_OUT: u8 = 32;
     /// Counted in the open-connection limits (global, shard, address).
     pub const COUNTED: u8 = 64;
+    /// Pushes have been dropped for a full outbox since `slow_since`.
+    pub const SLOW: u8 = 128;
 }
 
 /// Input kept between reads: an incomplete request head, frame header or control frame, and
@@ -54,6 +57,22 @@ pub mod flag {
 pub struct Bufs {
     pub pending: Vec<u8>,
     pub message: Vec<u8>,
+}
+
+/// Who a push connection is and what it follows; allocated only for connections that have
+/// any of it (an anonymous connection that subscribes to nothing has none).
+#[derive(Debug, Default)]
+pub struct Session {
+    pub user: Option<Arc<str>>,
+    pub device: Option<Arc<str>>,
+    pub channels: Vec<Arc<str>>,
+    /// Last sequence number of this connection's direct stream.
+    pub direct_seq: u64,
+    /// Bad client messages in the current minute, and when that minute began (tick).
+    pub errors: u32,
+    pub errors_since: u32,
+    /// Tick of the last activity report to the user's home shard.
+    pub reported: u32,
 }
 
 #[derive(Debug)]
@@ -73,6 +92,9 @@ pub struct Conn {
     pub decoder: Decoder,
     pub bufs: Option<Box<Bufs>>,
     pub outbox: Option<Box<Outbox>>,
+    pub session: Option<Box<Session>>,
+    /// Tick since which pushes are being dropped (with flag SLOW).
+    pub slow_since: u32,
     pub ip: IpAddr,
 }
 

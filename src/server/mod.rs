@@ -2,6 +2,7 @@
 //! request. Everything per connection happens inside a shard (see `shard`).
 
 pub mod conn;
+pub mod inbox;
 pub mod limits;
 pub mod outbox;
 pub mod shard;
@@ -20,8 +21,10 @@ use std::thread::JoinHandle;
 use socket2::{Domain, Socket, Type};
 
 use crate::config::{Config, IoDriver};
+use crate::push::identity::{Identify, OpenMode};
+use inbox::Router;
 use limits::IpLimiter;
-use shard::Shard;
+use shard::{Shard, ShardParts};
 use stats::Counters;
 use sys::EventFd;
 
@@ -33,6 +36,11 @@ pub struct Shared {
     pub max_total: usize,
     pub draining: AtomicBool,
     pub limiter: Option<IpLimiter>,
+    /// Start time in Unix milliseconds: clients learn it in `welcome`; a new epoch means
+    /// sequence numbers started again.
+    pub epoch: u64,
+    /// Last sequence number of the broadcast stream (one RMW per broadcast, not per recipient).
+    pub broadcast_seq: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -85,6 +93,8 @@ pub struct Server {
     max_total: usize,
     threads: Vec<JoinHandle<io::Result<()>>>,
     counters: Vec<Arc<Counters>>,
+    router: Arc<Router>,
+    shared: Arc<Shared>,
     handle: ShutdownHandle,
 }
 
@@ -172,20 +182,40 @@ impl Server {
             draining: AtomicBool::new(false),
             limiter: (cfg.max_connections_per_ip > 0)
                 .then(|| IpLimiter::new(cfg.max_connections_per_ip)),
+            epoch: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            broadcast_seq: std::sync::atomic::AtomicU64::new(0),
         });
         let cfg = Arc::new(cfg);
         let mut threads = Vec::with_capacity(n);
-        let mut wakes = Vec::with_capacity(n);
         let mut counters = Vec::with_capacity(n);
-        for (i, listener) in listeners.into_iter().enumerate() {
-            let wake = Arc::new(EventFd::new().map_err(|e| StartError(format!("eventfd: {e}")))?);
+        let wakes = (0..n)
+            .map(|_| EventFd::new().map(Arc::new))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| StartError(format!("eventfd: {e}")))?;
+        let (router, inboxes) = Router::new(&wakes, cfg.inbox_capacity);
+        let identify: Arc<dyn Identify> =
+            Arc::new(OpenMode { max_channels: cfg.max_channels_per_conn });
+        for (i, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+            let wake = wakes[i].clone();
             let ctr = Arc::new(Counters::default());
             let capacity = match cfg.max_connections_per_shard {
                 0 => max_total,
                 m => m.min(max_total),
             };
-            let shard = Shard::new(i, &cfg, capacity, shared.clone(), ctr.clone(), wake.clone())
-                .map_err(|e| StartError(format!("shard {i}: {e}")))?;
+            let parts = ShardParts {
+                id: i,
+                capacity,
+                shared: shared.clone(),
+                counters: ctr.clone(),
+                wake,
+                router: router.clone(),
+                inbox,
+                identify: identify.clone(),
+            };
+            let shard =
+                Shard::new(&cfg, parts).map_err(|e| StartError(format!("shard {i}: {e}")))?;
             let cpu = cfg.pin.then(|| cpus.get(i % cpus.len().max(1)).copied()).flatten();
             let entries = cfg.uring_entries;
             let use_uring = driver == "io_uring";
@@ -194,7 +224,6 @@ impl Server {
                 .spawn(move || run_shard(shard, listener, cpu, entries, use_uring))
                 .map_err(|e| StartError(format!("cannot start shard thread: {e}")))?;
             threads.push(t);
-            wakes.push(wake);
             counters.push(ctr);
         }
         Ok(Server {
@@ -204,6 +233,8 @@ impl Server {
             max_total,
             threads,
             counters,
+            router,
+            shared: shared.clone(),
             handle: ShutdownHandle { shared, wakes },
         })
     }
@@ -236,6 +267,14 @@ impl Server {
 
     pub fn counters(&self) -> &[Arc<Counters>] {
         &self.counters
+    }
+
+    pub fn router(&self) -> Arc<Router> {
+        self.router.clone()
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// Waits for every shard to finish (after a shutdown) and returns the summed counters.

@@ -1,22 +1,29 @@
-//! A connection's queue of frames waiting for the socket. Frames are reference-counted
-//! `Bytes`, so a frame shared by many connections is queued by reference; everything queued
-//! goes out in one gather write per turn of the shard loop.
+//! A connection's queue of frames waiting for the socket, in three priority lanes. Frames are
+//! reference-counted `Bytes`, so a frame shared by many connections is queued by reference;
+//! everything queued goes out in one gather write per turn of the shard loop, high lane first.
+//!
+//! When a push does not fit (`--outbox-max-bytes` / `--outbox-max-frames`), queued frames of
+//! *lower* priority are dropped, lowest lane and oldest first, until it fits; if that is not
+//! enough, the new frame is dropped. Control frames bypass the caps.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 
 use bytes::Bytes;
 
-/// Most slices handed to one writev (the kernel's IOV_MAX is 1024).
+use crate::push::msg::Priority;
+
+/// Most slices handed to one gather write (the kernel's IOV_MAX is 1024).
 const MAX_IOV: usize = 64;
 
 #[derive(Debug, Default)]
 pub struct Outbox {
-    frames: VecDeque<Bytes>,
-    /// Bytes of the front frame already written.
-    head: usize,
-    /// Bytes queued and not yet written.
+    /// Indexed by `Priority as usize`: low, normal, high.
+    lanes: [VecDeque<Bytes>; 3],
+    /// A frame partly written, and how much of it went out; it goes first.
+    head: Option<(Bytes, usize)>,
     bytes: usize,
+    frames: usize,
 }
 
 /// How a flush ended.
@@ -28,10 +35,51 @@ pub enum Flushed {
     Blocked,
 }
 
+/// What queueing a push did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Queued {
+    /// The frame itself was queued.
+    pub queued: bool,
+    /// Older, lower-priority frames dropped to make room.
+    pub evicted: usize,
+}
+
 impl Outbox {
-    pub fn push(&mut self, frame: Bytes) {
+    /// Queues a frame regardless of the caps (control frames, handshake responses, echoes).
+    pub fn push(&mut self, frame: Bytes, p: Priority) {
         self.bytes += frame.len();
-        self.frames.push_back(frame);
+        self.frames += 1;
+        self.lanes[p as usize].push_back(frame);
+    }
+
+    /// Queues a push within the caps, shedding lower priorities first.
+    pub fn push_bounded(
+        &mut self,
+        frame: Bytes,
+        p: Priority,
+        max_bytes: usize,
+        max_frames: usize,
+    ) -> Queued {
+        let fits = |o: &Outbox| o.bytes + frame.len() <= max_bytes && o.frames < max_frames;
+        let mut evicted = 0;
+        'shed: for lane in 0..(p as usize) {
+            while !fits(self) {
+                match self.lanes[lane].pop_front() {
+                    Some(f) => {
+                        self.bytes -= f.len();
+                        self.frames -= 1;
+                        evicted += 1;
+                    }
+                    None => continue 'shed,
+                }
+            }
+            break;
+        }
+        if !fits(self) {
+            return Queued { queued: false, evicted };
+        }
+        self.push(frame, p);
+        Queued { queued: true, evicted }
     }
 
     pub fn bytes(&self) -> usize {
@@ -39,26 +87,35 @@ impl Outbox {
     }
 
     pub fn frames(&self) -> usize {
-        self.frames.len()
+        self.frames
     }
 
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.frames == 0
     }
 
-    /// Writes as much as `write` accepts, in gather writes of up to 64 frames. Returns how it
-    /// ended and the bytes written.
+    /// Writes as much as `write` accepts, in gather writes of up to 64 frames, high lane
+    /// first. Returns how it ended and the bytes written.
     pub fn flush(
         &mut self,
         mut write: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
     ) -> io::Result<(Flushed, usize)> {
         let mut total = 0;
-        while !self.frames.is_empty() {
+        while !self.is_empty() {
             let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
             let mut n = 0;
-            for (i, f) in self.frames.iter().take(MAX_IOV).enumerate() {
-                iov[i] = IoSlice::new(if i == 0 { &f[self.head..] } else { f });
-                n += 1;
+            if let Some((f, off)) = &self.head {
+                iov[0] = IoSlice::new(&f[*off..]);
+                n = 1;
+            }
+            'fill: for lane in self.lanes.iter().rev() {
+                for f in lane {
+                    if n == MAX_IOV {
+                        break 'fill;
+                    }
+                    iov[n] = IoSlice::new(f);
+                    n += 1;
+                }
             }
             let written = match write(&iov[..n]) {
                 Ok(w) => w,
@@ -74,18 +131,29 @@ impl Outbox {
         Ok((Flushed::All, total))
     }
 
+    /// Drops what was written, in the order `flush` laid it out.
     fn consume(&mut self, mut n: usize) {
         self.bytes -= n;
-        while n > 0 {
-            let Some(front) = self.frames.front() else { break };
-            let left = front.len() - self.head;
-            if n >= left {
-                n -= left;
-                self.head = 0;
-                self.frames.pop_front();
-            } else {
-                self.head += n;
-                n = 0;
+        if let Some((f, off)) = &mut self.head {
+            let left = f.len() - *off;
+            if n < left {
+                *off += n;
+                return;
+            }
+            n -= left;
+            self.head = None;
+            self.frames -= 1;
+        }
+        for lane in (0..3).rev() {
+            while n > 0 {
+                let Some(front) = self.lanes[lane].pop_front() else { break };
+                if n >= front.len() {
+                    n -= front.len();
+                    self.frames -= 1;
+                } else {
+                    self.head = Some((front, n));
+                    return;
+                }
             }
         }
     }
@@ -95,11 +163,24 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    fn drain_all(o: &mut Outbox) -> Vec<u8> {
+        let mut sink = Vec::new();
+        o.flush(|iov| {
+            let n = iov.iter().map(|s| s.len()).sum();
+            for s in iov {
+                sink.extend_from_slice(s);
+            }
+            Ok(n)
+        })
+        .unwrap();
+        sink
+    }
+
     #[test]
     fn partial_writes_resume_where_they_stopped() {
         let mut o = Outbox::default();
         for s in ["hello ", "wide ", "world"] {
-            o.push(Bytes::from_static(s.as_bytes()));
+            o.push(Bytes::from_static(s.as_bytes()), Priority::Normal);
         }
         let mut sink = Vec::new();
         let budget = [4usize, 3, 0];
@@ -121,15 +202,53 @@ mod tests {
         assert_eq!(r.unwrap(), (Flushed::Blocked, 7));
         assert_eq!(sink, b"hello w");
         assert_eq!(o.bytes(), 9);
-        let r = o.flush(|iov| {
-            let n = iov.iter().map(|s| s.len()).sum();
-            for s in iov {
-                sink.extend_from_slice(s);
-            }
-            Ok(n)
-        });
-        assert_eq!(r.unwrap(), (Flushed::All, 9));
-        assert_eq!(sink, b"hello wide world");
+        // A high-priority frame queued now goes after the half-written one, before the rest.
+        o.push(Bytes::from_static(b"!"), Priority::High);
+        sink.extend(drain_all(&mut o));
+        assert_eq!(sink, b"hello wide !world");
         assert!(o.is_empty());
+        assert_eq!((o.bytes(), o.frames()), (0, 0));
+    }
+
+    #[test]
+    fn high_goes_first() {
+        let mut o = Outbox::default();
+        o.push(Bytes::from_static(b"l"), Priority::Low);
+        o.push(Bytes::from_static(b"n"), Priority::Normal);
+        o.push(Bytes::from_static(b"h"), Priority::High);
+        assert_eq!(drain_all(&mut o), b"hnl");
+    }
+
+    #[test]
+    fn full_outbox_sheds_lower_priorities_oldest_first() {
+        let mut o = Outbox::default();
+        let f = |s: &'static str| Bytes::from_static(s.as_bytes());
+        assert!(o.push_bounded(f("l1"), Priority::Low, 6, 10).queued);
+        assert!(o.push_bounded(f("l2"), Priority::Low, 6, 10).queued);
+        assert!(o.push_bounded(f("n1"), Priority::Normal, 6, 10).queued);
+        // Full (6 bytes): a low push finds nothing lower to shed and is dropped.
+        assert_eq!(
+            o.push_bounded(f("l3"), Priority::Low, 6, 10),
+            Queued { queued: false, evicted: 0 }
+        );
+        // A high push sheds the oldest low frame.
+        assert_eq!(
+            o.push_bounded(f("h1"), Priority::High, 6, 10),
+            Queued { queued: true, evicted: 1 }
+        );
+        // A normal push sheds the remaining low frame.
+        assert_eq!(
+            o.push_bounded(f("n2"), Priority::Normal, 6, 10),
+            Queued { queued: true, evicted: 1 }
+        );
+        // Nothing lower than normal is left: the next normal push is dropped.
+        assert_eq!(
+            o.push_bounded(f("n3"), Priority::Normal, 6, 10),
+            Queued { queued: false, evicted: 0 }
+        );
+        assert_eq!(drain_all(&mut o), b"h1n1n2");
+        // The frame cap counts too.
+        assert!(o.push_bounded(f("a"), Priority::Low, 100, 1).queued);
+        assert!(!o.push_bounded(f("b"), Priority::Low, 100, 1).queued);
     }
 }

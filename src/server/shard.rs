@@ -22,16 +22,26 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 use slab::Slab;
 
 use crate::config::Config;
+use crate::proto::client::{self, ClientError, ClientMsg, Stream};
 use crate::proto::frame::{close_payload, encode_frame};
 use crate::proto::handshake::{self, HandshakeError, HandshakePolicy, Upgrade};
 use crate::proto::{CloseCode, Decoder, Event, Limits, OpCode, ProtocolError, Role};
+use crate::push::directory::{ChannelDirectory, UserConn, UserDirectory};
+use crate::push::identity::Identify;
+use crate::push::ids::{home_of, ConnId};
+use crate::push::index::{Change, ChannelIndex};
+use crate::push::msg::{ConnInfo, Frame, Payload, Priority, ShardMsg, Target};
+use crate::push::report::{ReportPart, Totals};
 use crate::timer_wheel::TimerWheel;
 
-use super::conn::{flag, Conn, Phase, Route};
+use super::conn::{flag, Conn, Phase, Route, Session};
+use super::inbox::{Inbox, Router};
 use super::outbox::{Flushed, Outbox};
 use super::stats::Counters;
 use super::sys::{self, Epoll, EventFd, TimerFd, EV_ERR, EV_IN, EV_OUT};
@@ -45,6 +55,14 @@ const READS_PER_TURN: usize = 4;
 const EVENTS_PER_TURN: usize = 1024;
 /// A message buffer larger than this is freed after use instead of kept.
 const KEEP_MESSAGE_CAPACITY: usize = 16 * 1024;
+/// Inbox messages handled per turn before sockets get their turn again.
+const INBOX_PER_TURN: usize = 4096;
+/// Close code for a connection replaced by a newer one of the same user and device.
+pub const CODE_REPLACED: u16 = 4000;
+/// Default close code of a kick.
+pub const CODE_KICKED: u16 = 4001;
+/// Close code for a connection that kept losing pushes.
+pub const CODE_SLOW: u16 = 4002;
 
 /// Everything a shard derives from the configuration once.
 #[derive(Debug)]
@@ -67,6 +85,13 @@ pub struct Params {
     /// The heartbeat answer, encoded once and shared by every connection.
     pub heartbeat_frame: Bytes,
     pub read_buffer: usize,
+    pub max_channels: usize,
+    pub active_window_ms: u64,
+    pub replace: bool,
+    pub slow_ticks: u64,
+    pub max_client_errors: u32,
+    pub minute_ticks: u64,
+    pub report_ticks: u64,
 }
 
 impl Params {
@@ -108,6 +133,13 @@ impl Params {
             heartbeat: cfg.heartbeat_text.as_bytes().to_vec(),
             heartbeat_frame: Bytes::from(heartbeat_frame),
             read_buffer: cfg.read_buffer as usize,
+            max_channels: cfg.max_channels_per_conn,
+            active_window_ms: cfg.active_window.as_millis() as u64,
+            replace: cfg.replace_same_device,
+            slow_ticks: cfg.ticks(cfg.slow_consumer_timeout).max(1),
+            max_client_errors: cfg.max_client_errors,
+            minute_ticks: cfg.ticks(std::time::Duration::from_secs(60)),
+            report_ticks: cfg.ticks(std::time::Duration::from_secs(1)),
         }
     }
 }
@@ -150,20 +182,37 @@ pub struct Shard {
     handshaking: usize,
     draining: bool,
     drain_deadline: u64,
+    router: Arc<Router>,
+    inbox: Inbox,
+    identify: Arc<dyn Identify>,
+    channels: ChannelIndex,
+    users: UserDirectory,
+    chan_dir: ChannelDirectory,
+    /// Directory updates a full inbox refused, retried each turn.
+    retry: VecDeque<(usize, ShardMsg)>,
+    scratch: Vec<u32>,
+    /// Wall-clock milliseconds at `start`.
+    start_ms: u64,
+}
+
+/// What a shard is built from besides the configuration.
+pub struct ShardParts {
+    pub id: usize,
+    pub capacity: usize,
+    pub shared: Arc<Shared>,
+    pub counters: Arc<Counters>,
+    pub wake: Arc<EventFd>,
+    pub router: Arc<Router>,
+    pub inbox: Inbox,
+    pub identify: Arc<dyn Identify>,
 }
 
 impl Shard {
     /// `capacity`: the most connections this shard may hold. The slab and the timer array are
     /// reserved for it up front; pages nobody touches cost no memory, while growing by
     /// doubling would leave the old copies resident (about 90 B per connection at 19k).
-    pub fn new(
-        id: usize,
-        cfg: &Config,
-        capacity: usize,
-        shared: Arc<Shared>,
-        counters: Arc<Counters>,
-        wake: Arc<EventFd>,
-    ) -> io::Result<Shard> {
+    pub fn new(cfg: &Config, parts: ShardParts) -> io::Result<Shard> {
+        let ShardParts { id, capacity, shared, counters, wake, router, inbox, identify } = parts;
         let p = Params::new(cfg);
         let epoll = Epoll::new()?;
         let tickfd = TimerFd::periodic(cfg.tick)?;
@@ -200,7 +249,36 @@ impl Shard {
             handshaking: 0,
             draining: false,
             drain_deadline: u64::MAX,
+            router,
+            inbox,
+            identify,
+            channels: ChannelIndex::default(),
+            users: UserDirectory::default(),
+            chan_dir: ChannelDirectory::default(),
+            retry: VecDeque::new(),
+            scratch: Vec::new(),
+            start_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start_ms + self.start.elapsed().as_millis() as u64
+    }
+
+    fn conn_id(&self, key: usize) -> ConnId {
+        ConnId { shard: self.id as u16, slot: key as u32, gen: self.conns[key].gen }
+    }
+
+    /// The slot of a connection of this shard that is open, if `id` still names one.
+    fn local(&self, id: ConnId) -> Option<usize> {
+        let key = id.slot as usize;
+        (usize::from(id.shard) == self.id)
+            .then(|| self.conns.get(key))
+            .flatten()
+            .filter(|c| c.gen == id.gen && c.phase == Phase::Open)
+            .map(|_| key)
     }
 
     /// A duplicate of the epoll fd, for the runtime to poll.
@@ -275,6 +353,8 @@ impl Shard {
             decoder: Decoder::new(Role::Server),
             bufs: None,
             outbox: None,
+            session: None,
+            slow_since: 0,
             ip,
         });
         self.handshaking += 1;
@@ -326,16 +406,277 @@ impl Shard {
                 }
             }
         }
+        let inbox_left = self.drain_inbox();
+        self.flush_retry();
         self.run_ready();
         self.expire_timers();
         self.flush_dirty();
         if self.draining && self.conns.is_empty() {
             Turn::Done
-        } else if self.ready.is_empty() {
+        } else if self.ready.is_empty() && !inbox_left {
             Turn::Wait
         } else {
             Turn::Again
         }
+    }
+
+    /// Handles up to a turn's worth of inbox messages; returns whether some are left.
+    fn drain_inbox(&mut self) -> bool {
+        self.router.woke(self.id);
+        for _ in 0..INBOX_PER_TURN {
+            match self.inbox.rx.try_recv() {
+                Ok(m) => {
+                    self.counters.inbox_messages.inc();
+                    self.handle(m);
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    fn flush_retry(&mut self) {
+        while let Some((shard, m)) = self.retry.pop_front() {
+            if let Err(m) = self.router.send(shard, m) {
+                self.retry.push_front((shard, m));
+                break;
+            }
+        }
+    }
+
+    /// Sends a message to a shard (handling it at once if it is this one). A full inbox gives
+    /// the message back.
+    fn send_to(&mut self, shard: usize, m: ShardMsg) -> Result<(), ShardMsg> {
+        if shard == self.id {
+            self.handle(m);
+            return Ok(());
+        }
+        self.router.send(shard, m).inspect_err(|_| self.counters.inbox_full.inc())
+    }
+
+    /// Sends a directory update, keeping it for a retry if the inbox is full.
+    fn send_update(&mut self, shard: usize, m: ShardMsg) {
+        if !self.retry.is_empty() && shard != self.id {
+            self.retry.push_back((shard, m)); // keep updates in order
+        } else if let Err(m) = self.send_to(shard, m) {
+            self.retry.push_back((shard, m));
+        }
+    }
+
+    /// Sends a delivery; if the inbox is full, its `expected` recipients count as dropped.
+    fn send_delivery(&mut self, shard: usize, m: ShardMsg, expected: u64) {
+        if let Err(m) = self.send_to(shard, m) {
+            if let ShardMsg::Deliver { report, .. } = m {
+                report.add(Totals {
+                    recipients: expected,
+                    dropped: expected,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+
+    // ----- inbox messages -----
+
+    fn handle(&mut self, m: ShardMsg) {
+        match m {
+            ShardMsg::UserJoined { user, device, conn, at_ms } => {
+                let c = UserConn { conn, device, connected_ms: at_ms, active_ms: at_ms };
+                for old in self.users.join(&user, c, self.p.replace) {
+                    let kick = ShardMsg::Kick {
+                        conns: vec![old],
+                        code: CODE_REPLACED,
+                        reason: Arc::from("replaced"),
+                        report: None,
+                    };
+                    let _ = self.send_to(usize::from(old.shard), kick);
+                }
+            }
+            ShardMsg::UserLeft { user, conn } => self.users.leave(&user, conn),
+            ShardMsg::UserActive { user, conn, at_ms } => self.users.active(&user, conn, at_ms),
+            ShardMsg::ChannelCount { channel, shard, delta } => {
+                let n = self.router.shards();
+                self.chan_dir.count(&channel, usize::from(shard), delta, n);
+            }
+            ShardMsg::PushUser { user, device, policy, payload, priority, report } => {
+                let now_ms = self.now_ms();
+                let window = self.p.active_window_ms;
+                match self.users.targets(&user, device.as_deref(), policy, now_ms, window) {
+                    None => report.add(Totals { offline: 1, ..Default::default() }),
+                    Some((seq, mut conns)) => {
+                        let frame = encode_message(&Stream::User(&user), seq, &payload, priority);
+                        conns.sort_by_key(|c| c.shard);
+                        for group in conns.chunk_by(|a, b| a.shard == b.shard) {
+                            let n = group.len() as u64;
+                            let m = ShardMsg::Deliver {
+                                target: Target::Conns(group.to_vec()),
+                                frame: frame.clone(),
+                                report: report.split(),
+                            };
+                            self.send_delivery(usize::from(group[0].shard), m, n);
+                        }
+                    }
+                }
+            }
+            ShardMsg::Publish { channel, payload, priority, report } => {
+                let Some((seq, shards)) = self.chan_dir.publish(&channel) else { return };
+                let frame = encode_message(&Stream::Channel(&channel), seq, &payload, priority);
+                for shard in shards {
+                    let m = ShardMsg::Deliver {
+                        target: Target::Channel(channel.clone()),
+                        frame: frame.clone(),
+                        report: report.split(),
+                    };
+                    let expected = self.chan_dir.count_on(&channel, shard);
+                    self.send_delivery(shard, m, expected);
+                }
+            }
+            ShardMsg::KickUser { user, code, reason, report } => {
+                let Some(entry) = self.users.get(&user) else {
+                    report.add(Totals { offline: 1, ..Default::default() });
+                    return;
+                };
+                let mut conns: Vec<ConnId> = entry.conns.iter().map(|c| c.conn).collect();
+                conns.sort_by_key(|c| c.shard);
+                for group in conns.chunk_by(|a, b| a.shard == b.shard) {
+                    let m = ShardMsg::Kick {
+                        conns: group.to_vec(),
+                        code,
+                        reason: reason.clone(),
+                        report: Some(report.split()),
+                    };
+                    let _ = self.send_to(usize::from(group[0].shard), m);
+                }
+            }
+            ShardMsg::QueryUser { user, reply } => {
+                let conns = self.users.get(&user).map_or_else(Vec::new, |e| {
+                    e.conns
+                        .iter()
+                        .map(|c| ConnInfo {
+                            conn: c.conn,
+                            device: c.device.clone(),
+                            connected_ms: c.connected_ms,
+                            active_ms: c.active_ms,
+                        })
+                        .collect()
+                });
+                let _ = reply.send(conns);
+            }
+            ShardMsg::QueryChannel { channel, reply } => {
+                let _ = reply.send(self.chan_dir.subscribers(&channel));
+            }
+            ShardMsg::Deliver { target, frame, report } => self.deliver(target, &frame, &report),
+            ShardMsg::SendConn { conn, payload, priority, report } => {
+                let Some(key) = self.local(conn) else {
+                    report.add(Totals { offline: 1, ..Default::default() });
+                    return;
+                };
+                let session = self.conns[key].session.get_or_insert_with(Default::default);
+                session.direct_seq += 1;
+                let seq = session.direct_seq;
+                let frame = encode_message(&Stream::Direct, seq, &payload, priority);
+                let queued = self.queue_push(key, &frame);
+                report.add(Totals {
+                    recipients: 1,
+                    queued: u64::from(queued),
+                    dropped: u64::from(!queued),
+                    offline: 0,
+                });
+            }
+            ShardMsg::Kick { conns, code, reason, report } => {
+                let mut t = Totals::default();
+                for id in conns {
+                    match self.local(id) {
+                        Some(key) => {
+                            t.recipients += 1;
+                            self.kick(key, code, &reason);
+                        }
+                        None => t.offline += 1,
+                    }
+                }
+                if let Some(r) = report {
+                    r.add(t);
+                }
+            }
+        }
+    }
+
+    /// Queues a shared frame to local connections and adds what happened to the report.
+    fn deliver(&mut self, target: Target, frame: &Frame, report: &ReportPart) {
+        let mut t = Totals::default();
+        let mut slots = std::mem::take(&mut self.scratch);
+        slots.clear();
+        match target {
+            Target::Conns(ids) => {
+                for id in ids {
+                    match self.local(id) {
+                        Some(key) => slots.push(key as u32),
+                        None => {
+                            t.recipients += 1;
+                            t.dropped += 1;
+                        }
+                    }
+                }
+            }
+            Target::Channel(ch) => {
+                if let Some(set) = self.channels.subscribers(&ch) {
+                    slots.extend(set.iter().copied());
+                }
+            }
+            Target::All => slots.extend(
+                self.conns
+                    .iter()
+                    .filter(|(_, c)| c.phase == Phase::Open && c.route == Route::Ws)
+                    .map(|(k, _)| k as u32),
+            ),
+        }
+        for &slot in &slots {
+            t.recipients += 1;
+            if self.queue_push(slot as usize, frame) {
+                t.queued += 1;
+            } else {
+                t.dropped += 1;
+            }
+        }
+        self.scratch = slots;
+        report.add(t);
+    }
+
+    /// Queues a push within the outbox caps; returns whether it was queued. Marks the
+    /// connection slow when pushes are lost, and arms its slow-consumer deadline. Never
+    /// removes the connection (fan-out may be iterating the channel index).
+    fn queue_push(&mut self, key: usize, frame: &Frame) -> bool {
+        let (max_bytes, max_frames) = (self.p.outbox_max_bytes, self.p.outbox_max_frames);
+        let now32 = self.now32();
+        let conn = &mut self.conns[key];
+        if conn.phase != Phase::Open {
+            self.counters.pushes_dropped.inc();
+            return false;
+        }
+        let ob = conn.outbox.get_or_insert_with(Default::default);
+        let q = ob.push_bounded(frame.bytes.clone(), frame.priority, max_bytes, max_frames);
+        if ob.is_empty() {
+            conn.outbox = None;
+        }
+        self.counters.pushes_evicted.add(q.evicted as u64);
+        if q.queued {
+            self.counters.pushes_queued.inc();
+            self.counters.frames_out.inc();
+            self.mark_dirty(key);
+        } else {
+            self.counters.pushes_dropped.inc();
+        }
+        let conn = &mut self.conns[key];
+        if (q.evicted > 0 || !q.queued) && !conn.has(flag::SLOW) {
+            conn.set(flag::SLOW);
+            conn.slow_since = now32;
+            let d = self.now + self.p.slow_ticks;
+            let current = conn.timer.and_then(|t| self.wheel.deadline(t));
+            if current.is_none_or(|c| c > d) {
+                self.arm(key, Some(d));
+            }
+        }
+        q.queued
     }
 
     fn run_ready(&mut self) {
@@ -523,7 +864,7 @@ impl Shard {
             }
             Event::Ping(payload) => {
                 if conn.phase == Phase::Open {
-                    self.queue_frame(key, OpCode::Pong, payload);
+                    self.queue_control(key, OpCode::Pong, payload);
                 }
             }
             Event::Pong(_) => {}
@@ -531,7 +872,7 @@ impl Shard {
                 Phase::Open => {
                     self.counters.closed_by_client.inc();
                     let reply = code.map(|c| c.0.to_be_bytes().to_vec()).unwrap_or_default();
-                    self.queue_frame(key, OpCode::Close, &reply);
+                    self.queue_control(key, OpCode::Close, &reply);
                     self.linger(key);
                 }
                 // The answer to our close: the handshake is complete.
@@ -547,12 +888,7 @@ impl Shard {
                 let op = if text { OpCode::Text } else { OpCode::Binary };
                 self.queue_frame(key, op, msg);
             }
-            Route::Ws => {
-                if text && !self.p.heartbeat.is_empty() && msg == self.p.heartbeat.as_slice() {
-                    let frame = self.p.heartbeat_frame.clone();
-                    self.queue_bytes(key, frame);
-                }
-            }
+            Route::Ws => self.on_client_message(key, text, msg),
         }
     }
 
@@ -561,6 +897,18 @@ impl Shard {
     /// Completes an accepted upgrade unless a limit refuses it; returns whether it is open.
     fn upgrade(&mut self, key: usize, up: &Upgrade) -> bool {
         let ip = self.conns[key].ip;
+        let route = self.p.routes.get(up.route).copied().unwrap_or(Route::Ws);
+        let identity = if route == Route::Ws {
+            match self.identify.identify(up.query.as_deref()) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    self.refuse_with(key, HandshakeError::BadIdentity, &e.0);
+                    return false;
+                }
+            }
+        } else {
+            None
+        };
         let refusal = if self.draining {
             Some(HandshakeError::Draining)
         } else if (self.p.max_per_shard > 0 && self.open >= self.p.max_per_shard)
@@ -580,7 +928,6 @@ impl Shard {
         let mut resp = Vec::with_capacity(160);
         handshake::write_accept(&mut resp, up, &self.p.policy);
         let now32 = self.now32();
-        let route = self.p.routes.get(up.route).copied().unwrap_or(Route::Ws);
         let conn = &mut self.conns[key];
         conn.phase = Phase::Open;
         conn.route = route;
@@ -592,16 +939,189 @@ impl Shard {
         self.open += 1;
         self.counters.open_connections.inc();
         self.counters.upgrades.inc();
-        self.queue_bytes(key, Bytes::from(resp));
+        // The high lane, like the welcome after it: nothing may overtake the 101.
+        self.queue_lane(key, Bytes::from(resp), Priority::High);
+        if let Some(id) = identity {
+            self.open_session(key, id);
+        }
         let deadline = self.open_deadline(key);
         self.arm(key, deadline);
         true
     }
 
+    /// A push connection is open: register it, subscribe its channels, welcome it.
+    fn open_session(&mut self, key: usize, id: crate::push::identity::Identity) {
+        let conn_id = self.conn_id(key);
+        if id.user.is_some() || !id.channels.is_empty() {
+            self.conns[key].session = Some(Box::new(Session {
+                user: id.user.clone(),
+                device: id.device.clone(),
+                channels: Vec::with_capacity(id.channels.len()),
+                ..Default::default()
+            }));
+        }
+        for ch in &id.channels {
+            self.subscribe(key, ch.clone());
+        }
+        if let Some(user) = &id.user {
+            let m = ShardMsg::UserJoined {
+                user: user.clone(),
+                device: id.device.clone(),
+                conn: conn_id,
+                at_ms: self.now_ms(),
+            };
+            self.send_update(home_of(user, self.router.shards()), m);
+        }
+        let channels: Vec<&str> = id.channels.iter().map(|c| &**c).collect();
+        let welcome = client::welcome(
+            &conn_id.to_string(),
+            id.user.as_deref(),
+            id.device.as_deref(),
+            self.shared.epoch,
+            &channels,
+        );
+        self.queue_control(key, OpCode::Text, &welcome);
+    }
+
+    /// Subscribes a connection (its session exists); false if it is at its channel limit.
+    fn subscribe(&mut self, key: usize, ch: Arc<str>) -> bool {
+        let max = self.p.max_channels;
+        let session = self.conns[key].session.get_or_insert_with(Default::default);
+        if session.channels.iter().any(|c| *c == ch) {
+            return true;
+        }
+        if session.channels.len() >= max {
+            return false;
+        }
+        session.channels.push(ch.clone());
+        if self.channels.subscribe(&ch, key as u32) == Change::Changed {
+            self.counters.subscriptions.inc();
+            let m = ShardMsg::ChannelCount { channel: ch.clone(), shard: self.id as u16, delta: 1 };
+            self.send_update(home_of(&ch, self.router.shards()), m);
+        }
+        true
+    }
+
+    /// Unsubscribes a connection; false if it was not subscribed.
+    fn unsubscribe(&mut self, key: usize, ch: &str) -> bool {
+        let Some(session) = self.conns[key].session.as_mut() else { return false };
+        let Some(pos) = session.channels.iter().position(|c| &**c == ch) else { return false };
+        let ch = session.channels.swap_remove(pos);
+        if self.channels.unsubscribe(&ch, key as u32) == Change::Changed {
+            self.counters.subscriptions.sub(1);
+            let m =
+                ShardMsg::ChannelCount { channel: ch.clone(), shard: self.id as u16, delta: -1 };
+            self.send_update(home_of(&ch, self.router.shards()), m);
+        }
+        true
+    }
+
+    /// Leaves every index a closing connection is in.
+    fn end_session(&mut self, key: usize, session: Box<Session>) {
+        let conn_id = ConnId { shard: self.id as u16, slot: key as u32, gen: self.conns[key].gen };
+        let n = self.router.shards();
+        for ch in session.channels {
+            if self.channels.unsubscribe(&ch, key as u32) == Change::Changed {
+                self.counters.subscriptions.sub(1);
+                let m = ShardMsg::ChannelCount {
+                    channel: ch.clone(),
+                    shard: self.id as u16,
+                    delta: -1,
+                };
+                self.send_update(home_of(&ch, n), m);
+            }
+        }
+        if let Some(user) = session.user {
+            let home = home_of(&user, n);
+            self.send_update(home, ShardMsg::UserLeft { user, conn: conn_id });
+        }
+    }
+
+    /// A text or binary message from a push client.
+    fn on_client_message(&mut self, key: usize, text: bool, msg: &[u8]) {
+        self.report_activity(key);
+        if !text {
+            self.client_error(key, ClientError::BinaryNotAccepted);
+            return;
+        }
+        if !self.p.heartbeat.is_empty() && msg == self.p.heartbeat.as_slice() {
+            let frame = self.p.heartbeat_frame.clone();
+            self.queue_bytes(key, frame);
+            return;
+        }
+        match client::parse_client(msg) {
+            Ok(ClientMsg::Ping) => self.queue_control(key, OpCode::Text, client::PONG),
+            Ok(ClientMsg::Subscribe(ch)) => {
+                let ack = client::ack("subscribed", &ch);
+                if self.subscribe(key, Arc::from(ch)) {
+                    self.queue_control(key, OpCode::Text, &ack);
+                } else {
+                    self.client_error(key, ClientError::TooManyChannels);
+                }
+            }
+            Ok(ClientMsg::Unsubscribe(ch)) => {
+                if self.unsubscribe(key, &ch) {
+                    self.queue_control(key, OpCode::Text, &client::ack("unsubscribed", &ch));
+                } else {
+                    self.client_error(key, ClientError::NotSubscribed);
+                }
+            }
+            Err(e) => self.client_error(key, e),
+        }
+    }
+
+    /// Answers a bad client message; too many in a minute closes the connection with 1008.
+    fn client_error(&mut self, key: usize, e: ClientError) {
+        self.counters.client_errors.inc();
+        let now32 = self.now32();
+        let minute = self.p.minute_ticks;
+        let max = self.p.max_client_errors;
+        let session = self.conns[key].session.get_or_insert_with(Default::default);
+        if u64::from(now32.wrapping_sub(session.errors_since)) >= minute {
+            session.errors = 0;
+            session.errors_since = now32;
+        }
+        session.errors += 1;
+        if session.errors > max {
+            let payload = close_payload(CloseCode::POLICY_VIOLATION.0, "too many bad messages");
+            self.queue_control(key, OpCode::Close, &payload);
+            self.counters.protocol_errors.inc();
+            self.linger(key);
+            return;
+        }
+        self.queue_control(key, OpCode::Text, &client::error(e));
+    }
+
+    /// Tells the user's home shard this connection is active, at most once a second.
+    fn report_activity(&mut self, key: usize) {
+        let now32 = self.now32();
+        let every = self.p.report_ticks;
+        let conn_id = self.conn_id(key);
+        let Some(session) = self.conns[key].session.as_mut() else { return };
+        let Some(user) = session.user.clone() else { return };
+        if u64::from(now32.wrapping_sub(session.reported)) < every {
+            return;
+        }
+        session.reported = now32;
+        let m = ShardMsg::UserActive { user: user.clone(), conn: conn_id, at_ms: self.now_ms() };
+        self.send_update(home_of(&user, self.router.shards()), m);
+    }
+
+    /// Closes a connection on request (kick, replacement, slow consumer).
+    fn kick(&mut self, key: usize, code: u16, reason: &str) {
+        self.counters.kicks.inc();
+        let d = (self.now + self.p.close_ticks).min(self.drain_deadline);
+        self.server_close(key, CloseCode(code), reason, d);
+    }
+
     fn refuse(&mut self, key: usize, e: HandshakeError) {
+        self.refuse_with(key, e, e.reason());
+    }
+
+    fn refuse_with(&mut self, key: usize, e: HandshakeError, reason: &str) {
         self.counters.refused(e).inc();
         let mut resp = Vec::with_capacity(192);
-        handshake::write_refusal(&mut resp, e);
+        handshake::write_refusal_with(&mut resp, e, reason);
         self.queue_bytes(key, Bytes::from(resp));
         self.linger(key);
     }
@@ -614,15 +1134,14 @@ impl Shard {
         self.counters.protocol_errors.inc();
         tracing::debug!(shard = self.id, conn = key, "protocol error: {e}");
         let payload = close_payload(e.close_code().0, e.reason());
-        self.queue_frame(key, OpCode::Close, &payload);
+        self.queue_control(key, OpCode::Close, &payload);
         self.linger(key);
     }
 
     /// Starts a close handshake from our side; reading goes on until the client answers.
     fn server_close(&mut self, key: usize, code: CloseCode, reason: &str, deadline: u64) {
-        self.counters.closed_by_server.inc();
         let payload = close_payload(code.0, reason);
-        self.queue_frame(key, OpCode::Close, &payload);
+        self.queue_control(key, OpCode::Close, &payload);
         self.conns[key].phase = Phase::Closing;
         self.arm(key, Some(deadline));
     }
@@ -648,6 +1167,9 @@ impl Shard {
     }
 
     fn remove(&mut self, key: usize) {
+        if let Some(session) = self.conns.get_mut(key).and_then(|c| c.session.take()) {
+            self.end_session(key, session);
+        }
         let Some(conn) = self.conns.try_remove(key) else { return };
         if let Some(t) = conn.timer {
             self.wheel.cancel(t);
@@ -678,6 +1200,7 @@ impl Shard {
                 Phase::Handshake => self.refuse(key, HandshakeError::Draining),
                 Phase::Open => {
                     let d = self.drain_deadline;
+                    self.counters.closed_by_server.inc();
                     self.server_close(key, CloseCode::GOING_AWAY, "server shutting down", d);
                 }
                 Phase::Closing | Phase::Linger => {}
@@ -711,6 +1234,9 @@ impl Shard {
         }
         if self.p.idle_ticks > 0 {
             consider(self.now + self.p.idle_ticks.saturating_sub(self.elapsed(conn.last_msg)));
+        }
+        if conn.has(flag::SLOW) {
+            consider(self.now + self.p.slow_ticks.saturating_sub(self.elapsed(conn.slow_since)));
         }
         next
     }
@@ -751,8 +1277,14 @@ impl Shard {
         let conn = &self.conns[key];
         if self.p.idle_ticks > 0 && self.elapsed(conn.last_msg) >= self.p.idle_ticks {
             self.counters.idle_timeouts.inc();
+            self.counters.closed_by_server.inc();
             let d = self.now + self.p.close_ticks;
             self.server_close(key, CloseCode::NORMAL, "idle timeout", d);
+            return;
+        }
+        if conn.has(flag::SLOW) && self.elapsed(conn.slow_since) >= self.p.slow_ticks {
+            self.counters.slow_consumers_closed.inc();
+            self.kick(key, CODE_SLOW, "slow consumer");
             return;
         }
         if self.p.ping_ticks > 0 {
@@ -761,7 +1293,7 @@ impl Shard {
                     // A dead peer will not answer a close handshake: say why and drop it.
                     self.counters.pong_timeouts.inc();
                     let payload = close_payload(CloseCode::GOING_AWAY.0, "pong timeout");
-                    self.queue_frame(key, OpCode::Close, &payload);
+                    self.queue_control(key, OpCode::Close, &payload);
                     self.flush(key);
                     self.remove(key);
                     return;
@@ -772,7 +1304,7 @@ impl Shard {
                 conn.set(flag::PING_OUT);
                 conn.ping_sent = now32;
                 self.counters.pings_sent.inc();
-                self.queue_frame(key, OpCode::Ping, &[]);
+                self.queue_control(key, OpCode::Ping, &[]);
             }
         }
         let deadline = self.open_deadline(key);
@@ -781,15 +1313,27 @@ impl Shard {
 
     // ----- writing -----
 
+    /// Queues a frame outside the push caps at normal priority (echoes, handshake answers).
     fn queue_frame(&mut self, key: usize, op: OpCode, payload: &[u8]) {
         let mut v = Vec::new();
         encode_frame(&mut v, op, true, None, payload);
         self.queue_bytes(key, Bytes::from(v));
     }
 
+    /// Queues a control or protocol frame in the high lane, outside the caps.
+    fn queue_control(&mut self, key: usize, op: OpCode, payload: &[u8]) {
+        let mut v = Vec::new();
+        encode_frame(&mut v, op, true, None, payload);
+        self.queue_lane(key, Bytes::from(v), Priority::High);
+    }
+
     fn queue_bytes(&mut self, key: usize, frame: Bytes) {
+        self.queue_lane(key, frame, Priority::Normal);
+    }
+
+    fn queue_lane(&mut self, key: usize, frame: Bytes, p: Priority) {
         self.counters.frames_out.inc();
-        self.conns[key].outbox.get_or_insert_with(|| Box::new(Outbox::default())).push(frame);
+        self.conns[key].outbox.get_or_insert_with(|| Box::new(Outbox::default())).push(frame, p);
         self.mark_dirty(key);
     }
 
@@ -827,6 +1371,7 @@ impl Shard {
                 Ok((Flushed::All, n)) => {
                     self.counters.bytes_out.add(n as u64);
                     conn.outbox = None;
+                    conn.clear(flag::SLOW);
                 }
                 Ok((Flushed::Blocked, n)) => {
                     self.counters.bytes_out.add(n as u64);
@@ -908,4 +1453,20 @@ impl std::future::Future for YieldNow {
         cx.waker().wake_by_ref();
         std::task::Poll::Pending
     }
+}
+
+/// Encodes a delivered message once into a frame every recipient shares.
+pub fn encode_message(
+    stream: &Stream<'_>,
+    seq: u64,
+    payload: &Payload,
+    priority: Priority,
+) -> Frame {
+    let (op, body) = match payload {
+        Payload::Json(raw) => (OpCode::Text, client::message_json(stream, seq, raw)),
+        Payload::Binary(b) => (OpCode::Binary, client::message_binary(stream, seq, b)),
+    };
+    let mut v = Vec::with_capacity(body.len() + 10);
+    encode_frame(&mut v, op, true, None, &body);
+    Frame { bytes: Bytes::from(v), priority }
 }

@@ -72,6 +72,15 @@ counters! {
     frames_out: "frames queued for sending",
     bytes_out: "bytes written to sockets",
     pings_sent: "pings sent",
+    subscriptions: "channel subscriptions held (gauge)",
+    pushes_queued: "pushed frames queued to connections",
+    pushes_dropped: "pushed frames dropped: outbox full, or connection gone",
+    pushes_evicted: "queued frames dropped to make room for higher priorities",
+    slow_consumers_closed: "connections closed for losing pushes too long",
+    kicks: "connections closed by kick or replacement",
+    client_errors: "client messages answered with an error",
+    inbox_messages: "messages taken from the shard inbox",
+    inbox_full: "messages not sent because a shard inbox was full",
 }
 
 impl Counters {

@@ -104,6 +104,8 @@ pub struct Client {
     buf: Vec<u8>,
     dec: Decoder,
     msg: Vec<u8>,
+    /// The `welcome` message a push endpoint (`/ws…`) sends first.
+    pub welcome: Option<serde_json::Value>,
 }
 
 pub fn upgrade_request(path: &str, extra: &str) -> String {
@@ -152,7 +154,34 @@ impl Client {
         }
         assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{head}");
         buf.drain(..head_end);
-        Ok(Client { stream, buf, dec: Decoder::new(Role::Client), msg: Vec::new() })
+        let mut c = Client { stream, buf, dec: Decoder::new(Role::Client), msg: Vec::new(), welcome: None };
+        if path.starts_with("/ws") {
+            match c.recv() {
+                Frame::Text(t) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).expect("welcome is JSON");
+                    assert_eq!(v["type"], "welcome", "{t}");
+                    c.welcome = Some(v);
+                }
+                other => panic!("expected a welcome, got {other:?}"),
+            }
+        }
+        Ok(c)
+    }
+
+    /// The connection id from the welcome.
+    pub fn id(&self) -> String {
+        self.welcome.as_ref().and_then(|w| w["conn"].as_str()).expect("welcome").to_string()
+    }
+
+    /// Reads the next text frame as JSON (skipping pings).
+    pub fn json(&mut self) -> serde_json::Value {
+        loop {
+            match self.recv() {
+                Frame::Text(t) => return serde_json::from_str(&t).expect("JSON"),
+                Frame::Ping(_) => {}
+                other => panic!("expected a JSON text frame, got {other:?}"),
+            }
+        }
     }
 
     pub fn send(&mut self, op: OpCode, payload: &[u8]) {
