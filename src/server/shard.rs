@@ -987,7 +987,7 @@ impl Shard {
     fn subscribe(&mut self, key: usize, ch: Arc<str>) -> bool {
         let max = self.p.max_channels;
         let session = self.conns[key].session.get_or_insert_with(Default::default);
-        if session.channels.iter().any(|c| *c == ch) {
+        if session.channels.contains(&ch) {
             return true;
         }
         if session.channels.len() >= max {
@@ -1017,7 +1017,7 @@ impl Shard {
     }
 
     /// Leaves every index a closing connection is in.
-    fn end_session(&mut self, key: usize, session: Box<Session>) {
+    fn end_session(&mut self, key: usize, session: Session) {
         let conn_id = ConnId { shard: self.id as u16, slot: key as u32, gen: self.conns[key].gen };
         let n = self.router.shards();
         for ch in session.channels {
@@ -1168,7 +1168,7 @@ impl Shard {
 
     fn remove(&mut self, key: usize) {
         if let Some(session) = self.conns.get_mut(key).and_then(|c| c.session.take()) {
-            self.end_session(key, session);
+            self.end_session(key, *session);
         }
         let Some(conn) = self.conns.try_remove(key) else { return };
         if let Some(t) = conn.timer {

@@ -154,7 +154,8 @@ impl Client {
         }
         assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{head}");
         buf.drain(..head_end);
-        let mut c = Client { stream, buf, dec: Decoder::new(Role::Client), msg: Vec::new(), welcome: None };
+        let mut c =
+            Client { stream, buf, dec: Decoder::new(Role::Client), msg: Vec::new(), welcome: None };
         if path.starts_with("/ws") {
             match c.recv() {
                 Frame::Text(t) => {
