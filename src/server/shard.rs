@@ -465,14 +465,8 @@ impl Shard {
 
     /// Sends a delivery; if the inbox is full, its `expected` recipients count as dropped.
     fn send_delivery(&mut self, shard: usize, m: ShardMsg, expected: u64) {
-        if let Err(m) = self.send_to(shard, m) {
-            if let ShardMsg::Deliver { report, .. } = m {
-                report.add(Totals {
-                    recipients: expected,
-                    dropped: expected,
-                    ..Default::default()
-                });
-            }
+        if let Err(ShardMsg::Deliver { report, .. }) = self.send_to(shard, m) {
+            report.add(Totals { recipients: expected, dropped: expected, ..Default::default() });
         }
     }
 
