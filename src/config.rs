@@ -229,7 +229,7 @@ impl Config {
                 self.api_listen
             ));
         }
-        if self.api_listen == self.listen {
+        if self.api_listen == self.listen && self.listen.port() != 0 {
             return err("--api-listen and --listen must differ".into());
         }
         if self.inbox_capacity < 16 {

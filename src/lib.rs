@@ -6,6 +6,7 @@
 //! - [`server`]: listeners, shards, connections.
 //! - [`config`]: every limit and deadline.
 
+pub mod api;
 pub mod config;
 pub mod proto;
 pub mod push;

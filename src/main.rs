@@ -41,6 +41,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let api_listener = match ringcast::api::bind(cfg.api_listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ringcast: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let api_key = cfg.api_key.clone();
+    let api_max_body = cfg.api_max_body as usize;
+    let api_addr = cfg.api_listen;
     let server = match Server::start(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -56,6 +66,19 @@ fn main() -> ExitCode {
         "listening on ws://{}",
         server.local_addr()
     );
+    let ctx = ringcast::api::ApiContext {
+        router: server.router(),
+        shared: server.shared(),
+        counters: server.counters().to_vec(),
+        api_key,
+        max_body: api_max_body,
+    };
+    let api_addr = api_listener.local_addr().unwrap_or(api_addr);
+    if let Err(e) = ringcast::api::spawn(api_listener, ctx, server.driver() == "io_uring") {
+        eprintln!("ringcast: cannot start the API thread: {e}");
+        return ExitCode::FAILURE;
+    }
+    tracing::info!("API on http://{api_addr}");
     let handle = server.shutdown_handle();
     std::thread::spawn(move || {
         let sig = signals.wait();

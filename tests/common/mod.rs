@@ -14,6 +14,7 @@ use ringcast::proto::{Decoder, Event, Limits, OpCode, Role};
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    pub api: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -21,7 +22,8 @@ impl Server {
     /// Starts ringcast with 2 shards on 127.0.0.1:0 plus `args`, and waits until it listens.
     pub fn start(args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-            .args(["--listen", "127.0.0.1:0", "--shards", "2", "--log-level", "info"])
+            .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--shards", "2"])
+            .args(["--log-level", "info"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -33,18 +35,53 @@ impl Server {
         let log2 = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("listening on ws://") {
-                    let rest = &line[i + "listening on ws://".len()..];
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(addr);
+                for marker in ["listening on ws://", "API on http://"] {
+                    if let Some(i) = line.find(marker) {
+                        let rest = &line[i + marker.len()..];
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                        let _ = tx.send(addr);
+                    }
                 }
                 log2.lock().unwrap().push(line);
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| panic!("ringcast did not start: {:?}", log.lock().unwrap()));
-        Server { child, addr: addr.parse().expect("address"), log }
+        let mut addrs = Vec::new();
+        for _ in 0..2 {
+            let a = rx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("ringcast did not start: {:?}", log.lock().unwrap()));
+            addrs.push(a.parse::<SocketAddr>().expect("address"));
+        }
+        Server { child, addr: addrs[0], api: addrs[1], log }
+    }
+
+    /// An API request; returns the status, the head and the body.
+    pub fn http(&self, method: &str, path: &str, headers: &str, body: &[u8]) -> (u16, String, String) {
+        http(self.api, method, path, headers, body)
+    }
+
+    /// POSTs JSON to the API and returns status and parsed body.
+    pub fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let (status, _, text) = self.http("POST", path, "", body.to_string().as_bytes());
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, _, text) = self.http("GET", path, "", b"");
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Waits (up to 5 s) until `GET path` answers a body for which `ok` holds.
+    pub fn wait_for(&self, path: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, v) = self.get(path);
+            if ok(&v) {
+                return v;
+            }
+            assert!(Instant::now() < end, "timed out waiting on {path}: last {v}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn signal(&self, sig: i32) {
@@ -85,6 +122,25 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`); returns status, head and
+/// body.
+pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the API");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: api\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, head.to_string(), body.to_string())
 }
 
 /// What the client read.

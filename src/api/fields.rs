@@ -1,0 +1,165 @@
+//! Strict parsing of API request bodies: a JSON object, known fields only, each of the right
+//! type, with errors that name the field.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use crate::push::directory::Policy;
+use crate::push::ids::{valid_name, ConnId};
+use crate::push::msg::{Payload, Priority};
+
+/// A bad request: the message and the field it is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadRequest {
+    pub field: Option<&'static str>,
+    pub message: String,
+}
+
+impl BadRequest {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        BadRequest { field: Some(field), message: message.into() }
+    }
+
+    pub fn body(message: impl Into<String>) -> Self {
+        BadRequest { field: None, message: message.into() }
+    }
+}
+
+/// A request body's fields, not yet interpreted.
+pub struct Fields {
+    map: HashMap<String, Box<RawValue>>,
+}
+
+const NAME_RULE: &str = "1-128 bytes of A-Z a-z 0-9 _ - . : @ /";
+
+impl Fields {
+    /// Parses a JSON object; `allowed` lists the fields this operation takes.
+    pub fn parse(body: &[u8], allowed: &[&str]) -> Result<Fields, BadRequest> {
+        let map: HashMap<String, Box<RawValue>> = serde_json::from_slice(body)
+            .map_err(|e| BadRequest::body(format!("body must be a JSON object: {e}")))?;
+        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(BadRequest {
+                field: None,
+                message: format!("unknown field {unknown:?} (this operation takes: {})", allowed.join(", ")),
+            });
+        }
+        Ok(Fields { map })
+    }
+
+    pub fn has(&self, f: &str) -> bool {
+        self.map.contains_key(f)
+    }
+
+    fn opt_str(&self, f: &'static str) -> Result<Option<String>, BadRequest> {
+        match self.map.get(f) {
+            None => Ok(None),
+            Some(raw) => serde_json::from_str::<String>(raw.get())
+                .map(Some)
+                .map_err(|_| BadRequest::new(f, format!("{f:?} must be a string"))),
+        }
+    }
+
+    /// A required name (user, channel, device).
+    pub fn name(&self, f: &'static str) -> Result<Arc<str>, BadRequest> {
+        self.opt_name(f)?.ok_or_else(|| BadRequest::new(f, format!("{f:?} is required")))
+    }
+
+    pub fn opt_name(&self, f: &'static str) -> Result<Option<Arc<str>>, BadRequest> {
+        match self.opt_str(f)? {
+            None => Ok(None),
+            Some(s) if valid_name(&s) => Ok(Some(s.into())),
+            Some(_) => Err(BadRequest::new(f, format!("{f:?} must be {NAME_RULE}"))),
+        }
+    }
+
+    pub fn conn(&self, f: &'static str) -> Result<Option<ConnId>, BadRequest> {
+        match self.opt_str(f)? {
+            None => Ok(None),
+            Some(s) => s
+                .parse()
+                .map(Some)
+                .map_err(|_| BadRequest::new(f, format!("{f:?} must be a connection id like \"c0.12.3\""))),
+        }
+    }
+
+    /// `data` (any JSON) or `data_base64` (a binary payload): exactly one.
+    pub fn payload(&self) -> Result<Payload, BadRequest> {
+        match (self.map.get("data"), self.opt_str("data_base64")?) {
+            (Some(_), Some(_)) => Err(BadRequest::new("data", "give \"data\" or \"data_base64\", not both")),
+            (None, None) => Err(BadRequest::new("data", "\"data\" (any JSON) or \"data_base64\" is required")),
+            (Some(raw), None) => {
+                let raw: Arc<RawValue> = Arc::from(raw.clone());
+                Ok(Payload::Json(raw))
+            }
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map(|v| Payload::Binary(Bytes::from(v)))
+                .map_err(|_| BadRequest::new("data_base64", "\"data_base64\" must be standard base64")),
+        }
+    }
+
+    pub fn priority(&self) -> Result<Priority, BadRequest> {
+        match self.opt_str("priority")? {
+            None => Ok(Priority::Normal),
+            Some(p) => Priority::parse(&p)
+                .ok_or_else(|| BadRequest::new("priority", "\"priority\" must be \"high\", \"normal\" or \"low\"")),
+        }
+    }
+
+    pub fn policy(&self) -> Result<Policy, BadRequest> {
+        match self.opt_str("policy")?.as_deref() {
+            None | Some("all") => Ok(Policy::All),
+            Some("active") => Ok(Policy::Active),
+            Some("one") => Ok(Policy::One),
+            Some(_) => Err(BadRequest::new("policy", "\"policy\" must be \"all\", \"active\" or \"one\"")),
+        }
+    }
+
+    /// A close code a kick may use: 1000, 1001, 1008, 1011, 1013, or 3000-4999.
+    pub fn close_code(&self, default: u16) -> Result<u16, BadRequest> {
+        match self.map.get("code") {
+            None => Ok(default),
+            Some(raw) => match serde_json::from_str::<u16>(raw.get()) {
+                Ok(c) if matches!(c, 1000 | 1001 | 1008 | 1011 | 1013 | 3000..=4999) => Ok(c),
+                _ => Err(BadRequest::new("code", "\"code\" must be 1000, 1001, 1008, 1011, 1013 or 3000-4999")),
+            },
+        }
+    }
+
+    /// A close reason: at most 123 bytes (a close frame carries 125, two for the code).
+    pub fn reason(&self, default: &str) -> Result<Arc<str>, BadRequest> {
+        match self.opt_str("reason")? {
+            None => Ok(default.into()),
+            Some(r) if r.len() <= 123 => Ok(r.into()),
+            Some(_) => Err(BadRequest::new("reason", "\"reason\" must be at most 123 bytes")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_field() {
+        let f = |b: &str| Fields::parse(b.as_bytes(), &["channel", "data", "data_base64", "priority", "code", "reason", "conn"]);
+        assert!(f("[1]").unwrap_err().message.contains("JSON object"));
+        assert!(f(r#"{"chanel":"x"}"#).unwrap_err().message.contains("unknown field \"chanel\""));
+        assert_eq!(f(r#"{"channel":5}"#).unwrap().name("channel").unwrap_err().field, Some("channel"));
+        assert_eq!(f(r#"{}"#).unwrap().name("channel").unwrap_err().message, "\"channel\" is required");
+        assert_eq!(f(r#"{"channel":"a b"}"#).unwrap().name("channel").unwrap_err().field, Some("channel"));
+        assert_eq!(f(r#"{}"#).unwrap().payload().unwrap_err().field, Some("data"));
+        assert!(matches!(f(r#"{"data":null}"#).unwrap().payload(), Ok(Payload::Json(_))));
+        assert!(matches!(f(r#"{"data_base64":"AAE="}"#).unwrap().payload(), Ok(Payload::Binary(b)) if b[..] == [0, 1]));
+        assert_eq!(f(r#"{"data_base64":"!!"}"#).unwrap().payload().unwrap_err().field, Some("data_base64"));
+        assert_eq!(f(r#"{"priority":"urgent"}"#).unwrap().priority().unwrap_err().field, Some("priority"));
+        assert_eq!(f(r#"{"code":1005}"#).unwrap().close_code(4001).unwrap_err().field, Some("code"));
+        assert_eq!(f(r#"{"code":4321}"#).unwrap().close_code(4001), Ok(4321));
+        assert_eq!(f(r#"{"conn":"x"}"#).unwrap().conn("conn").unwrap_err().field, Some("conn"));
+        assert_eq!(f(&format!(r#"{{"reason":"{}"}}"#, "r".repeat(124))).unwrap().reason("").unwrap_err().field, Some("reason"));
+    }
+}

@@ -1,0 +1,547 @@
+//! The HTTP API backends use: publish, push, send, broadcast, kick, batch, and queries.
+//!
+//! It runs on its own thread with its own monoio runtime and listener (`--api-listen`).
+//! Request heads are decoded by monoio-http's `RequestHeadDecoder` under our own caps (16 KiB
+//! head: 431; `--api-max-body`: 413; chunked bodies: 411). Requests become shard messages
+//! through the same inboxes the shards use, and a publish answers with a delivery report
+//! once every shard involved has done its part (docs/api.md).
+
+pub mod fields;
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_channel::oneshot;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+use monoio_codec::{Decoded, Decoder};
+use monoio_http::h1::codec::decoder::RequestHeadDecoder;
+use serde_json::{json, Value};
+
+use crate::push::ids::home_of;
+use crate::push::msg::{Payload, Priority, ShardMsg, Target};
+use crate::push::report::{Report, Totals};
+use crate::server::inbox::Router;
+use crate::server::shard::{encode_message, CODE_KICKED};
+use crate::server::stats::{self, Counters};
+use crate::server::Shared;
+use fields::{BadRequest, Fields};
+
+const MAX_HEAD: usize = 16 * 1024;
+/// Time a client has to send a whole request once it has started, and an idle keep-alive lasts.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for a delivery report (a shard would have to be stuck).
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the API needs from the server.
+pub struct ApiContext {
+    pub router: Arc<Router>,
+    pub shared: Arc<Shared>,
+    pub counters: Vec<Arc<Counters>>,
+    pub api_key: Option<String>,
+    pub max_body: usize,
+}
+
+/// An API answer: status and JSON body.
+pub struct Reply {
+    status: u16,
+    body: Vec<u8>,
+    extra: &'static str,
+    content_type: &'static str,
+}
+
+impl Reply {
+    fn json(status: u16, v: &Value) -> Reply {
+        Reply { status, body: v.to_string().into_bytes(), extra: "", content_type: "application/json" }
+    }
+
+    fn error(status: u16, message: &str) -> Reply {
+        Reply::json(status, &json!({ "error": message }))
+    }
+
+    fn bad(e: BadRequest) -> Reply {
+        Reply::json(400, &json!({ "error": e.message, "field": e.field }))
+    }
+}
+
+fn phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Internal Server Error",
+    }
+}
+
+/// Binds the API listener (so a bad address fails start-up with a clear error).
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
+    let l = std::net::TcpListener::bind(addr).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            format!("cannot listen on {addr} for the API: the address is already in use")
+        } else {
+            format!("cannot listen on {addr} for the API: {e}")
+        }
+    })?;
+    l.set_nonblocking(true).map_err(|e| e.to_string())?;
+    Ok(l)
+}
+
+/// Runs the API on a thread of its own until the process exits.
+pub fn spawn(listener: std::net::TcpListener, ctx: ApiContext, use_uring: bool) -> io::Result<()> {
+    std::thread::Builder::new().name("ringcast-api".into()).spawn(move || {
+        let run = async move {
+            let listener = match TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!("API listener: {e}");
+                    return;
+                }
+            };
+            let ctx = Rc::new(ctx);
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        monoio::spawn(serve(stream, ctx.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!("API accept failed: {e}");
+                        monoio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        };
+        let built = if use_uring {
+            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build().map(|mut rt| rt.block_on(run))
+        } else {
+            monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().map(|mut rt| rt.block_on(run))
+        };
+        if let Err(e) = built {
+            tracing::error!("API runtime: {e}");
+        }
+    })?;
+    Ok(())
+}
+
+/// Reads more bytes into `buf` (appending); `Ok(false)` at EOF.
+async fn fill(stream: &mut TcpStream, buf: &mut BytesMut, limit: Duration) -> io::Result<bool> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(8192);
+    }
+    let owned = std::mem::take(buf);
+    let (len, cap) = (owned.len(), owned.capacity());
+    let (res, slice) = monoio::time::timeout(limit, stream.read(owned.slice_mut(len..cap)))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?;
+    *buf = slice.into_inner();
+    Ok(res? > 0)
+}
+
+async fn write_reply(stream: &mut TcpStream, r: Reply, close: bool) -> io::Result<()> {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}{}\r\n",
+        r.status,
+        phrase(r.status),
+        r.content_type,
+        r.body.len(),
+        r.extra,
+        if close { "Connection: close\r\n" } else { "" }
+    )
+    .into_bytes();
+    out.extend_from_slice(&r.body);
+    let (res, _) = stream.write_all(out).await;
+    res.map(|_| ())
+}
+
+/// One HTTP/1.1 connection: requests in turn, kept alive until the client closes, asks to
+/// close, idles out, or sends something we must refuse with a close.
+async fn serve(mut stream: TcpStream, ctx: Rc<ApiContext>) {
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        // The head.
+        let mut first = true;
+        let head = loop {
+            match RequestHeadDecoder.decode(&mut buf) {
+                Ok(Decoded::Some(h)) => break h,
+                Ok(_) if buf.len() > MAX_HEAD => {
+                    let _ = write_reply(&mut stream, Reply::error(431, "request head over 16 KiB"), true).await;
+                    return;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = write_reply(&mut stream, Reply::error(400, "malformed HTTP request"), true).await;
+                    return;
+                }
+            }
+            let limit = if first && buf.is_empty() { IDLE_TIMEOUT } else { REQUEST_TIMEOUT };
+            first = false;
+            match fill(&mut stream, &mut buf, limit).await {
+                Ok(true) => {}
+                _ => return,
+            }
+        };
+        let close = head.version == http::Version::HTTP_10
+            || head.headers.get(http::header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        // The body.
+        if head.headers.contains_key(http::header::TRANSFER_ENCODING) {
+            let _ = write_reply(&mut stream, Reply::error(411, "send the body with Content-Length"), true).await;
+            return;
+        }
+        let len = match head.headers.get(http::header::CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok())) {
+            None => 0,
+            Some(Some(n)) => n,
+            Some(None) => {
+                let _ = write_reply(&mut stream, Reply::error(400, "bad Content-Length"), true).await;
+                return;
+            }
+        };
+        if len > ctx.max_body {
+            let msg = format!("body over the {} byte limit (--api-max-body)", ctx.max_body);
+            let _ = write_reply(&mut stream, Reply::error(413, &msg), true).await;
+            return;
+        }
+        while buf.len() < len {
+            match fill(&mut stream, &mut buf, REQUEST_TIMEOUT).await {
+                Ok(true) => {}
+                _ => return,
+            }
+        }
+        let body = buf.split_to(len).freeze();
+        let reply = handle(&ctx, &head, body).await;
+        if write_reply(&mut stream, reply, close).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+fn authorized(ctx: &ApiContext, head: &http::request::Parts) -> Result<(), Reply> {
+    let Some(key) = ctx.api_key.as_deref() else { return Ok(()) };
+    let given = head
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => {
+            let mut r = Reply::error(401, "missing \"Authorization: Bearer <key>\"");
+            r.extra = "WWW-Authenticate: Bearer\r\n";
+            Err(r)
+        }
+        // Compare without an early exit, so timing does not tell how much of a key is right.
+        Some(g) if g.len() == key.len() && g.bytes().zip(key.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0 => Ok(()),
+        Some(_) => Err(Reply::error(403, "wrong API key")),
+    }
+}
+
+async fn handle(ctx: &ApiContext, head: &http::request::Parts, body: Bytes) -> Reply {
+    if let Err(r) = authorized(ctx, head) {
+        return r;
+    }
+    let path = head.uri.path();
+    let method = &head.method;
+    let post = |allowed: &'static str| -> Result<(), Reply> {
+        if method == http::Method::POST {
+            Ok(())
+        } else {
+            let mut r = Reply::error(405, "use POST");
+            r.extra = allowed;
+            Err(r)
+        }
+    };
+    let get = || -> Result<(), Reply> {
+        if method == http::Method::GET {
+            Ok(())
+        } else {
+            let mut r = Reply::error(405, "use GET");
+            r.extra = "Allow: GET\r\n";
+            Err(r)
+        }
+    };
+    const ALLOW_POST: &str = "Allow: POST\r\n";
+    let op = match path {
+        "/v1/publish" | "/v1/push" | "/v1/send" | "/v1/broadcast" | "/v1/kick" => {
+            if let Err(r) = post(ALLOW_POST) {
+                return r;
+            }
+            &path[4..]
+        }
+        "/v1/batch" => {
+            if let Err(r) = post(ALLOW_POST) {
+                return r;
+            }
+            return batch(ctx, &body).await;
+        }
+        "/v1/stats" => {
+            if let Err(r) = get() {
+                return r;
+            }
+            return stats_reply(ctx);
+        }
+        p if p.starts_with("/v1/users/") => {
+            if let Err(r) = get() {
+                return r;
+            }
+            return query_user(ctx, &p["/v1/users/".len()..]).await;
+        }
+        p if p.starts_with("/v1/channels/") => {
+            if let Err(r) = get() {
+                return r;
+            }
+            return query_channel(ctx, &p["/v1/channels/".len()..]).await;
+        }
+        _ => return Reply::error(404, "no such endpoint"),
+    };
+    match dispatch(ctx, op, &body) {
+        Ok(pending) => pending.finish().await,
+        Err(r) => r,
+    }
+}
+
+/// An operation dispatched to the shards, waiting for its report.
+enum Pending {
+    Report { report: Arc<Report>, done: oneshot::Receiver<()>, kick: bool },
+    Ready(Reply),
+}
+
+impl Pending {
+    async fn finish(self) -> Reply {
+        match self {
+            Pending::Ready(r) => r,
+            Pending::Report { report, done, kick } => {
+                if monoio::time::timeout(REPORT_TIMEOUT, done).await.is_err() {
+                    return Reply::error(504, "the delivery report did not complete in 10 s");
+                }
+                let t = report.totals();
+                if kick {
+                    Reply::json(200, &json!({ "kicked": t.recipients, "offline": t.offline }))
+                } else {
+                    Reply::json(200, &report_json(t))
+                }
+            }
+        }
+    }
+}
+
+fn report_json(t: Totals) -> Value {
+    json!({ "recipients": t.recipients, "queued": t.queued, "dropped": t.dropped, "offline": t.offline })
+}
+
+fn busy(shard: usize) -> Reply {
+    Reply::error(503, &format!("shard {shard} inbox is full; retry later"))
+}
+
+/// Parses an operation's body and hands it to the shards.
+fn dispatch(ctx: &ApiContext, op: &str, body: &[u8]) -> Result<Pending, Reply> {
+    let n = ctx.router.shards();
+    let (report, part, done) = Report::new();
+    let pending = |kick| Pending::Report { report: report.clone(), done, kick };
+    match op {
+        "publish" => {
+            let f = Fields::parse(body, &["channel", "data", "data_base64", "priority"]).map_err(Reply::bad)?;
+            let (channel, payload, priority) = (f.name("channel").map_err(Reply::bad)?, f.payload().map_err(Reply::bad)?, f.priority().map_err(Reply::bad)?);
+            let home = home_of(&channel, n);
+            ctx.router.send(home, ShardMsg::Publish { channel, payload, priority, report: part }).map_err(|_| busy(home))?;
+            Ok(pending(false))
+        }
+        "push" => {
+            let f = Fields::parse(body, &["user", "device", "data", "data_base64", "policy", "priority"]).map_err(Reply::bad)?;
+            let user = f.name("user").map_err(Reply::bad)?;
+            let device = f.opt_name("device").map_err(Reply::bad)?;
+            let (payload, policy, priority) = (f.payload().map_err(Reply::bad)?, f.policy().map_err(Reply::bad)?, f.priority().map_err(Reply::bad)?);
+            let home = home_of(&user, n);
+            let m = ShardMsg::PushUser { user, device, policy, payload, priority, report: part };
+            ctx.router.send(home, m).map_err(|_| busy(home))?;
+            Ok(pending(false))
+        }
+        "send" => {
+            let f = Fields::parse(body, &["conn", "data", "data_base64", "priority"]).map_err(Reply::bad)?;
+            let conn = f.conn("conn").map_err(Reply::bad)?.ok_or_else(|| Reply::bad(BadRequest::new("conn", "\"conn\" is required")))?;
+            let (payload, priority) = (f.payload().map_err(Reply::bad)?, f.priority().map_err(Reply::bad)?);
+            let shard = usize::from(conn.shard);
+            if shard >= n {
+                part.add(Totals { offline: 1, ..Default::default() });
+                drop(part);
+                return Ok(pending(false));
+            }
+            ctx.router.send(shard, ShardMsg::SendConn { conn, payload, priority, report: part }).map_err(|_| busy(shard))?;
+            Ok(pending(false))
+        }
+        "broadcast" => {
+            let f = Fields::parse(body, &["data", "data_base64", "priority"]).map_err(Reply::bad)?;
+            let (payload, priority) = (f.payload().map_err(Reply::bad)?, f.priority().map_err(Reply::bad)?);
+            broadcast(ctx, payload, priority, part);
+            Ok(pending(false))
+        }
+        "kick" => {
+            let f = Fields::parse(body, &["user", "conn", "code", "reason"]).map_err(Reply::bad)?;
+            let code = f.close_code(CODE_KICKED).map_err(Reply::bad)?;
+            let reason = f.reason("kicked").map_err(Reply::bad)?;
+            match (f.opt_name("user").map_err(Reply::bad)?, f.conn("conn").map_err(Reply::bad)?) {
+                (Some(_), Some(_)) | (None, None) => {
+                    Err(Reply::bad(BadRequest::new("user", "give exactly one of \"user\" and \"conn\"")))
+                }
+                (Some(user), None) => {
+                    let home = home_of(&user, n);
+                    ctx.router.send(home, ShardMsg::KickUser { user, code, reason, report: part }).map_err(|_| busy(home))?;
+                    Ok(pending(true))
+                }
+                (None, Some(conn)) => {
+                    let shard = usize::from(conn.shard);
+                    if shard >= n {
+                        part.add(Totals { offline: 1, ..Default::default() });
+                        drop(part);
+                        return Ok(pending(true));
+                    }
+                    let m = ShardMsg::Kick { conns: vec![conn], code, reason, report: Some(part) };
+                    ctx.router.send(shard, m).map_err(|_| busy(shard))?;
+                    Ok(pending(true))
+                }
+            }
+        }
+        _ => Err(Reply::error(404, "no such endpoint")),
+    }
+}
+
+/// Numbers the broadcast, encodes it once, and gives every shard a reference.
+fn broadcast(ctx: &ApiContext, payload: Payload, priority: Priority, part: crate::push::report::ReportPart) {
+    let seq = ctx.shared.broadcast_seq.fetch_add(1, Relaxed) + 1;
+    let frame = encode_message(&crate::proto::client::Stream::Broadcast, seq, &payload, priority);
+    for shard in 0..ctx.router.shards() {
+        let m = ShardMsg::Deliver { target: Target::All, frame: frame.clone(), report: part.split() };
+        if let Err(ShardMsg::Deliver { report, .. }) = ctx.router.send(shard, m) {
+            let open = ctx.counters.get(shard).map_or(0, |c| c.open_connections.get());
+            report.add(Totals { recipients: open, dropped: open, ..Default::default() });
+        }
+    }
+}
+
+/// `POST /v1/batch`: one operation per line (`{"op":"publish", …}`), one result per line, in
+/// order. Every line is dispatched before any report is awaited.
+async fn batch(ctx: &ApiContext, body: &[u8]) -> Reply {
+    let mut pending = Vec::new();
+    for line in body.split(|&b| b == b'\n') {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        pending.push(batch_line(ctx, line));
+    }
+    let mut out = Vec::new();
+    for p in pending {
+        let r = p.finish().await;
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        let line = if r.status == 200 { v } else { json!({ "status": r.status, "error": v["error"], "field": v["field"] }) };
+        out.extend_from_slice(line.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    Reply { status: 200, body: out, extra: "", content_type: "application/x-ndjson" }
+}
+
+fn batch_line(ctx: &ApiContext, line: &[u8]) -> Pending {
+    let mut obj: serde_json::Map<String, Value> = match serde_json::from_slice(line) {
+        Ok(o) => o,
+        Err(e) => return Pending::Ready(Reply::bad(BadRequest::body(format!("line is not a JSON object: {e}")))),
+    };
+    let op = match obj.remove("op") {
+        Some(Value::String(s)) if matches!(s.as_str(), "publish" | "push" | "send" | "broadcast" | "kick") => s,
+        _ => {
+            return Pending::Ready(Reply::bad(BadRequest::new(
+                "op",
+                "\"op\" must be \"publish\", \"push\", \"send\", \"broadcast\" or \"kick\"",
+            )))
+        }
+    };
+    let rest = Value::Object(obj).to_string();
+    match dispatch(ctx, &op, rest.as_bytes()) {
+        Ok(p) => p,
+        Err(r) => Pending::Ready(r),
+    }
+}
+
+fn name_in_path(s: &str) -> Option<Arc<str>> {
+    crate::push::ids::valid_name(s).then(|| Arc::from(s))
+}
+
+async fn query_user(ctx: &ApiContext, user: &str) -> Reply {
+    let Some(user) = name_in_path(user) else { return Reply::error(400, "invalid user name") };
+    let home = home_of(&user, ctx.router.shards());
+    let (tx, rx) = oneshot::channel();
+    if ctx.router.send(home, ShardMsg::QueryUser { user: user.clone(), reply: tx }).is_err() {
+        return busy(home);
+    }
+    let Ok(Ok(conns)) = monoio::time::timeout(REPORT_TIMEOUT, rx).await else {
+        return Reply::error(504, "no answer from the user's shard");
+    };
+    let list: Vec<Value> = conns
+        .iter()
+        .map(|c| {
+            json!({
+                "conn": c.conn.to_string(),
+                "shard": c.conn.shard,
+                "device": c.device.as_deref(),
+                "connected_at_ms": c.connected_ms,
+                "active_at_ms": c.active_ms,
+            })
+        })
+        .collect();
+    let devices: std::collections::BTreeSet<&str> = conns.iter().filter_map(|c| c.device.as_deref()).collect();
+    let shards: std::collections::BTreeSet<u16> = conns.iter().map(|c| c.conn.shard).collect();
+    Reply::json(200, &json!({ "user": &*user, "connections": list, "devices": devices, "shards": shards }))
+}
+
+async fn query_channel(ctx: &ApiContext, channel: &str) -> Reply {
+    let Some(channel) = name_in_path(channel) else { return Reply::error(400, "invalid channel name") };
+    let home = home_of(&channel, ctx.router.shards());
+    let (tx, rx) = oneshot::channel();
+    if ctx.router.send(home, ShardMsg::QueryChannel { channel: channel.clone(), reply: tx }).is_err() {
+        return busy(home);
+    }
+    let Ok(Ok(n)) = monoio::time::timeout(REPORT_TIMEOUT, rx).await else {
+        return Reply::error(504, "no answer from the channel's shard");
+    };
+    Reply::json(200, &json!({ "channel": &*channel, "subscribers": n }))
+}
+
+fn stats_reply(ctx: &ApiContext) -> Reply {
+    let totals: serde_json::Map<String, Value> =
+        stats::sum(&ctx.counters).into_iter().map(|(k, v)| (k, json!(v))).collect();
+    let shards: Vec<Value> = ctx
+        .counters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            json!({
+                "shard": i,
+                "open_connections": c.open_connections.get(),
+                "subscriptions": c.subscriptions.get(),
+                "inbox_depth": ctx.router.depth(i),
+            })
+        })
+        .collect();
+    Reply::json(
+        200,
+        &json!({
+            "epoch": ctx.shared.epoch,
+            "connections": ctx.shared.total.load(Relaxed),
+            "draining": ctx.shared.draining.load(Relaxed),
+            "shards": shards,
+            "totals": totals,
+        }),
+    )
+}
