@@ -30,6 +30,7 @@ impl BadRequest {
 }
 
 /// A request body's fields, not yet interpreted.
+#[derive(Debug)]
 pub struct Fields {
     map: HashMap<String, Box<RawValue>>,
 }
@@ -44,7 +45,10 @@ impl Fields {
         if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(BadRequest {
                 field: None,
-                message: format!("unknown field {unknown:?} (this operation takes: {})", allowed.join(", ")),
+                message: format!(
+                    "unknown field {unknown:?} (this operation takes: {})",
+                    allowed.join(", ")
+                ),
             });
         }
         Ok(Fields { map })
@@ -79,18 +83,21 @@ impl Fields {
     pub fn conn(&self, f: &'static str) -> Result<Option<ConnId>, BadRequest> {
         match self.opt_str(f)? {
             None => Ok(None),
-            Some(s) => s
-                .parse()
-                .map(Some)
-                .map_err(|_| BadRequest::new(f, format!("{f:?} must be a connection id like \"c0.12.3\""))),
+            Some(s) => s.parse().map(Some).map_err(|_| {
+                BadRequest::new(f, format!("{f:?} must be a connection id like \"c0.12.3\""))
+            }),
         }
     }
 
     /// `data` (any JSON) or `data_base64` (a binary payload): exactly one.
     pub fn payload(&self) -> Result<Payload, BadRequest> {
         match (self.map.get("data"), self.opt_str("data_base64")?) {
-            (Some(_), Some(_)) => Err(BadRequest::new("data", "give \"data\" or \"data_base64\", not both")),
-            (None, None) => Err(BadRequest::new("data", "\"data\" (any JSON) or \"data_base64\" is required")),
+            (Some(_), Some(_)) => {
+                Err(BadRequest::new("data", "give \"data\" or \"data_base64\", not both"))
+            }
+            (None, None) => {
+                Err(BadRequest::new("data", "\"data\" (any JSON) or \"data_base64\" is required"))
+            }
             (Some(raw), None) => {
                 let raw: Arc<RawValue> = Arc::from(raw.clone());
                 Ok(Payload::Json(raw))
@@ -98,15 +105,18 @@ impl Fields {
             (None, Some(b64)) => base64::engine::general_purpose::STANDARD
                 .decode(b64.as_bytes())
                 .map(|v| Payload::Binary(Bytes::from(v)))
-                .map_err(|_| BadRequest::new("data_base64", "\"data_base64\" must be standard base64")),
+                .map_err(|_| {
+                    BadRequest::new("data_base64", "\"data_base64\" must be standard base64")
+                }),
         }
     }
 
     pub fn priority(&self) -> Result<Priority, BadRequest> {
         match self.opt_str("priority")? {
             None => Ok(Priority::Normal),
-            Some(p) => Priority::parse(&p)
-                .ok_or_else(|| BadRequest::new("priority", "\"priority\" must be \"high\", \"normal\" or \"low\"")),
+            Some(p) => Priority::parse(&p).ok_or_else(|| {
+                BadRequest::new("priority", "\"priority\" must be \"high\", \"normal\" or \"low\"")
+            }),
         }
     }
 
@@ -115,7 +125,9 @@ impl Fields {
             None | Some("all") => Ok(Policy::All),
             Some("active") => Ok(Policy::Active),
             Some("one") => Ok(Policy::One),
-            Some(_) => Err(BadRequest::new("policy", "\"policy\" must be \"all\", \"active\" or \"one\"")),
+            Some(_) => {
+                Err(BadRequest::new("policy", "\"policy\" must be \"all\", \"active\" or \"one\""))
+            }
         }
     }
 
@@ -125,7 +137,10 @@ impl Fields {
             None => Ok(default),
             Some(raw) => match serde_json::from_str::<u16>(raw.get()) {
                 Ok(c) if matches!(c, 1000 | 1001 | 1008 | 1011 | 1013 | 3000..=4999) => Ok(c),
-                _ => Err(BadRequest::new("code", "\"code\" must be 1000, 1001, 1008, 1011, 1013 or 3000-4999")),
+                _ => Err(BadRequest::new(
+                    "code",
+                    "\"code\" must be 1000, 1001, 1008, 1011, 1013 or 3000-4999",
+                )),
             },
         }
     }
@@ -146,20 +161,52 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let f = |b: &str| Fields::parse(b.as_bytes(), &["channel", "data", "data_base64", "priority", "code", "reason", "conn"]);
+        let f = |b: &str| {
+            Fields::parse(
+                b.as_bytes(),
+                &["channel", "data", "data_base64", "priority", "code", "reason", "conn"],
+            )
+        };
         assert!(f("[1]").unwrap_err().message.contains("JSON object"));
         assert!(f(r#"{"chanel":"x"}"#).unwrap_err().message.contains("unknown field \"chanel\""));
-        assert_eq!(f(r#"{"channel":5}"#).unwrap().name("channel").unwrap_err().field, Some("channel"));
-        assert_eq!(f(r#"{}"#).unwrap().name("channel").unwrap_err().message, "\"channel\" is required");
-        assert_eq!(f(r#"{"channel":"a b"}"#).unwrap().name("channel").unwrap_err().field, Some("channel"));
+        assert_eq!(
+            f(r#"{"channel":5}"#).unwrap().name("channel").unwrap_err().field,
+            Some("channel")
+        );
+        assert_eq!(
+            f(r#"{}"#).unwrap().name("channel").unwrap_err().message,
+            "\"channel\" is required"
+        );
+        assert_eq!(
+            f(r#"{"channel":"a b"}"#).unwrap().name("channel").unwrap_err().field,
+            Some("channel")
+        );
         assert_eq!(f(r#"{}"#).unwrap().payload().unwrap_err().field, Some("data"));
         assert!(matches!(f(r#"{"data":null}"#).unwrap().payload(), Ok(Payload::Json(_))));
-        assert!(matches!(f(r#"{"data_base64":"AAE="}"#).unwrap().payload(), Ok(Payload::Binary(b)) if b[..] == [0, 1]));
-        assert_eq!(f(r#"{"data_base64":"!!"}"#).unwrap().payload().unwrap_err().field, Some("data_base64"));
-        assert_eq!(f(r#"{"priority":"urgent"}"#).unwrap().priority().unwrap_err().field, Some("priority"));
-        assert_eq!(f(r#"{"code":1005}"#).unwrap().close_code(4001).unwrap_err().field, Some("code"));
+        assert!(
+            matches!(f(r#"{"data_base64":"AAE="}"#).unwrap().payload(), Ok(Payload::Binary(b)) if b[..] == [0, 1])
+        );
+        assert_eq!(
+            f(r#"{"data_base64":"!!"}"#).unwrap().payload().unwrap_err().field,
+            Some("data_base64")
+        );
+        assert_eq!(
+            f(r#"{"priority":"urgent"}"#).unwrap().priority().unwrap_err().field,
+            Some("priority")
+        );
+        assert_eq!(
+            f(r#"{"code":1005}"#).unwrap().close_code(4001).unwrap_err().field,
+            Some("code")
+        );
         assert_eq!(f(r#"{"code":4321}"#).unwrap().close_code(4001), Ok(4321));
         assert_eq!(f(r#"{"conn":"x"}"#).unwrap().conn("conn").unwrap_err().field, Some("conn"));
-        assert_eq!(f(&format!(r#"{{"reason":"{}"}}"#, "r".repeat(124))).unwrap().reason("").unwrap_err().field, Some("reason"));
+        assert_eq!(
+            f(&format!(r#"{{"reason":"{}"}}"#, "r".repeat(124)))
+                .unwrap()
+                .reason("")
+                .unwrap_err()
+                .field,
+            Some("reason")
+        );
     }
 }

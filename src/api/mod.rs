@@ -59,7 +59,12 @@ pub struct Reply {
 
 impl Reply {
     fn json(status: u16, v: &Value) -> Reply {
-        Reply { status, body: v.to_string().into_bytes(), extra: "", content_type: "application/json" }
+        Reply {
+            status,
+            body: v.to_string().into_bytes(),
+            extra: "",
+            content_type: "application/json",
+        }
     }
 
     fn error(status: u16, message: &str) -> Reply {
@@ -128,9 +133,15 @@ pub fn spawn(listener: std::net::TcpListener, ctx: ApiContext, use_uring: bool) 
             }
         };
         let built = if use_uring {
-            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build().map(|mut rt| rt.block_on(run))
+            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .enable_timer()
+                .build()
+                .map(|mut rt| rt.block_on(run))
         } else {
-            monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().map(|mut rt| rt.block_on(run))
+            monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+                .map(|mut rt| rt.block_on(run))
         };
         if let Err(e) = built {
             tracing::error!("API runtime: {e}");
@@ -180,12 +191,19 @@ async fn serve(mut stream: TcpStream, ctx: Rc<ApiContext>) {
             match RequestHeadDecoder.decode(&mut buf) {
                 Ok(Decoded::Some(h)) => break h,
                 Ok(_) if buf.len() > MAX_HEAD => {
-                    let _ = write_reply(&mut stream, Reply::error(431, "request head over 16 KiB"), true).await;
+                    let _ = write_reply(
+                        &mut stream,
+                        Reply::error(431, "request head over 16 KiB"),
+                        true,
+                    )
+                    .await;
                     return;
                 }
                 Ok(_) => {}
                 Err(_) => {
-                    let _ = write_reply(&mut stream, Reply::error(400, "malformed HTTP request"), true).await;
+                    let _ =
+                        write_reply(&mut stream, Reply::error(400, "malformed HTTP request"), true)
+                            .await;
                     return;
                 }
             }
@@ -197,17 +215,30 @@ async fn serve(mut stream: TcpStream, ctx: Rc<ApiContext>) {
             }
         };
         let close = head.version == http::Version::HTTP_10
-            || head.headers.get(http::header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+            || head
+                .headers
+                .get(http::header::CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         // The body.
         if head.headers.contains_key(http::header::TRANSFER_ENCODING) {
-            let _ = write_reply(&mut stream, Reply::error(411, "send the body with Content-Length"), true).await;
+            let _ = write_reply(
+                &mut stream,
+                Reply::error(411, "send the body with Content-Length"),
+                true,
+            )
+            .await;
             return;
         }
-        let len = match head.headers.get(http::header::CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok())) {
+        let len = match head
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()))
+        {
             None => 0,
             Some(Some(n)) => n,
             Some(None) => {
-                let _ = write_reply(&mut stream, Reply::error(400, "bad Content-Length"), true).await;
+                let _ =
+                    write_reply(&mut stream, Reply::error(400, "bad Content-Length"), true).await;
                 return;
             }
         };
@@ -244,7 +275,12 @@ fn authorized(ctx: &ApiContext, head: &http::request::Parts) -> Result<(), Reply
             Err(r)
         }
         // Compare without an early exit, so timing does not tell how much of a key is right.
-        Some(g) if g.len() == key.len() && g.bytes().zip(key.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0 => Ok(()),
+        Some(g)
+            if g.len() == key.len()
+                && g.bytes().zip(key.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0 =>
+        {
+            Ok(())
+        }
         Some(_) => Err(Reply::error(403, "wrong API key")),
     }
 }
@@ -353,38 +389,62 @@ fn dispatch(ctx: &ApiContext, op: &str, body: &[u8]) -> Result<Pending, Reply> {
     let pending = |kick| Pending::Report { report: report.clone(), done, kick };
     match op {
         "publish" => {
-            let f = Fields::parse(body, &["channel", "data", "data_base64", "priority"]).map_err(Reply::bad)?;
-            let (channel, payload, priority) = (f.name("channel").map_err(Reply::bad)?, f.payload().map_err(Reply::bad)?, f.priority().map_err(Reply::bad)?);
+            let f = Fields::parse(body, &["channel", "data", "data_base64", "priority"])
+                .map_err(Reply::bad)?;
+            let (channel, payload, priority) = (
+                f.name("channel").map_err(Reply::bad)?,
+                f.payload().map_err(Reply::bad)?,
+                f.priority().map_err(Reply::bad)?,
+            );
             let home = home_of(&channel, n);
-            ctx.router.send(home, ShardMsg::Publish { channel, payload, priority, report: part }).map_err(|_| busy(home))?;
+            ctx.router
+                .send(home, ShardMsg::Publish { channel, payload, priority, report: part })
+                .map_err(|_| busy(home))?;
             Ok(pending(false))
         }
         "push" => {
-            let f = Fields::parse(body, &["user", "device", "data", "data_base64", "policy", "priority"]).map_err(Reply::bad)?;
+            let f = Fields::parse(
+                body,
+                &["user", "device", "data", "data_base64", "policy", "priority"],
+            )
+            .map_err(Reply::bad)?;
             let user = f.name("user").map_err(Reply::bad)?;
             let device = f.opt_name("device").map_err(Reply::bad)?;
-            let (payload, policy, priority) = (f.payload().map_err(Reply::bad)?, f.policy().map_err(Reply::bad)?, f.priority().map_err(Reply::bad)?);
+            let (payload, policy, priority) = (
+                f.payload().map_err(Reply::bad)?,
+                f.policy().map_err(Reply::bad)?,
+                f.priority().map_err(Reply::bad)?,
+            );
             let home = home_of(&user, n);
             let m = ShardMsg::PushUser { user, device, policy, payload, priority, report: part };
             ctx.router.send(home, m).map_err(|_| busy(home))?;
             Ok(pending(false))
         }
         "send" => {
-            let f = Fields::parse(body, &["conn", "data", "data_base64", "priority"]).map_err(Reply::bad)?;
-            let conn = f.conn("conn").map_err(Reply::bad)?.ok_or_else(|| Reply::bad(BadRequest::new("conn", "\"conn\" is required")))?;
-            let (payload, priority) = (f.payload().map_err(Reply::bad)?, f.priority().map_err(Reply::bad)?);
+            let f = Fields::parse(body, &["conn", "data", "data_base64", "priority"])
+                .map_err(Reply::bad)?;
+            let conn = f
+                .conn("conn")
+                .map_err(Reply::bad)?
+                .ok_or_else(|| Reply::bad(BadRequest::new("conn", "\"conn\" is required")))?;
+            let (payload, priority) =
+                (f.payload().map_err(Reply::bad)?, f.priority().map_err(Reply::bad)?);
             let shard = usize::from(conn.shard);
             if shard >= n {
                 part.add(Totals { offline: 1, ..Default::default() });
                 drop(part);
                 return Ok(pending(false));
             }
-            ctx.router.send(shard, ShardMsg::SendConn { conn, payload, priority, report: part }).map_err(|_| busy(shard))?;
+            ctx.router
+                .send(shard, ShardMsg::SendConn { conn, payload, priority, report: part })
+                .map_err(|_| busy(shard))?;
             Ok(pending(false))
         }
         "broadcast" => {
-            let f = Fields::parse(body, &["data", "data_base64", "priority"]).map_err(Reply::bad)?;
-            let (payload, priority) = (f.payload().map_err(Reply::bad)?, f.priority().map_err(Reply::bad)?);
+            let f =
+                Fields::parse(body, &["data", "data_base64", "priority"]).map_err(Reply::bad)?;
+            let (payload, priority) =
+                (f.payload().map_err(Reply::bad)?, f.priority().map_err(Reply::bad)?);
             broadcast(ctx, payload, priority, part);
             Ok(pending(false))
         }
@@ -393,12 +453,15 @@ fn dispatch(ctx: &ApiContext, op: &str, body: &[u8]) -> Result<Pending, Reply> {
             let code = f.close_code(CODE_KICKED).map_err(Reply::bad)?;
             let reason = f.reason("kicked").map_err(Reply::bad)?;
             match (f.opt_name("user").map_err(Reply::bad)?, f.conn("conn").map_err(Reply::bad)?) {
-                (Some(_), Some(_)) | (None, None) => {
-                    Err(Reply::bad(BadRequest::new("user", "give exactly one of \"user\" and \"conn\"")))
-                }
+                (Some(_), Some(_)) | (None, None) => Err(Reply::bad(BadRequest::new(
+                    "user",
+                    "give exactly one of \"user\" and \"conn\"",
+                ))),
                 (Some(user), None) => {
                     let home = home_of(&user, n);
-                    ctx.router.send(home, ShardMsg::KickUser { user, code, reason, report: part }).map_err(|_| busy(home))?;
+                    ctx.router
+                        .send(home, ShardMsg::KickUser { user, code, reason, report: part })
+                        .map_err(|_| busy(home))?;
                     Ok(pending(true))
                 }
                 (None, Some(conn)) => {
@@ -419,11 +482,17 @@ fn dispatch(ctx: &ApiContext, op: &str, body: &[u8]) -> Result<Pending, Reply> {
 }
 
 /// Numbers the broadcast, encodes it once, and gives every shard a reference.
-fn broadcast(ctx: &ApiContext, payload: Payload, priority: Priority, part: crate::push::report::ReportPart) {
+fn broadcast(
+    ctx: &ApiContext,
+    payload: Payload,
+    priority: Priority,
+    part: crate::push::report::ReportPart,
+) {
     let seq = ctx.shared.broadcast_seq.fetch_add(1, Relaxed) + 1;
     let frame = encode_message(&crate::proto::client::Stream::Broadcast, seq, &payload, priority);
     for shard in 0..ctx.router.shards() {
-        let m = ShardMsg::Deliver { target: Target::All, frame: frame.clone(), report: part.split() };
+        let m =
+            ShardMsg::Deliver { target: Target::All, frame: frame.clone(), report: part.split() };
         if let Err(ShardMsg::Deliver { report, .. }) = ctx.router.send(shard, m) {
             let open = ctx.counters.get(shard).map_or(0, |c| c.open_connections.get());
             report.add(Totals { recipients: open, dropped: open, ..Default::default() });
@@ -446,7 +515,11 @@ async fn batch(ctx: &ApiContext, body: &[u8]) -> Reply {
     for p in pending {
         let r = p.finish().await;
         let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-        let line = if r.status == 200 { v } else { json!({ "status": r.status, "error": v["error"], "field": v["field"] }) };
+        let line = if r.status == 200 {
+            v
+        } else {
+            json!({ "status": r.status, "error": v["error"], "field": v["field"] })
+        };
         out.extend_from_slice(line.to_string().as_bytes());
         out.push(b'\n');
     }
@@ -456,10 +529,18 @@ async fn batch(ctx: &ApiContext, body: &[u8]) -> Reply {
 fn batch_line(ctx: &ApiContext, line: &[u8]) -> Pending {
     let mut obj: serde_json::Map<String, Value> = match serde_json::from_slice(line) {
         Ok(o) => o,
-        Err(e) => return Pending::Ready(Reply::bad(BadRequest::body(format!("line is not a JSON object: {e}")))),
+        Err(e) => {
+            return Pending::Ready(Reply::bad(BadRequest::body(format!(
+                "line is not a JSON object: {e}"
+            ))))
+        }
     };
     let op = match obj.remove("op") {
-        Some(Value::String(s)) if matches!(s.as_str(), "publish" | "push" | "send" | "broadcast" | "kick") => s,
+        Some(Value::String(s))
+            if matches!(s.as_str(), "publish" | "push" | "send" | "broadcast" | "kick") =>
+        {
+            s
+        }
         _ => {
             return Pending::Ready(Reply::bad(BadRequest::new(
                 "op",
@@ -500,16 +581,26 @@ async fn query_user(ctx: &ApiContext, user: &str) -> Reply {
             })
         })
         .collect();
-    let devices: std::collections::BTreeSet<&str> = conns.iter().filter_map(|c| c.device.as_deref()).collect();
+    let devices: std::collections::BTreeSet<&str> =
+        conns.iter().filter_map(|c| c.device.as_deref()).collect();
     let shards: std::collections::BTreeSet<u16> = conns.iter().map(|c| c.conn.shard).collect();
-    Reply::json(200, &json!({ "user": &*user, "connections": list, "devices": devices, "shards": shards }))
+    Reply::json(
+        200,
+        &json!({ "user": &*user, "connections": list, "devices": devices, "shards": shards }),
+    )
 }
 
 async fn query_channel(ctx: &ApiContext, channel: &str) -> Reply {
-    let Some(channel) = name_in_path(channel) else { return Reply::error(400, "invalid channel name") };
+    let Some(channel) = name_in_path(channel) else {
+        return Reply::error(400, "invalid channel name");
+    };
     let home = home_of(&channel, ctx.router.shards());
     let (tx, rx) = oneshot::channel();
-    if ctx.router.send(home, ShardMsg::QueryChannel { channel: channel.clone(), reply: tx }).is_err() {
+    if ctx
+        .router
+        .send(home, ShardMsg::QueryChannel { channel: channel.clone(), reply: tx })
+        .is_err()
+    {
         return busy(home);
     }
     let Ok(Ok(n)) = monoio::time::timeout(REPORT_TIMEOUT, rx).await else {

@@ -1136,6 +1136,7 @@ impl Shard {
     fn server_close(&mut self, key: usize, code: CloseCode, reason: &str, deadline: u64) {
         let payload = close_payload(code.0, reason);
         self.queue_control(key, OpCode::Close, &payload);
+        self.leave_indexes(key);
         self.conns[key].phase = Phase::Closing;
         self.arm(key, Some(deadline));
     }
@@ -1143,6 +1144,7 @@ impl Shard {
     /// Stops reading: the write side is shut once the outbox drains; the socket closes at EOF
     /// or at the close deadline.
     fn linger(&mut self, key: usize) {
+        self.leave_indexes(key);
         let conn = &mut self.conns[key];
         if conn.phase == Phase::Handshake {
             self.handshaking -= 1;
@@ -1160,10 +1162,16 @@ impl Shard {
         self.arm(key, Some(deadline));
     }
 
-    fn remove(&mut self, key: usize) {
+    /// A closing connection takes no more pushes: it leaves the channel index and its user's
+    /// directory at once, not when the close handshake ends.
+    fn leave_indexes(&mut self, key: usize) {
         if let Some(session) = self.conns.get_mut(key).and_then(|c| c.session.take()) {
             self.end_session(key, *session);
         }
+    }
+
+    fn remove(&mut self, key: usize) {
+        self.leave_indexes(key);
         let Some(conn) = self.conns.try_remove(key) else { return };
         if let Some(t) = conn.timer {
             self.wheel.cancel(t);

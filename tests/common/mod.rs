@@ -56,7 +56,13 @@ impl Server {
     }
 
     /// An API request; returns the status, the head and the body.
-    pub fn http(&self, method: &str, path: &str, headers: &str, body: &[u8]) -> (u16, String, String) {
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &[u8],
+    ) -> (u16, String, String) {
         http(self.api, method, path, headers, body)
     }
 
@@ -72,7 +78,11 @@ impl Server {
     }
 
     /// Waits (up to 5 s) until `GET path` answers a body for which `ok` holds.
-    pub fn wait_for(&self, path: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub fn wait_for(
+        &self,
+        path: &str,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let end = Instant::now() + Duration::from_secs(5);
         loop {
             let (_, v) = self.get(path);
@@ -126,7 +136,13 @@ impl Drop for Server {
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`); returns status, head and
 /// body.
-pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) -> (u16, String, String) {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).expect("connect to the API");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let head = format!(
