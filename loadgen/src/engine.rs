@@ -23,11 +23,32 @@ const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 /// Handshakes in flight per thread, so a fast ramp does not flood the listen backlog.
 const MAX_IN_FLIGHT: usize = 512;
 
+/// Nanoseconds since loadgen started: the clock payload timestamps use.
+pub fn now_ns() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Receives every whole data message, with the global index of the connection it came on.
+pub trait MessageSink {
+    fn message(&mut self, conn: u32, text: bool, data: &[u8], now_ns: u64);
+}
+
+/// A sink that only counts (the `hold` scenario).
+pub struct Ignore;
+
+impl MessageSink for Ignore {
+    fn message(&mut self, _: u32, _: bool, _: &[u8], _: u64) {}
+}
+
 /// What one thread does.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub target: SocketAddr,
+    /// Request path; `{i}` is replaced by the connection's global index.
     pub path: String,
+    /// Global index of this thread's first connection.
+    pub first: usize,
     /// Connections this thread opens.
     pub conns: usize,
     /// Connections per second this thread opens; 0: as fast as the handshakes complete.
@@ -126,6 +147,8 @@ enum State {
 
 struct Conn {
     fd: RawFd,
+    index: u32,
+    msg: Vec<u8>,
     state: State,
     started: Instant,
     inbuf: Vec<u8>,
@@ -133,11 +156,12 @@ struct Conn {
     dec: Decoder,
 }
 
-fn request(plan: &Plan) -> Vec<u8> {
+fn request(plan: &Plan, index: usize) -> Vec<u8> {
+    let path = plan.path.replace("{i}", &index.to_string());
     format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\r\n",
-        plan.path, plan.target
+        plan.target
     )
     .into_bytes()
 }
@@ -179,7 +203,12 @@ fn error_kind(e: &io::Error) -> String {
 }
 
 /// Runs one thread's plan until `progress.stop` is set or the deadline passes.
-pub fn run(plan: Plan, thread: usize, progress: Arc<Progress>) -> Tally {
+pub fn run(
+    plan: Plan,
+    thread: usize,
+    progress: Arc<Progress>,
+    sink: &mut dyn MessageSink,
+) -> Tally {
     let mut tally = Tally::new();
     let epoll = match Epoll::new() {
         Ok(e) => e,
@@ -189,7 +218,6 @@ pub fn run(plan: Plan, thread: usize, progress: Arc<Progress>) -> Tally {
             return tally;
         }
     };
-    let req = request(&plan);
     let limits = Limits { max_frame: 1 << 30, max_message: 1 << 30 };
     let mut conns: slab::Slab<Conn> = slab::Slab::with_capacity(plan.conns);
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
@@ -218,6 +246,8 @@ pub fn run(plan: Plan, thread: usize, progress: Arc<Progress>) -> Tally {
                 Ok(fd) => {
                     let key = conns.insert(Conn {
                         fd,
+                        index: (plan.first + opened - 1) as u32,
+                        msg: Vec::new(),
                         state: State::Connecting,
                         started: now,
                         inbuf: Vec::new(),
@@ -254,6 +284,7 @@ pub fn run(plan: Plan, thread: usize, progress: Arc<Progress>) -> Tally {
                 match socket_error(c.fd) {
                     Ok(()) => {
                         c.state = State::Upgrading;
+                        let req = request(&plan, c.index as usize);
                         c.out.extend_from_slice(&req);
                     }
                     Err(e) => {
@@ -302,7 +333,7 @@ pub fn run(plan: Plan, thread: usize, progress: Arc<Progress>) -> Tally {
                     }
                 }
                 if !close && c.state == State::Open && !c.inbuf.is_empty() {
-                    match read_frames(c, &limits, &mut tally) {
+                    match read_frames(c, &limits, &mut tally, sink) {
                         Ok(false) => {}
                         Ok(true) => close = true,
                         Err(e) => {
@@ -436,16 +467,36 @@ fn refusal(head: &[u8]) -> String {
 }
 
 /// Decodes what arrived; answers pings and close frames. Returns whether to close.
-fn read_frames(c: &mut Conn, limits: &Limits, tally: &mut Tally) -> Result<bool, String> {
+fn read_frames(
+    c: &mut Conn,
+    limits: &Limits,
+    tally: &mut Tally,
+    sink: &mut dyn MessageSink,
+) -> Result<bool, String> {
     let mut pos = 0;
     let mut close = false;
+    let now = now_ns();
     loop {
         match c.dec.decode(&mut c.inbuf[pos..], limits) {
             Ok(Some((ev, n))) => {
                 pos += n;
                 match ev {
-                    Event::Data { last: true, .. } => tally.messages += 1,
-                    Event::Data { .. } | Event::Pong(_) => {}
+                    Event::Data { text, payload, first, last } => {
+                        if first && last {
+                            tally.messages += 1;
+                            sink.message(c.index, text, payload, now);
+                        } else {
+                            if first {
+                                c.msg.clear();
+                            }
+                            c.msg.extend_from_slice(payload);
+                            if last {
+                                tally.messages += 1;
+                                sink.message(c.index, text, &c.msg, now);
+                            }
+                        }
+                    }
+                    Event::Pong(_) => {}
                     Event::Ping(p) => {
                         let p = p.to_vec();
                         encode_frame(&mut c.out, OpCode::Pong, true, Some([1, 2, 3, 4]), &p);

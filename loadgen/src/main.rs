@@ -1,21 +1,25 @@
-//! loadgen: measures what a WebSocket server holds and how fast it answers.
+//! loadgen: measures what a WebSocket server holds and how fast it delivers.
 //!
-//! Scenarios are subcommands, each with a hard time cap so a run always ends. Every figure in
-//! docs/benchmarks.md comes from here.
+//! Scenarios are subcommands, each with a hard time cap (`--max-duration`) so a run always
+//! ends. Every figure in docs/benchmarks.md comes from here.
 
 mod engine;
 mod probe;
+mod publish;
 mod sources;
+mod track;
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
-use engine::{Plan, Progress, Tally};
-use serde_json::json;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use engine::{MessageSink, Plan, Progress, Tally};
+use serde_json::{json, Value};
+use track::{Mode, Tracker};
 
 #[derive(Parser, Debug)]
 #[command(name = "loadgen", version, about = "Load generator for ringcast and any RFC 6455 server")]
@@ -26,17 +30,23 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Scenario {
-    /// Open N connections at a ramp rate, hold them, report outcomes, upgrade rate, handshake
-    /// latency and (given --server-pid) the server's memory per connection.
-    Hold(HoldArgs),
+    /// Open N connections, hold them, report outcomes, upgrade rate, handshake latency and
+    /// (given --server-pid) the server's memory per connection.
+    Hold(ConnArgs),
+    /// N subscribers on a channel; M messages of B bytes published at rate R; delivery
+    /// latency, completion time, throughput, server CPU per delivery, completeness.
+    Fanout(FanoutArgs),
+    /// N connections, one user each (`{i}` in --path); M pushes to random users at rate R;
+    /// latency and completeness.
+    Push(PushArgs),
 }
 
-#[derive(clap::Args, Debug)]
-struct HoldArgs {
+#[derive(Args, Debug, Clone)]
+struct ConnArgs {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     target: SocketAddr,
-    /// Endpoint path.
+    /// Endpoint path; `{i}` becomes the connection's number (0..N).
     #[arg(long, default_value = "/ws")]
     path: String,
     /// Connections to open.
@@ -45,7 +55,7 @@ struct HoldArgs {
     /// Connections opened per second; 0 opens them as fast as the server upgrades.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
-    /// How long to hold them once all have an outcome.
+    /// How long to hold the connections once all have an outcome (hold only).
     #[arg(long, default_value = "5s", value_parser = ringcast::config::parse_duration)]
     hold: Duration,
     /// Source addresses: `127.0.0.1-127.0.0.40` or a comma list.
@@ -57,7 +67,7 @@ struct HoldArgs {
     /// Time one connection may take to connect and upgrade.
     #[arg(long, default_value = "10s", value_parser = ringcast::config::parse_duration)]
     connect_timeout: Duration,
-    /// The server's PID: report its memory and CPU per connection.
+    /// The server's PID: report its memory and CPU.
     #[arg(long)]
     server_pid: Option<u32>,
     /// Hard cap on the whole run.
@@ -66,6 +76,74 @@ struct HoldArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PubFormat {
+    /// `{"channel": C, "data": PAYLOAD}` to ringcast's /v1/publish.
+    Ringcast,
+    /// The payload itself as the POST body (a generic broadcast server).
+    Raw,
+}
+
+#[derive(Args, Debug)]
+struct FanoutArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Where messages are published.
+    #[arg(long, default_value = "http://127.0.0.1:8081/v1/publish")]
+    pub_url: String,
+    #[arg(long, value_enum, default_value_t = PubFormat::Ringcast)]
+    pub_format: PubFormat,
+    /// Channel (ringcast format).
+    #[arg(long, default_value = "bench")]
+    channel: String,
+    /// Messages to publish.
+    #[arg(long, short = 'm', default_value_t = 100)]
+    messages: u64,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Messages published per second.
+    #[arg(long, default_value_t = 20.0)]
+    pub_rate: f64,
+    /// Publisher connections, used in turn, so a slow answer does not delay the schedule.
+    #[arg(long, default_value_t = 16)]
+    pub_conns: usize,
+    /// Bearer key for the publish URL.
+    #[arg(long, env = "RINGCAST_API_KEY")]
+    api_key: Option<String>,
+    /// How long to wait for the last deliveries after the last publish.
+    #[arg(long, default_value = "10s", value_parser = ringcast::config::parse_duration)]
+    drain: Duration,
+}
+
+#[derive(Args, Debug)]
+struct PushArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Where pushes go (ringcast's /v1/push).
+    #[arg(long, default_value = "http://127.0.0.1:8081/v1/push")]
+    pub_url: String,
+    /// User names are this prefix plus the connection number; use the same in --path.
+    #[arg(long, default_value = "u")]
+    user_prefix: String,
+    /// Pushes to send.
+    #[arg(long, short = 'm', default_value_t = 1000)]
+    pushes: u64,
+    /// Payload bytes per push.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Pushes per second.
+    #[arg(long, default_value_t = 200.0)]
+    pub_rate: f64,
+    /// Publisher connections, used in turn.
+    #[arg(long, default_value_t = 16)]
+    pub_conns: usize,
+    #[arg(long, env = "RINGCAST_API_KEY")]
+    api_key: Option<String>,
+    #[arg(long, default_value = "10s", value_parser = ringcast::config::parse_duration)]
+    drain: Duration,
 }
 
 fn cpus() -> usize {
@@ -78,7 +156,7 @@ fn check_nofile(n: usize) -> Result<(), String> {
     if n > room {
         return Err(format!(
             "{n} connections need about {} open files, but this process may open {limit}: \
-             at most {room} connections here. Raise the limit (`ulimit -n`, or tuning/apply on a \
+             at most {room} connections here. Raise the limit (`ulimit -n`, or tuning/ on a \
              host you tune), or split the load over several loadgen processes.",
             n + 64
         ));
@@ -90,6 +168,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.scenario {
         Scenario::Hold(a) => hold(a),
+        Scenario::Fanout(a) => fanout(a),
+        Scenario::Push(a) => push(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,7 +180,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn hold(a: HoldArgs) -> Result<(), String> {
+/// Connections under way: the threads, their shared progress, and when it all started.
+struct Running<S> {
+    handles: Vec<JoinHandle<(Tally, S)>>,
+    progress: Arc<Progress>,
+    start: Instant,
+    deadline: Instant,
+    threads: usize,
+}
+
+/// Starts the client threads, each with a sink made by `sink(first, count)`.
+fn start_connections<S: MessageSink + Send + 'static>(
+    a: &ConnArgs,
+    sink: impl Fn(usize, usize) -> S,
+) -> Result<Running<S>, String> {
     if a.connections == 0 {
         return Err("--connections must be positive".into());
     }
@@ -108,74 +201,112 @@ fn hold(a: HoldArgs) -> Result<(), String> {
         return Err("--rate must be 0 or a positive number".into());
     }
     check_nofile(a.connections)?;
-    let threads = if a.threads == 0 { cpus() } else { a.threads }.min(a.connections);
-    // Fail fast on an unreachable server rather than after N timeouts.
     std::net::TcpStream::connect_timeout(&a.target, Duration::from_secs(3))
         .map_err(|e| format!("cannot reach {}: {e}", a.target))?;
-
-    let pid = a.server_pid;
-    let mem0 = pid.map(probe::proc_mem).transpose()?;
-    let cpu0 = pid.map(probe::proc_cpu_seconds).transpose()?;
-    let slab0 = pid.and_then(|_| probe::slab_bytes().ok());
-    let sock0 = probe::tcp_sockstat();
-    let own0 = probe::own_cpu_seconds();
-
+    let threads = if a.threads == 0 { cpus() } else { a.threads }.min(a.connections);
     let start = Instant::now();
     let deadline = start + a.max_duration;
     let progress = Arc::new(Progress::default());
     let mut handles = Vec::new();
+    let mut first = 0;
     for t in 0..threads {
         let share = a.connections / threads + usize::from(t < a.connections % threads);
         let plan = Plan {
             target: a.target,
             path: a.path.clone(),
+            first,
             conns: share,
             rate: a.rate / threads as f64,
             sources: a.sources.clone(),
             connect_timeout: a.connect_timeout,
             deadline,
         };
+        let mut s = sink(first, share);
+        first += share;
         let p = progress.clone();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("loadgen-{t}"))
-                .spawn(move || engine::run(plan, t, p))
+                .spawn(move || {
+                    let tally = engine::run(plan, t, p, &mut s);
+                    (tally, s)
+                })
                 .map_err(|e| format!("cannot start a thread: {e}"))?,
         );
     }
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !a.json;
-    while progress.settled.load(Relaxed) < a.connections && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    Ok(Running { handles, progress, start, deadline, threads })
+}
+
+impl<S> Running<S> {
+    /// Waits until every connection has an outcome; shows progress on a terminal.
+    fn wait_settled(&self, n: usize, quiet: bool) {
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !quiet;
+        while self.progress.settled.load(Relaxed) < n && Instant::now() < self.deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            if tty {
+                eprint!(
+                    "\r  connecting: {} / {} settled, {} open   ",
+                    self.progress.settled.load(Relaxed),
+                    n,
+                    self.progress.open.load(Relaxed)
+                );
+            }
+        }
         if tty {
-            eprint!(
-                "\r  {} / {} settled, {} open   ",
-                progress.settled.load(Relaxed),
-                a.connections,
-                progress.open.load(Relaxed)
-            );
+            eprintln!();
         }
     }
-    if tty {
-        eprintln!();
+
+    fn finish(self) -> Result<(Tally, Vec<S>), String> {
+        self.progress.stop.store(true, Relaxed);
+        let mut tally = Tally::empty();
+        let mut sinks = Vec::new();
+        for h in self.handles {
+            let (t, s) = h.join().map_err(|_| "a loadgen thread panicked".to_string())?;
+            tally.merge(t);
+            sinks.push(s);
+        }
+        Ok((tally, sinks))
     }
-    let connect_phase = start.elapsed();
+}
+
+fn connect_summary(tally: &Tally) -> Value {
+    let q = |p: f64| tally.handshake_us.value_at_quantile(p);
+    json!({
+        "attempted": tally.attempted,
+        "upgraded": tally.upgraded,
+        "refused_by_status": tally.refused.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "errors": tally.errors.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "handshake_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": tally.handshake_us.max()},
+        "closed_by_server": tally.closed_by_server.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "dropped_by_server": tally.dropped_by_server,
+        "pings_answered": tally.pings_answered,
+    })
+}
+
+fn hold(a: ConnArgs) -> Result<(), String> {
+    let pid = a.server_pid;
+    let mem0 = pid.map(probe::proc_mem).transpose()?;
+    let cpu0 = pid.map(probe::proc_cpu_seconds).transpose()?;
+    let slab0 = pid.and_then(|_| probe::slab_bytes().ok());
+    let sock0 = probe::tcp_sockstat();
+    let own0 = probe::own_cpu_seconds();
+    let run = start_connections(&a, |_, _| engine::Ignore)?;
+    run.wait_settled(a.connections, a.json);
+    let connect_phase = run.start.elapsed();
     // Let the server settle (buffers freed, timers armed) before reading its memory.
     let settle = Duration::from_secs(1).min(a.hold);
     std::thread::sleep(settle);
-    let held_open = progress.open.load(Relaxed);
+    let held_open = run.progress.open.load(Relaxed);
     let mem1 = pid.map(probe::proc_mem).transpose()?;
     let slab1 = pid.and_then(|_| probe::slab_bytes().ok());
     let sock1 = probe::tcp_sockstat();
-    let rest = a.hold.saturating_sub(settle);
-    let hold_end = Instant::now() + rest;
-    while Instant::now() < hold_end.min(deadline) {
+    let hold_end = (Instant::now() + a.hold.saturating_sub(settle)).min(run.deadline);
+    while Instant::now() < hold_end {
         std::thread::sleep(Duration::from_millis(50));
     }
-    progress.stop.store(true, Relaxed);
-    let mut tally = Tally::empty();
-    for h in handles {
-        tally.merge(h.join().map_err(|_| "a loadgen thread panicked".to_string())?);
-    }
+    let threads = run.threads;
+    let (tally, _) = run.finish()?;
     let cpu1 = pid.map(probe::proc_cpu_seconds).transpose()?;
     let own = probe::own_cpu_seconds() - own0;
 
@@ -185,7 +316,6 @@ fn hold(a: HoldArgs) -> Result<(), String> {
         _ => 0.0,
     };
     let rate = if upgrade_secs > 0.0 { tally.upgraded as f64 / upgrade_secs } else { 0.0 };
-    let q = |p: f64| tally.handshake_us.value_at_quantile(p);
     let mem = match (mem0, mem1) {
         (Some(m0), Some(m1)) => Some(json!({
             "rss_before": m0.rss, "rss_after": m1.rss,
@@ -209,29 +339,23 @@ fn hold(a: HoldArgs) -> Result<(), String> {
         }
         _ => None,
     };
-    let report = json!({
+    let mut report = connect_summary(&tally);
+    let extra = json!({
         "scenario": "hold",
         "target": format!("ws://{}{}", a.target, a.path),
         "connections": a.connections,
         "threads": threads,
         "sources": a.sources.len(),
-        "attempted": tally.attempted,
-        "upgraded": tally.upgraded,
-        "refused_by_status": tally.refused.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        "errors": tally.errors.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "upgrades_per_sec": rate,
         "connect_phase_secs": connect_phase.as_secs_f64(),
-        "handshake_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": tally.handshake_us.max()},
         "open_when_measured": held_open,
         "open_at_end": tally.open_at_end,
-        "closed_by_server": tally.closed_by_server.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        "dropped_by_server": tally.dropped_by_server,
-        "pings_answered": tally.pings_answered,
         "server_memory": mem,
         "kernel_memory": kernel,
         "server_cpu_secs": match (cpu0, cpu1) { (Some(a), Some(b)) => json!(b - a), _ => json!(null) },
         "loadgen_cpu_secs": own,
     });
+    merge(&mut report, extra);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     } else {
@@ -243,8 +367,362 @@ fn hold(a: HoldArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn print_hold(r: &serde_json::Value) {
-    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+fn merge(into: &mut Value, from: Value) {
+    if let (Some(a), Value::Object(b)) = (into.as_object_mut(), from) {
+        a.extend(b);
+    }
+}
+
+/// Publishes `count` messages at `rate` over `conns` keep-alive connections (message `i` goes
+/// on connection `i % conns` at time `i / rate`), so a server that answers only once a
+/// publish is queued everywhere does not slow the schedule. `body(i, t_ns)` makes each body.
+/// Returns (failed publishes, first send ns, last send ns, failures by status).
+fn publish_loop(
+    url: &publish::Url,
+    api_key: Option<String>,
+    conns: usize,
+    count: u64,
+    rate: f64,
+    deadline: Instant,
+    body: impl Fn(u64, u64) -> Vec<u8> + Send + Sync,
+) -> Result<(u64, u64, u64, std::collections::BTreeMap<u16, u64>), String> {
+    if !(rate > 0.0 && rate.is_finite()) {
+        return Err("--pub-rate must be a positive number".into());
+    }
+    let conns = conns.clamp(1, 256) as u64;
+    let start = Instant::now();
+    let first = engine::now_ns();
+    let results = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..conns)
+            .map(|k| {
+                let body = &body;
+                let mut publisher = publish::Publisher::new(url.clone(), api_key.clone());
+                scope.spawn(move || {
+                    let mut errors = 0u64;
+                    let mut last = 0u64;
+                    let mut statuses: std::collections::BTreeMap<u16, u64> =
+                        std::collections::BTreeMap::new();
+                    let mut i = k;
+                    while i < count {
+                        let due = start + Duration::from_secs_f64(i as f64 / rate);
+                        let now = Instant::now();
+                        if now >= deadline {
+                            break;
+                        }
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        last = engine::now_ns();
+                        match publisher.post(&body(i, last)) {
+                            Ok((200, _)) => {}
+                            Ok((status, _)) => {
+                                errors += 1;
+                                *statuses.entry(status).or_default() += 1;
+                            }
+                            Err(e) => {
+                                if errors == 0 {
+                                    eprintln!("loadgen: publish failed: {e}");
+                                }
+                                errors += 1;
+                            }
+                        }
+                        i += conns;
+                    }
+                    (errors, last, statuses)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
+    });
+    let mut errors = 0;
+    let mut last = first;
+    let mut statuses = std::collections::BTreeMap::new();
+    for r in results {
+        let (e, l, st) = r.map_err(|_| "a publisher thread panicked".to_string())?;
+        errors += e;
+        last = last.max(l);
+        for (k, v) in st {
+            *statuses.entry(k).or_insert(0) += v;
+        }
+    }
+    Ok((errors, first, last, statuses))
+}
+
+/// Waits until `expected` deliveries arrived or `drain` passed since the last publish.
+fn wait_deliveries(progress: &AtomicU64, expected: u64, drain: Duration, deadline: Instant) {
+    let end = (Instant::now() + drain).min(deadline);
+    while progress.load(Relaxed) < expected && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn delivery_report(
+    trackers: &[Tracker],
+    mode: Mode,
+    messages: u64,
+    first_send: u64,
+    last_send: u64,
+) -> Value {
+    let mut hist =
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds");
+    let mut completion = vec![0u64; messages as usize];
+    let mut sent = vec![0u64; messages as usize];
+    let (mut received, mut dup, mut ooo, mut mis, mut other, mut gaps) = (0, 0, 0, 0, 0, 0);
+    let by_seq = trackers.iter().any(|t| t.by_seq);
+    let mut seen: Vec<u64> = Vec::new();
+    let mut unique = 0;
+    for t in trackers {
+        let _ = hist.add(&t.latency_us);
+        for (c, x) in completion.iter_mut().zip(&t.completion) {
+            *c = (*c).max(*x);
+        }
+        for (s, x) in sent.iter_mut().zip(&t.sent) {
+            *s = (*s).max(*x);
+        }
+        received += t.received;
+        dup += t.duplicates;
+        ooo += t.out_of_order;
+        gaps += t.seq_gaps;
+        mis += t.misdelivered;
+        other += t.other;
+        match mode {
+            Mode::Fanout => unique += t.unique(),
+            Mode::Push => {
+                if seen.is_empty() {
+                    seen = t.seen_words().to_vec();
+                } else {
+                    for (a, b) in seen.iter_mut().zip(t.seen_words()) {
+                        *a |= *b;
+                    }
+                }
+            }
+        }
+    }
+    if mode == Mode::Push {
+        unique = seen.iter().map(|w| u64::from(w.count_ones())).sum();
+    }
+    let last_recv = completion.iter().copied().max().unwrap_or(0);
+    let secs = last_recv.saturating_sub(first_send) as f64 / 1e9;
+    // Completion time of a message: from its send to its last arrival anywhere.
+    let mut per_msg: Vec<u64> = completion
+        .iter()
+        .zip(&sent)
+        .filter(|(c, _)| **c > 0)
+        .map(|(c, s)| c.saturating_sub(*s) / 1000)
+        .collect();
+    per_msg.sort_unstable();
+    let pick = |q: f64| {
+        per_msg
+            .get(((per_msg.len() as f64 * q) as usize).min(per_msg.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let q = |p: f64| hist.value_at_quantile(p);
+    json!({
+        "received": received,
+        "unique": unique,
+        "duplicates": dup,
+        "out_of_order": ooo,
+        "order_judged_by": if by_seq { "server seq" } else { "message number" },
+        "seq_gaps": if by_seq { json!(gaps) } else { Value::Null },
+        "misdelivered": mis,
+        "other_messages": other,
+        "deliveries_per_sec": if secs > 0.0 { received as f64 / secs } else { 0.0 },
+        "first_send_to_last_receive_secs": secs,
+        "publish_secs": (last_send.saturating_sub(first_send)) as f64 / 1e9,
+        "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": hist.max()},
+        "messages_with_a_delivery": per_msg.len(),
+        "completion_us": {"p50": pick(0.5), "p99": pick(0.99), "max": per_msg.last().copied().unwrap_or(0)},
+    })
+}
+
+fn fanout(a: FanoutArgs) -> Result<(), String> {
+    let url = publish::parse_url(&a.pub_url)?;
+    if a.messages == 0 {
+        return Err("--messages must be positive".into());
+    }
+    let n = a.conn.connections;
+    let received = Arc::new(AtomicU64::new(0));
+    let m = a.messages;
+    let r2 = received.clone();
+    let run = start_connections(&a.conn, move |first, count| {
+        Tracker::new(Mode::Fanout, first as u32, count as u32, m, r2.clone())
+    })?;
+    run.wait_settled(n, a.conn.json);
+    let upgraded = run.progress.open.load(Relaxed) as u64;
+    std::thread::sleep(Duration::from_secs(1)); // subscriptions reach their home shard
+    let pid = a.conn.server_pid;
+    let cpu0 = pid.map(probe::proc_cpu_seconds).transpose()?;
+    let own0 = probe::own_cpu_seconds();
+    let channel = a.channel.clone();
+    let (errors, first, last, statuses) = publish_loop(
+        &url,
+        a.api_key.clone(),
+        a.pub_conns,
+        a.messages,
+        a.pub_rate,
+        run.deadline,
+        |i, t| {
+            let p = publish::payload(i, t, None, a.size);
+            match a.pub_format {
+                PubFormat::Ringcast => {
+                    format!(r#"{{"channel":{},"data":{p}}}"#, json!(channel)).into_bytes()
+                }
+                PubFormat::Raw => p.into_bytes(),
+            }
+        },
+    )?;
+    wait_deliveries(&received, upgraded * a.messages, a.drain, run.deadline);
+    let cpu1 = pid.map(probe::proc_cpu_seconds).transpose()?;
+    let own = probe::own_cpu_seconds() - own0;
+    let (tally, trackers) = run.finish()?;
+    let mut report = delivery_report(&trackers, Mode::Fanout, a.messages, first, last);
+    let expected = upgraded * a.messages;
+    let got = report["unique"].as_u64().unwrap_or(0);
+    let server_cpu = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    merge(
+        &mut report,
+        json!({
+            "scenario": "fanout",
+            "target": format!("ws://{}{}", a.conn.target, a.conn.path),
+            "subscribers": upgraded,
+            "messages": a.messages,
+            "size": a.size,
+            "pub_rate": a.pub_rate,
+            "publish_errors": errors,
+            "publish_error_statuses": statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "expected": expected,
+            "missing": expected.saturating_sub(got),
+            "server_cpu_secs": server_cpu,
+            "deliveries_per_server_cpu_sec": server_cpu.filter(|c| *c > 0.0).map(|c| got as f64 / c),
+            "loadgen_cpu_secs": own,
+            "connect": connect_summary(&tally),
+        }),
+    );
+    print_report(&report, a.conn.json);
+    if got == 0 {
+        return Err("no message was delivered".into());
+    }
+    Ok(())
+}
+
+fn push(a: PushArgs) -> Result<(), String> {
+    let url = publish::parse_url(&a.pub_url)?;
+    if a.pushes == 0 {
+        return Err("--pushes must be positive".into());
+    }
+    let n = a.conn.connections;
+    let received = Arc::new(AtomicU64::new(0));
+    let m = a.pushes;
+    let r2 = received.clone();
+    let run = start_connections(&a.conn, move |first, count| {
+        Tracker::new(Mode::Push, first as u32, count as u32, m, r2.clone())
+    })?;
+    run.wait_settled(n, a.conn.json);
+    let upgraded = run.progress.open.load(Relaxed) as u64;
+    std::thread::sleep(Duration::from_secs(1)); // users reach their home shard
+    let pid = a.conn.server_pid;
+    let cpu0 = pid.map(probe::proc_cpu_seconds).transpose()?;
+    let own0 = probe::own_cpu_seconds();
+    let prefix = a.user_prefix.clone();
+    let (errors, first, last, statuses) = publish_loop(
+        &url,
+        a.api_key.clone(),
+        a.pub_conns,
+        a.pushes,
+        a.pub_rate,
+        run.deadline,
+        |i, t| {
+            // A fixed pseudo-random user per push (splitmix64 of the push number).
+            let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            let u = (z ^ (z >> 31)) % n as u64;
+            let p = publish::payload(i, t, Some(u), a.size);
+            format!(r#"{{"user":"{prefix}{u}","data":{p}}}"#).into_bytes()
+        },
+    )?;
+    wait_deliveries(&received, a.pushes, a.drain, run.deadline);
+    let cpu1 = pid.map(probe::proc_cpu_seconds).transpose()?;
+    let own = probe::own_cpu_seconds() - own0;
+    let (tally, trackers) = run.finish()?;
+    let mut report = delivery_report(&trackers, Mode::Push, a.pushes, first, last);
+    let got = report["unique"].as_u64().unwrap_or(0);
+    merge(
+        &mut report,
+        json!({
+            "scenario": "push",
+            "target": format!("ws://{}{}", a.conn.target, a.conn.path),
+            "connections": upgraded,
+            "pushes": a.pushes,
+            "size": a.size,
+            "pub_rate": a.pub_rate,
+            "publish_errors": errors,
+            "publish_error_statuses": statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "expected": a.pushes,
+            "missing": a.pushes.saturating_sub(got),
+            "server_cpu_secs": match (cpu0, cpu1) { (Some(a), Some(b)) => json!(b - a), _ => json!(null) },
+            "loadgen_cpu_secs": own,
+            "connect": connect_summary(&tally),
+        }),
+    );
+    print_report(&report, a.conn.json);
+    if got == 0 {
+        return Err("no push was delivered".into());
+    }
+    Ok(())
+}
+
+fn print_report(r: &Value, as_json: bool) {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        return;
+    }
+    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+    println!("{}  {}", r["scenario"].as_str().unwrap_or(""), r["target"].as_str().unwrap_or(""));
+    let c = &r["connect"];
+    println!(
+        "  connected           {} / {} (refused {}, errors {})",
+        c["upgraded"], c["attempted"], c["refused_by_status"], c["errors"]
+    );
+    println!(
+        "  expected            {}   received {}   unique {}   missing {}",
+        r["expected"], r["received"], r["unique"], r["missing"]
+    );
+    println!(
+        "  duplicated          {}   out of order {} (by {})   seq gaps {}   misdelivered {}   (other messages {})",
+        r["duplicates"], r["out_of_order"], r["order_judged_by"].as_str().unwrap_or(""), r["seq_gaps"], r["misdelivered"], r["other_messages"]
+    );
+    println!("  publish errors      {} {}", r["publish_errors"], r["publish_error_statuses"]);
+    let l = &r["latency_us"];
+    println!(
+        "  latency µs          p50 {}  p90 {}  p99 {}  p999 {}  max {}",
+        l["p50"], l["p90"], l["p99"], l["p999"], l["max"]
+    );
+    let c = &r["completion_us"];
+    println!(
+        "  completion µs       p50 {}  p99 {}  max {}  (send to last arrival, per message)",
+        c["p50"], c["p99"], c["max"]
+    );
+    println!(
+        "  deliveries/s        {:.0}  (first send to last receive: {:.3} s)",
+        f(&r["deliveries_per_sec"]),
+        f(&r["first_send_to_last_receive_secs"])
+    );
+    if !r["server_cpu_secs"].is_null() {
+        println!("  server CPU          {:.3} s", f(&r["server_cpu_secs"]));
+    }
+    if !r["deliveries_per_server_cpu_sec"].is_null() {
+        println!("  deliveries/server CPU-s  {:.0}", f(&r["deliveries_per_server_cpu_sec"]));
+    }
+    println!("  loadgen CPU         {:.3} s", f(&r["loadgen_cpu_secs"]));
+}
+
+fn print_hold(r: &Value) {
+    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
     println!(
         "hold  {}  ({} threads, {} source addresses)",
         r["target"].as_str().unwrap_or(""),
