@@ -42,10 +42,43 @@ pub struct Tracker {
 }
 
 /// Reads the unsigned number after `key` (e.g. `"i":`) in `data`.
+#[cfg(test)]
 pub fn field(data: &[u8], key: &[u8]) -> Option<u64> {
-    let pos = data.windows(key.len()).position(|w| w == key)? + key.len();
-    let digits = data[pos..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&data[pos..pos + digits]).ok()?.parse().ok()
+    number_at(data, memchr::memmem::find(data, key)? + key.len())
+}
+
+fn number_at(data: &[u8], pos: usize) -> Option<u64> {
+    let mut v: u64 = 0;
+    let mut any = false;
+    for &b in data.get(pos..)?.iter().take(20) {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        any = true;
+    }
+    any.then_some(v)
+}
+
+/// The fields a receiver reads, found with precompiled SIMD searches: loadgen must never be the
+/// bottleneck, and it reads every one of millions of messages.
+struct Keys {
+    seq: memchr::memmem::Finder<'static>,
+    i: memchr::memmem::Finder<'static>,
+    t: memchr::memmem::Finder<'static>,
+    u: memchr::memmem::Finder<'static>,
+}
+
+static KEYS: std::sync::LazyLock<Keys> = std::sync::LazyLock::new(|| Keys {
+    seq: memchr::memmem::Finder::new(b"\"seq\":"),
+    i: memchr::memmem::Finder::new(b"\"i\":"),
+    t: memchr::memmem::Finder::new(b"\"t\":"),
+    u: memchr::memmem::Finder::new(b"\"u\":"),
+});
+
+fn find(f: &memchr::memmem::Finder<'static>, data: &[u8], from: usize) -> Option<u64> {
+    let rest = data.get(from..)?;
+    number_at(rest, f.find(rest)? + f.needle().len())
 }
 
 impl Tracker {
@@ -94,7 +127,8 @@ impl Tracker {
 
 impl MessageSink for Tracker {
     fn message(&mut self, conn: u32, _text: bool, data: &[u8], now_ns: u64) {
-        let (Some(i), Some(t)) = (field(data, b"\"i\":"), field(data, b"\"t\":")) else {
+        let k = &*KEYS;
+        let (Some(i), Some(t)) = (find(&k.i, data, 0), find(&k.t, data, 0)) else {
             self.other += 1;
             return;
         };
@@ -112,7 +146,7 @@ impl MessageSink for Tracker {
         let bit = match self.mode {
             Mode::Fanout => u64::from(local) * self.messages + i,
             Mode::Push => {
-                if field(data, b"\"u\":") != Some(u64::from(conn)) {
+                if find(&k.u, data, 0) != Some(u64::from(conn)) {
                     self.misdelivered += 1;
                 }
                 i
@@ -123,7 +157,7 @@ impl MessageSink for Tracker {
             self.duplicates += 1;
         }
         self.seen[w] |= 1 << b;
-        let order = match field(data, b"\"seq\":") {
+        let order = match find(&k.seq, data, 0) {
             Some(seq) => {
                 self.by_seq = true;
                 seq
