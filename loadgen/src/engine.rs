@@ -58,6 +58,22 @@ pub struct Plan {
     pub connect_timeout: Duration,
     /// Hard stop, whatever happens.
     pub deadline: Instant,
+    /// Churn: close each connection (cleanly, with a close frame) this long after its upgrade.
+    pub lifetime: Option<Duration>,
+    /// Every this-many-th connection (by global number) stops reading once upgraded; 0: none.
+    pub slow_every: usize,
+    /// Echo: messages to send over the open connections.
+    pub send: Option<SendPlan>,
+}
+
+/// Messages a thread sends (the `echo` scenario): `per_conn` on each of its connections, at
+/// `rate` per second for the thread, round-robin, each numbered from `first_msg`.
+#[derive(Clone, Copy, Debug)]
+pub struct SendPlan {
+    pub per_conn: u64,
+    pub rate: f64,
+    pub size: usize,
+    pub first_msg: u64,
 }
 
 /// What the threads share while running: progress, and the signal to stop.
@@ -89,6 +105,14 @@ pub struct Tally {
     pub first_attempt: Option<Instant>,
     pub last_upgrade: Option<Instant>,
     pub open_at_end: u64,
+    /// Connections loadgen closed itself (churn), and how many of those the server answered
+    /// with its own close frame in time.
+    pub closed_by_client: u64,
+    pub close_answered: u64,
+    /// Messages sent (echo).
+    pub sent: u64,
+    /// Connections that stopped reading (slow).
+    pub slow: u64,
 }
 
 impl Tally {
@@ -106,6 +130,10 @@ impl Tally {
             first_attempt: None,
             last_upgrade: None,
             open_at_end: 0,
+            closed_by_client: 0,
+            close_answered: 0,
+            sent: 0,
+            slow: 0,
         }
     }
 
@@ -131,6 +159,10 @@ impl Tally {
         };
         self.last_upgrade = self.last_upgrade.max(o.last_upgrade);
         self.open_at_end += o.open_at_end;
+        self.closed_by_client += o.closed_by_client;
+        self.close_answered += o.close_answered;
+        self.sent += o.sent;
+        self.slow += o.slow;
     }
 
     pub fn empty() -> Tally {
@@ -143,7 +175,14 @@ enum State {
     Connecting,
     Upgrading,
     Open,
+    /// Upgraded but no longer read (slow scenario).
+    Deaf,
+    /// We sent a close frame and wait for the server's.
+    Closing,
 }
+
+/// How long a churned connection waits for the server's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 struct Conn {
     fd: RawFd,
@@ -225,6 +264,15 @@ pub fn run(
     let mut opened = 0usize;
     let mut in_flight = 0usize;
     let start = Instant::now();
+    // Churn: (close time, key, the connection's start) in upgrade order, which with one
+    // lifetime is close-time order; closing ones wait for the server's answer until their time.
+    let mut expiring: std::collections::VecDeque<(Instant, usize, Instant)> = Default::default();
+    let mut closing: std::collections::VecDeque<(Instant, usize, Instant)> = Default::default();
+    // Echo: open connections to send on, round-robin, and what has been sent.
+    let mut open_keys: Vec<usize> = Vec::new();
+    let mut next_key = 0usize;
+    let mut sent_local = 0u64;
+    let send_total = plan.send.map_or(0, |s| s.per_conn * plan.conns as u64);
     let settle = |tally: &mut Tally, progress: &Progress| {
         let _ = tally;
         progress.settled.fetch_add(1, Relaxed);
@@ -302,7 +350,10 @@ pub fn run(
                     }
                 }
             }
-            if !close && c.state != State::Connecting && bits & (EV_IN | EV_ERR) != 0 {
+            if !close
+                && !matches!(c.state, State::Connecting | State::Deaf)
+                && bits & (EV_IN | EV_ERR) != 0
+            {
                 loop {
                     match sys::recv(c.fd, &mut rbuf) {
                         Ok(0) => {
@@ -332,7 +383,8 @@ pub fn run(
                         }
                     }
                 }
-                if !close && c.state == State::Open && !c.inbuf.is_empty() {
+                if !close && matches!(c.state, State::Open | State::Closing) && !c.inbuf.is_empty()
+                {
                     match read_frames(c, &limits, &mut tally, sink) {
                         Ok(false) => {}
                         Ok(true) => close = true,
@@ -360,6 +412,18 @@ pub fn run(
                         let us = now.duration_since(c.started).as_micros() as u64;
                         let _ = tally.handshake_us.record(us.max(1));
                         progress.open.fetch_add(1, Relaxed);
+                        if let Some(life) = plan.lifetime {
+                            expiring.push_back((now + life, key, c.started));
+                        }
+                        if plan.slow_every > 0
+                            && (c.index as usize) % plan.slow_every == plan.slow_every - 1
+                        {
+                            c.state = State::Deaf;
+                            tally.slow += 1;
+                        }
+                        if plan.send.is_some() {
+                            open_keys.push(key);
+                        }
                     }
                     Err(reason) => {
                         if let Some(code) =
@@ -371,7 +435,10 @@ pub fn run(
                         }
                     }
                 }
-            } else if close && c.state == State::Open {
+            } else if close && c.state == State::Closing {
+                tally.close_answered += 1;
+                progress.open.fetch_sub(1, Relaxed);
+            } else if close && matches!(c.state, State::Open | State::Deaf) {
                 progress.open.fetch_sub(1, Relaxed);
             }
             if close {
@@ -379,12 +446,76 @@ pub fn run(
                 conns.remove(key);
             }
         }
+        // Churn: close connections whose lifetime is over, and drop those whose close went
+        // unanswered.
+        while let Some(&(at, key, started)) = expiring.front() {
+            if at > now {
+                break;
+            }
+            expiring.pop_front();
+            let Some(c) =
+                conns.get_mut(key).filter(|c| c.started == started && c.state == State::Open)
+            else {
+                continue;
+            };
+            encode_frame(
+                &mut c.out,
+                OpCode::Close,
+                true,
+                Some([5, 6, 7, 8]),
+                &1000u16.to_be_bytes(),
+            );
+            c.state = State::Closing;
+            tally.closed_by_client += 1;
+            if write_out(c).is_err() {
+                progress.open.fetch_sub(1, Relaxed);
+                sys::close(c.fd);
+                conns.remove(key);
+                continue;
+            }
+            closing.push_back((now + CLOSE_WAIT, key, started));
+        }
+        while let Some(&(at, key, started)) = closing.front() {
+            if at > now {
+                break;
+            }
+            closing.pop_front();
+            if conns.get(key).is_some_and(|c| c.started == started && c.state == State::Closing) {
+                let c = conns.remove(key);
+                progress.open.fetch_sub(1, Relaxed);
+                sys::close(c.fd);
+            }
+        }
+        // Echo: send what the schedule says is due, round-robin over open connections.
+        if let Some(sp) = plan.send {
+            let due = ((start.elapsed().as_secs_f64() * sp.rate) as u64).min(send_total);
+            let mut tries = 0;
+            while sent_local < due && !open_keys.is_empty() && tries < open_keys.len() {
+                next_key = (next_key + 1) % open_keys.len();
+                let key = open_keys[next_key];
+                let Some(c) = conns.get_mut(key).filter(|c| c.state == State::Open) else {
+                    open_keys.swap_remove(next_key);
+                    continue;
+                };
+                tries = 0;
+                let i = sp.first_msg + sent_local;
+                let body = crate::publish::payload(i, now_ns(), Some(u64::from(c.index)), sp.size);
+                encode_frame(&mut c.out, OpCode::Text, true, Some([9, 8, 7, 6]), body.as_bytes());
+                sent_local += 1;
+                tally.sent += 1;
+                if write_out(c).is_err() {
+                    tally.dropped_by_server += 1;
+                }
+                tries += 1;
+            }
+        }
         // Handshake deadline.
         if in_flight > 0 {
             let late: Vec<usize> = conns
                 .iter()
                 .filter(|(_, c)| {
-                    c.state != State::Open && now.duration_since(c.started) > plan.connect_timeout
+                    matches!(c.state, State::Connecting | State::Upgrading)
+                        && now.duration_since(c.started) > plan.connect_timeout
                 })
                 .map(|(k, _)| k)
                 .collect();
@@ -401,7 +532,7 @@ pub fn run(
     let unsettled = plan.conns - opened + in_flight;
     progress.settled.fetch_add(unsettled, Relaxed);
     for (_, c) in conns.iter() {
-        if c.state == State::Open {
+        if matches!(c.state, State::Open | State::Deaf) {
             tally.open_at_end += 1;
         }
         sys::close(c.fd);
@@ -414,6 +545,8 @@ pub fn run(
 fn lost(state: &State, reason: String, tally: &mut Tally) -> Option<Result<(), String>> {
     if *state == State::Upgrading {
         Some(Err(reason))
+    } else if *state == State::Closing {
+        None // we asked for the close
     } else {
         tally.dropped_by_server += 1;
         None
@@ -503,10 +636,23 @@ fn read_frames(
                         tally.pings_answered += 1;
                     }
                     Event::Close(code, _) => {
-                        *tally.closed_by_server.entry(code.map_or(1005, |c| c.0)).or_default() += 1;
-                        let payload = code.map(|c| c.0.to_be_bytes().to_vec()).unwrap_or_default();
-                        encode_frame(&mut c.out, OpCode::Close, true, Some([1, 2, 3, 4]), &payload);
-                        let _ = write_out(c);
+                        if c.state != State::Closing {
+                            // The server started it: count it and answer.
+                            *tally
+                                .closed_by_server
+                                .entry(code.map_or(1005, |c| c.0))
+                                .or_default() += 1;
+                            let payload =
+                                code.map(|c| c.0.to_be_bytes().to_vec()).unwrap_or_default();
+                            encode_frame(
+                                &mut c.out,
+                                OpCode::Close,
+                                true,
+                                Some([1, 2, 3, 4]),
+                                &payload,
+                            );
+                            let _ = write_out(c);
+                        }
                         close = true;
                         break;
                     }

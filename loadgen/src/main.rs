@@ -4,6 +4,7 @@
 //! ends. Every figure in docs/benchmarks.md comes from here.
 
 mod engine;
+mod output;
 mod probe;
 mod publish;
 mod sources;
@@ -39,6 +40,14 @@ enum Scenario {
     /// N connections, one user each (`{i}` in --path); M pushes to random users at rate R;
     /// latency and completeness.
     Push(PushArgs),
+    /// Connect at --rate and close each connection (cleanly) after --lifetime; outcomes,
+    /// errors and the server's memory over time.
+    Churn(ChurnArgs),
+    /// Fanout where a fraction of subscribers stop reading: the others' latency and
+    /// completeness, and the server's memory.
+    Slow(SlowArgs),
+    /// Round trips against an echo endpoint (any RFC 6455 server): latency and throughput.
+    Echo(EchoArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -46,9 +55,11 @@ struct ConnArgs {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     target: SocketAddr,
-    /// Endpoint path; `{i}` becomes the connection's number (0..N).
-    #[arg(long, default_value = "/ws")]
-    path: String,
+    /// Endpoint path; `{i}` becomes the connection's number (0..N). Default per scenario:
+    /// hold and churn `/ws`, fanout and slow `/ws?channels=bench`, push `/ws?user=u{i}`,
+    /// echo `/echo`.
+    #[arg(long)]
+    path: Option<String>,
     /// Connections to open.
     #[arg(long, short = 'n', default_value_t = 1000)]
     connections: usize,
@@ -76,6 +87,57 @@ struct ConnArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Write the latency distribution (HdrHistogram .hgrm text) to this file.
+    #[arg(long)]
+    hdr_out: Option<std::path::PathBuf>,
+    /// Write a latency-by-percentile chart (SVG) to this file.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
+}
+
+impl ConnArgs {
+    fn path_or(&self, default: &str) -> String {
+        self.path.clone().unwrap_or_else(|| default.to_string())
+    }
+}
+
+#[derive(Args, Debug)]
+struct ChurnArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// How long each connection stays open after its upgrade.
+    #[arg(long, default_value = "1s", value_parser = ringcast::config::parse_duration)]
+    lifetime: Duration,
+    /// How often the server's memory is sampled.
+    #[arg(long, default_value = "1s", value_parser = ringcast::config::parse_duration)]
+    sample: Duration,
+}
+
+#[derive(Args, Debug)]
+struct SlowArgs {
+    #[command(flatten)]
+    fanout: FanoutArgs,
+    /// Fraction of subscribers that stop reading once upgraded.
+    #[arg(long, default_value_t = 0.1)]
+    slow_fraction: f64,
+}
+
+#[derive(Args, Debug)]
+struct EchoArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Messages each connection sends.
+    #[arg(long, default_value_t = 10)]
+    messages_per_conn: u64,
+    /// Messages per second, all connections together.
+    #[arg(long, default_value_t = 1000.0)]
+    msg_rate: f64,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// How long to wait for the last echoes after the last send.
+    #[arg(long, default_value = "10s", value_parser = ringcast::config::parse_duration)]
+    drain: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -170,6 +232,9 @@ fn main() -> ExitCode {
         Scenario::Hold(a) => hold(a),
         Scenario::Fanout(a) => fanout(a),
         Scenario::Push(a) => push(a),
+        Scenario::Churn(a) => churn(a),
+        Scenario::Slow(a) => slow(a),
+        Scenario::Echo(a) => echo(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -189,9 +254,20 @@ struct Running<S> {
     threads: usize,
 }
 
+/// What a scenario adds to the plain connect-and-hold plan.
+#[derive(Clone, Copy, Debug, Default)]
+struct Extras {
+    lifetime: Option<Duration>,
+    slow_every: usize,
+    /// (messages per connection, total rate, size) for echo.
+    send: Option<(u64, f64, usize)>,
+}
+
 /// Starts the client threads, each with a sink made by `sink(first, count)`.
 fn start_connections<S: MessageSink + Send + 'static>(
     a: &ConnArgs,
+    path: &str,
+    extras: Extras,
     sink: impl Fn(usize, usize) -> S,
 ) -> Result<Running<S>, String> {
     if a.connections == 0 {
@@ -213,13 +289,21 @@ fn start_connections<S: MessageSink + Send + 'static>(
         let share = a.connections / threads + usize::from(t < a.connections % threads);
         let plan = Plan {
             target: a.target,
-            path: a.path.clone(),
+            path: path.to_string(),
             first,
             conns: share,
             rate: a.rate / threads as f64,
             sources: a.sources.clone(),
             connect_timeout: a.connect_timeout,
             deadline,
+            lifetime: extras.lifetime,
+            slow_every: extras.slow_every,
+            send: extras.send.map(|(per_conn, rate, size)| engine::SendPlan {
+                per_conn,
+                rate: rate / threads as f64,
+                size,
+                first_msg: first as u64 * per_conn,
+            }),
         };
         let mut s = sink(first, share);
         first += share;
@@ -291,7 +375,8 @@ fn hold(a: ConnArgs) -> Result<(), String> {
     let slab0 = pid.and_then(|_| probe::slab_bytes().ok());
     let sock0 = probe::tcp_sockstat();
     let own0 = probe::own_cpu_seconds();
-    let run = start_connections(&a, |_, _| engine::Ignore)?;
+    let path = a.path_or("/ws");
+    let run = start_connections(&a, &path, Extras::default(), |_, _| engine::Ignore)?;
     run.wait_settled(a.connections, a.json);
     let connect_phase = run.start.elapsed();
     // Let the server settle (buffers freed, timers armed) before reading its memory.
@@ -342,7 +427,7 @@ fn hold(a: ConnArgs) -> Result<(), String> {
     let mut report = connect_summary(&tally);
     let extra = json!({
         "scenario": "hold",
-        "target": format!("ws://{}{}", a.target, a.path),
+        "target": format!("ws://{}{}", a.target, path),
         "connections": a.connections,
         "threads": threads,
         "sources": a.sources.len(),
@@ -356,6 +441,7 @@ fn hold(a: ConnArgs) -> Result<(), String> {
         "loadgen_cpu_secs": own,
     });
     merge(&mut report, extra);
+    write_outputs(&a, &tally.handshake_us, "handshake latency")?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     } else {
@@ -376,7 +462,8 @@ fn merge(into: &mut Value, from: Value) {
 /// Publishes `count` messages at `rate` over `conns` keep-alive connections (message `i` goes
 /// on connection `i % conns` at time `i / rate`), so a server that answers only once a
 /// publish is queued everywhere does not slow the schedule. `body(i, t_ns)` makes each body.
-/// Returns (failed publishes, first send ns, last send ns, failures by status).
+/// Returns (failed publishes, first send ns, last send ns, failures by status, and the sum of
+/// the delivery reports the server answered with, if it sends ringcast's).
 fn publish_loop(
     url: &publish::Url,
     api_key: Option<String>,
@@ -385,7 +472,7 @@ fn publish_loop(
     rate: f64,
     deadline: Instant,
     body: impl Fn(u64, u64) -> Vec<u8> + Send + Sync,
-) -> Result<(u64, u64, u64, std::collections::BTreeMap<u16, u64>), String> {
+) -> Result<Published, String> {
     if !(rate > 0.0 && rate.is_finite()) {
         return Err("--pub-rate must be a positive number".into());
     }
@@ -400,6 +487,7 @@ fn publish_loop(
                 scope.spawn(move || {
                     let mut errors = 0u64;
                     let mut last = 0u64;
+                    let mut reported = [0u64; 4];
                     let mut statuses: std::collections::BTreeMap<u16, u64> =
                         std::collections::BTreeMap::new();
                     let mut i = k;
@@ -414,7 +502,16 @@ fn publish_loop(
                         }
                         last = engine::now_ns();
                         match publisher.post(&body(i, last)) {
-                            Ok((200, _)) => {}
+                            Ok((200, resp)) => {
+                                if let Ok(v) = serde_json::from_slice::<Value>(&resp) {
+                                    for (slot, k) in ["recipients", "queued", "dropped", "offline"]
+                                        .iter()
+                                        .enumerate()
+                                    {
+                                        reported[slot] += v[*k].as_u64().unwrap_or(0);
+                                    }
+                                }
+                            }
                             Ok((status, _)) => {
                                 errors += 1;
                                 *statuses.entry(status).or_default() += 1;
@@ -428,7 +525,7 @@ fn publish_loop(
                         }
                         i += conns;
                     }
-                    (errors, last, statuses)
+                    (errors, last, statuses, reported)
                 })
             })
             .collect();
@@ -437,15 +534,36 @@ fn publish_loop(
     let mut errors = 0;
     let mut last = first;
     let mut statuses = std::collections::BTreeMap::new();
+    let mut reported = [0u64; 4];
     for r in results {
-        let (e, l, st) = r.map_err(|_| "a publisher thread panicked".to_string())?;
+        let (e, l, st, rep) = r.map_err(|_| "a publisher thread panicked".to_string())?;
         errors += e;
         last = last.max(l);
+        for (a, b) in reported.iter_mut().zip(rep) {
+            *a += b;
+        }
         for (k, v) in st {
             *statuses.entry(k).or_insert(0) += v;
         }
     }
-    Ok((errors, first, last, statuses))
+    Ok(Published { errors, first, last, statuses, reported })
+}
+
+/// What the publish side of a run did.
+struct Published {
+    /// Publishes that failed, and their statuses.
+    errors: u64,
+    statuses: std::collections::BTreeMap<u16, u64>,
+    /// First and last send time (ns since loadgen started).
+    first: u64,
+    last: u64,
+    /// The delivery reports the server answered with, summed (recipients, queued, dropped,
+    /// offline), if it sends ringcast's.
+    reported: [u64; 4],
+}
+
+fn reported_json(r: [u64; 4]) -> Value {
+    json!({"recipients": r[0], "queued": r[1], "dropped": r[2], "offline": r[3]})
 }
 
 /// Waits until `expected` deliveries arrived or `drain` passed since the last publish.
@@ -537,6 +655,19 @@ fn delivery_report(
 }
 
 fn fanout(a: FanoutArgs) -> Result<(), String> {
+    fanout_with(a, 0)
+}
+
+fn slow(a: SlowArgs) -> Result<(), String> {
+    if !(a.slow_fraction > 0.0 && a.slow_fraction < 1.0) {
+        return Err("--slow-fraction must be between 0 and 1".into());
+    }
+    let every = (1.0 / a.slow_fraction).round().max(2.0) as usize;
+    fanout_with(a.fanout, every)
+}
+
+/// `fanout`, or `slow` when `slow_every` > 0 (every slow_every-th subscriber stops reading).
+fn fanout_with(a: FanoutArgs, slow_every: usize) -> Result<(), String> {
     let url = publish::parse_url(&a.pub_url)?;
     if a.messages == 0 {
         return Err("--messages must be positive".into());
@@ -545,17 +676,27 @@ fn fanout(a: FanoutArgs) -> Result<(), String> {
     let received = Arc::new(AtomicU64::new(0));
     let m = a.messages;
     let r2 = received.clone();
-    let run = start_connections(&a.conn, move |first, count| {
+    let path = a.conn.path_or("/ws?channels=bench");
+    let extras = Extras { slow_every, ..Default::default() };
+    let pid = a.conn.server_pid;
+    let mem0 = pid.map(probe::proc_mem).transpose()?;
+    let run = start_connections(&a.conn, &path, extras, move |first, count| {
         Tracker::new(Mode::Fanout, first as u32, count as u32, m, r2.clone())
     })?;
     run.wait_settled(n, a.conn.json);
     let upgraded = run.progress.open.load(Relaxed) as u64;
+    let slow_conns = if slow_every > 0 {
+        (0..n).filter(|i| i % slow_every == slow_every - 1).count() as u64
+    } else {
+        0
+    };
+    let readers = upgraded.saturating_sub(slow_conns);
     std::thread::sleep(Duration::from_secs(1)); // subscriptions reach their home shard
-    let pid = a.conn.server_pid;
+    let mem1 = pid.map(probe::proc_mem).transpose()?;
     let cpu0 = pid.map(probe::proc_cpu_seconds).transpose()?;
     let own0 = probe::own_cpu_seconds();
     let channel = a.channel.clone();
-    let (errors, first, last, statuses) = publish_loop(
+    let Published { errors, first, last, statuses, reported } = publish_loop(
         &url,
         a.api_key.clone(),
         a.pub_conns,
@@ -572,12 +713,13 @@ fn fanout(a: FanoutArgs) -> Result<(), String> {
             }
         },
     )?;
-    wait_deliveries(&received, upgraded * a.messages, a.drain, run.deadline);
+    wait_deliveries(&received, readers * a.messages, a.drain, run.deadline);
     let cpu1 = pid.map(probe::proc_cpu_seconds).transpose()?;
+    let mem2 = pid.map(probe::proc_mem).transpose()?;
     let own = probe::own_cpu_seconds() - own0;
     let (tally, trackers) = run.finish()?;
     let mut report = delivery_report(&trackers, Mode::Fanout, a.messages, first, last);
-    let expected = upgraded * a.messages;
+    let expected = readers * a.messages;
     let got = report["unique"].as_u64().unwrap_or(0);
     let server_cpu = match (cpu0, cpu1) {
         (Some(a), Some(b)) => Some(b - a),
@@ -586,14 +728,20 @@ fn fanout(a: FanoutArgs) -> Result<(), String> {
     merge(
         &mut report,
         json!({
-            "scenario": "fanout",
-            "target": format!("ws://{}{}", a.conn.target, a.conn.path),
+            "scenario": if slow_every > 0 { "slow" } else { "fanout" },
+            "target": format!("ws://{}{}", a.conn.target, path),
             "subscribers": upgraded,
+            "slow_subscribers": tally.slow,
+            "server_rss": match (mem0, mem1, mem2) {
+                (Some(a), Some(b), Some(c)) => json!({"before_connect": a.rss, "connected": b.rss, "after_publish": c.rss}),
+                _ => Value::Null,
+            },
             "messages": a.messages,
             "size": a.size,
             "pub_rate": a.pub_rate,
             "publish_errors": errors,
             "publish_error_statuses": statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "server_reported": reported_json(reported),
             "expected": expected,
             "missing": expected.saturating_sub(got),
             "server_cpu_secs": server_cpu,
@@ -602,6 +750,7 @@ fn fanout(a: FanoutArgs) -> Result<(), String> {
             "connect": connect_summary(&tally),
         }),
     );
+    write_outputs(&a.conn, &merged_latency(&trackers), "delivery latency")?;
     print_report(&report, a.conn.json);
     if got == 0 {
         return Err("no message was delivered".into());
@@ -618,7 +767,8 @@ fn push(a: PushArgs) -> Result<(), String> {
     let received = Arc::new(AtomicU64::new(0));
     let m = a.pushes;
     let r2 = received.clone();
-    let run = start_connections(&a.conn, move |first, count| {
+    let path = a.conn.path_or("/ws?user=u{i}");
+    let run = start_connections(&a.conn, &path, Extras::default(), move |first, count| {
         Tracker::new(Mode::Push, first as u32, count as u32, m, r2.clone())
     })?;
     run.wait_settled(n, a.conn.json);
@@ -628,7 +778,7 @@ fn push(a: PushArgs) -> Result<(), String> {
     let cpu0 = pid.map(probe::proc_cpu_seconds).transpose()?;
     let own0 = probe::own_cpu_seconds();
     let prefix = a.user_prefix.clone();
-    let (errors, first, last, statuses) = publish_loop(
+    let Published { errors, first, last, statuses, reported } = publish_loop(
         &url,
         a.api_key.clone(),
         a.pub_conns,
@@ -655,13 +805,14 @@ fn push(a: PushArgs) -> Result<(), String> {
         &mut report,
         json!({
             "scenario": "push",
-            "target": format!("ws://{}{}", a.conn.target, a.conn.path),
+            "target": format!("ws://{}{}", a.conn.target, path),
             "connections": upgraded,
             "pushes": a.pushes,
             "size": a.size,
             "pub_rate": a.pub_rate,
             "publish_errors": errors,
             "publish_error_statuses": statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "server_reported": reported_json(reported),
             "expected": a.pushes,
             "missing": a.pushes.saturating_sub(got),
             "server_cpu_secs": match (cpu0, cpu1) { (Some(a), Some(b)) => json!(b - a), _ => json!(null) },
@@ -669,9 +820,180 @@ fn push(a: PushArgs) -> Result<(), String> {
             "connect": connect_summary(&tally),
         }),
     );
+    write_outputs(&a.conn, &merged_latency(&trackers), "push latency")?;
     print_report(&report, a.conn.json);
     if got == 0 {
         return Err("no push was delivered".into());
+    }
+    Ok(())
+}
+
+fn merged_latency(trackers: &[Tracker]) -> hdrhistogram::Histogram<u64> {
+    let mut h =
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds");
+    for t in trackers {
+        let _ = h.add(&t.latency_us);
+    }
+    h
+}
+
+/// `--hdr-out` and `--plot` for a microsecond histogram.
+fn write_outputs(a: &ConnArgs, h: &hdrhistogram::Histogram<u64>, what: &str) -> Result<(), String> {
+    if let Some(p) = &a.hdr_out {
+        std::fs::write(p, output::hgrm(h, 1000.0))
+            .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    }
+    if let Some(p) = &a.plot {
+        let svg = output::svg(h, &format!("{what} (ms), {} samples", h.len()), 1000.0, "ms");
+        std::fs::write(p, svg).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn churn(a: ChurnArgs) -> Result<(), String> {
+    if a.conn.rate <= 0.0 {
+        return Err("churn needs --rate (connections per second)".into());
+    }
+    let n = a.conn.connections;
+    let path = a.conn.path_or("/ws");
+    let pid = a.conn.server_pid;
+    let own0 = probe::own_cpu_seconds();
+    let mut samples = Vec::new();
+    let sample = |t: Duration, open: usize| -> Result<Value, String> {
+        let m = pid.map(probe::proc_mem).transpose()?;
+        Ok(json!({"t": t.as_secs_f64(), "open": open, "server_rss": m.map(|m| m.rss)}))
+    };
+    let extras = Extras { lifetime: Some(a.lifetime), ..Default::default() };
+    let run = start_connections(&a.conn, &path, extras, |_, _| engine::Ignore)?;
+    samples.push(sample(Duration::ZERO, 0)?);
+    let mut next = Instant::now() + a.sample;
+    loop {
+        let done = run.progress.settled.load(Relaxed) >= n && run.progress.open.load(Relaxed) == 0;
+        if done || Instant::now() >= run.deadline {
+            break;
+        }
+        if Instant::now() >= next {
+            samples.push(sample(run.start.elapsed(), run.progress.open.load(Relaxed))?);
+            next += a.sample;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = run.start.elapsed();
+    samples.push(sample(elapsed, run.progress.open.load(Relaxed))?);
+    let (tally, _) = run.finish()?;
+    let rss: Vec<u64> = samples.iter().filter_map(|s| s["server_rss"].as_u64()).collect();
+    let mut report = connect_summary(&tally);
+    merge(
+        &mut report,
+        json!({
+            "scenario": "churn",
+            "target": format!("ws://{}{}", a.conn.target, path),
+            "connections": n,
+            "connect_rate": a.conn.rate,
+            "lifetime_secs": a.lifetime.as_secs_f64(),
+            "duration_secs": elapsed.as_secs_f64(),
+            "closed_by_client": tally.closed_by_client,
+            "close_answered": tally.close_answered,
+            "server_rss_first": rss.first(),
+            "server_rss_peak": rss.iter().max(),
+            "server_rss_last": rss.last(),
+            "samples": samples,
+            "loadgen_cpu_secs": probe::own_cpu_seconds() - own0,
+        }),
+    );
+    write_outputs(&a.conn, &tally.handshake_us, "handshake latency")?;
+    if a.conn.json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+        println!(
+            "churn  {}  ({} at {}/s, each open {} s)",
+            report["target"].as_str().unwrap_or(""),
+            n,
+            a.conn.rate,
+            a.lifetime.as_secs_f64()
+        );
+        println!(
+            "  upgraded            {} / {}   refused {}   errors {}",
+            report["upgraded"], report["attempted"], report["refused_by_status"], report["errors"]
+        );
+        println!(
+            "  closed by loadgen   {}   answered by the server {}",
+            report["closed_by_client"], report["close_answered"]
+        );
+        println!(
+            "  closed by server    {}   dropped {}",
+            report["closed_by_server"], report["dropped_by_server"]
+        );
+        let h = &report["handshake_us"];
+        println!("  handshake µs        p50 {}  p99 {}  max {}", h["p50"], h["p99"], h["max"]);
+        if !rss.is_empty() {
+            println!(
+                "  server RSS          first {:.1} MiB   peak {:.1} MiB   last {:.1} MiB",
+                f(&report["server_rss_first"]) / 1048576.0,
+                f(&report["server_rss_peak"]) / 1048576.0,
+                f(&report["server_rss_last"]) / 1048576.0
+            );
+        }
+        println!("  loadgen CPU         {:.2} s", f(&report["loadgen_cpu_secs"]));
+    }
+    if tally.upgraded == 0 {
+        return Err("no connection upgraded".into());
+    }
+    Ok(())
+}
+
+fn echo(a: EchoArgs) -> Result<(), String> {
+    if a.messages_per_conn == 0 || a.msg_rate.is_nan() || a.msg_rate <= 0.0 {
+        return Err("--messages-per-conn and --msg-rate must be positive".into());
+    }
+    let n = a.conn.connections;
+    let total = a.messages_per_conn * n as u64;
+    let received = Arc::new(AtomicU64::new(0));
+    let r2 = received.clone();
+    let path = a.conn.path_or("/echo");
+    let extras =
+        Extras { send: Some((a.messages_per_conn, a.msg_rate, a.size)), ..Default::default() };
+    let own0 = probe::own_cpu_seconds();
+    let pid = a.conn.server_pid;
+    let cpu0 = pid.map(probe::proc_cpu_seconds).transpose()?;
+    let run = start_connections(&a.conn, &path, extras, move |first, count| {
+        Tracker::new(Mode::Push, first as u32, count as u32, total, r2.clone())
+    })?;
+    run.wait_settled(n, a.conn.json);
+    let first = engine::now_ns();
+    // The threads send on their own schedule; wait for the echoes.
+    let send_secs = total as f64 / a.msg_rate;
+    let end = (Instant::now() + Duration::from_secs_f64(send_secs) + a.drain).min(run.deadline);
+    while received.load(Relaxed) < total && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let cpu1 = pid.map(probe::proc_cpu_seconds).transpose()?;
+    let (tally, trackers) = run.finish()?;
+    let mut report = delivery_report(&trackers, Mode::Push, total, first, engine::now_ns());
+    let got = report["unique"].as_u64().unwrap_or(0);
+    merge(
+        &mut report,
+        json!({
+            "scenario": "echo",
+            "target": format!("ws://{}{}", a.conn.target, path),
+            "connections": tally.upgraded,
+            "sent": tally.sent,
+            "expected": tally.sent,
+            "missing": tally.sent.saturating_sub(got),
+            "size": a.size,
+            "pub_rate": a.msg_rate,
+            "publish_errors": 0,
+            "publish_error_statuses": {},
+            "server_cpu_secs": match (cpu0, cpu1) { (Some(a), Some(b)) => json!(b - a), _ => json!(null) },
+            "loadgen_cpu_secs": probe::own_cpu_seconds() - own0,
+            "connect": connect_summary(&tally),
+        }),
+    );
+    write_outputs(&a.conn, &merged_latency(&trackers), "echo round trip")?;
+    print_report(&report, a.conn.json);
+    if got == 0 {
+        return Err("no message was echoed".into());
     }
     Ok(())
 }
@@ -717,6 +1039,15 @@ fn print_report(r: &Value, as_json: bool) {
     }
     if !r["deliveries_per_server_cpu_sec"].is_null() {
         println!("  deliveries/server CPU-s  {:.0}", f(&r["deliveries_per_server_cpu_sec"]));
+    }
+    if let Some(m) = r["server_rss"].as_object() {
+        println!(
+            "  server RSS          {:.1} MiB before, {:.1} MiB connected, {:.1} MiB after publishing ({} slow subscribers)",
+            f(&m["before_connect"]) / 1048576.0,
+            f(&m["connected"]) / 1048576.0,
+            f(&m["after_publish"]) / 1048576.0,
+            r["slow_subscribers"]
+        );
     }
     println!("  loadgen CPU         {:.3} s", f(&r["loadgen_cpu_secs"]));
 }

@@ -52,7 +52,9 @@ impl Outbox {
         self.lanes[p as usize].push_back(frame);
     }
 
-    /// Queues a push within the caps, shedding lower priorities first.
+    /// Queues a push within the caps, shedding lower priorities first. An empty outbox always
+    /// takes one frame, however large: the caps bound the queue, not the message (whose size
+    /// the API bounds).
     pub fn push_bounded(
         &mut self,
         frame: Bytes,
@@ -60,7 +62,9 @@ impl Outbox {
         max_bytes: usize,
         max_frames: usize,
     ) -> Queued {
-        let fits = |o: &Outbox| o.bytes + frame.len() <= max_bytes && o.frames < max_frames;
+        let fits = |o: &Outbox| {
+            o.frames == 0 || (o.bytes + frame.len() <= max_bytes && o.frames < max_frames)
+        };
         let mut evicted = 0;
         'shed: for lane in 0..(p as usize) {
             while !fits(self) {
@@ -250,5 +254,9 @@ mod tests {
         // The frame cap counts too.
         assert!(o.push_bounded(f("a"), Priority::Low, 100, 1).queued);
         assert!(!o.push_bounded(f("b"), Priority::Low, 100, 1).queued);
+        // A frame larger than the byte cap still goes into an empty outbox, alone.
+        let mut o = Outbox::default();
+        assert!(o.push_bounded(f("toolarge"), Priority::Normal, 4, 10).queued);
+        assert!(!o.push_bounded(f("x"), Priority::Normal, 4, 10).queued);
     }
 }

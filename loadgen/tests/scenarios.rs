@@ -1,0 +1,247 @@
+//! Every scenario against a real ringcast on loopback, at small N: loadgen's counts must equal
+//! what the server says it did (its `/v1/stats` counters, before and after each run).
+#![allow(clippy::unwrap_used)] // reason: test code; a panic is the failure report
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// The ringcast binary `cargo test --workspace` builds next to this test.
+fn ringcast_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = dir.join("ringcast");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo test --workspace` (or `cargo build`) first",
+        bin.display()
+    );
+    bin
+}
+
+struct Ringcast {
+    child: Child,
+    ws: SocketAddr,
+    api: SocketAddr,
+}
+
+impl Ringcast {
+    fn start(args: &[&str]) -> Ringcast {
+        let mut child = Command::new(ringcast_bin())
+            .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--shards", "2"])
+            .args(args)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut addr = |marker: &str| -> SocketAddr {
+            loop {
+                let line = lines.next().expect("ringcast exited").unwrap();
+                if let Some(i) = line.find(marker) {
+                    return line[i + marker.len()..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                }
+            }
+        };
+        let ws = addr("listening on ws://");
+        let api = addr("API on http://");
+        std::thread::spawn(move || for _ in lines {});
+        Ringcast { child, ws, api }
+    }
+
+    fn totals(&self) -> Value {
+        let mut s = TcpStream::connect(self.api).unwrap();
+        s.write_all(b"GET /v1/stats HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let body = out.split_once("\r\n\r\n").unwrap().1;
+        serde_json::from_str::<Value>(body).unwrap()["totals"].clone()
+    }
+
+    fn delta(&self, before: &Value, key: &str) -> u64 {
+        self.totals()[key].as_u64().unwrap() - before[key].as_u64().unwrap()
+    }
+}
+
+impl Drop for Ringcast {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn loadgen(args: &[&str]) -> Value {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_loadgen")).args(args).arg("--json").output().unwrap();
+    assert!(
+        out.status.success(),
+        "loadgen {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn u(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {v}"))
+}
+
+#[test]
+fn every_scenario_matches_the_servers_counters() {
+    // Outboxes hold about a dozen 20 KB messages: room for a reader that is briefly behind
+    // (loadgen here is a debug build), none for a subscriber that stops reading.
+    let r = Ringcast::start(&["--outbox-max-bytes", "256KiB", "--slow-consumer-timeout", "300ms"]);
+    let ws = r.ws.to_string();
+    let publish = format!("http://{}/v1/publish", r.api);
+    let push = format!("http://{}/v1/push", r.api);
+
+    let before = r.totals();
+    let hold = loadgen(&["hold", "--target", &ws, "-n", "50", "--hold", "300ms"]);
+    assert_eq!(u(&hold, "upgraded"), 50);
+    assert_eq!(r.delta(&before, "upgrades"), 50);
+
+    let before = r.totals();
+    let fan = loadgen(&[
+        "fanout",
+        "--target",
+        &ws,
+        "-n",
+        "40",
+        "--messages",
+        "25",
+        "--pub-rate",
+        "200",
+        "--pub-url",
+        &publish,
+    ]);
+    assert_eq!((u(&fan, "unique"), u(&fan, "missing"), u(&fan, "duplicates")), (1000, 0, 0));
+    assert_eq!(r.delta(&before, "pushes_queued"), u(&fan, "received"));
+    assert_eq!(u(&fan["server_reported"], "queued"), u(&fan, "received"), "reports match receipts");
+    assert_eq!(u(&fan, "seq_gaps"), 0);
+
+    let before = r.totals();
+    let p = loadgen(&[
+        "push",
+        "--target",
+        &ws,
+        "-n",
+        "30",
+        "--pushes",
+        "120",
+        "--pub-rate",
+        "400",
+        "--pub-url",
+        &push,
+    ]);
+    assert_eq!((u(&p, "unique"), u(&p, "missing"), u(&p, "misdelivered")), (120, 0, 0));
+    assert_eq!(r.delta(&before, "pushes_queued"), 120);
+    assert_eq!(u(&p["server_reported"], "queued"), 120);
+
+    let before = r.totals();
+    let c = loadgen(&[
+        "churn",
+        "--target",
+        &ws,
+        "-n",
+        "60",
+        "--rate",
+        "300",
+        "--lifetime",
+        "150ms",
+        "--sample",
+        "100ms",
+    ]);
+    assert_eq!(
+        (u(&c, "upgraded"), u(&c, "closed_by_client"), u(&c, "close_answered")),
+        (60, 60, 60)
+    );
+    assert_eq!(r.delta(&before, "upgrades"), 60);
+    assert_eq!(r.delta(&before, "closed_by_client"), 60);
+
+    let before = r.totals();
+    let e = loadgen(&[
+        "echo",
+        "--target",
+        &ws,
+        "-n",
+        "20",
+        "--messages-per-conn",
+        "5",
+        "--msg-rate",
+        "500",
+    ]);
+    assert_eq!((u(&e, "sent"), u(&e, "unique"), u(&e, "missing")), (100, 100, 0));
+    assert_eq!(r.delta(&before, "messages_in"), 100);
+
+    // Every 4th subscriber stops reading: 12 MB each overflows its socket buffers and then its
+    // outbox, so it is shed and closed, while the readers get everything.
+    let before = r.totals();
+    let s = loadgen(&[
+        "slow",
+        "--target",
+        &ws,
+        "-n",
+        "20",
+        "--messages",
+        "600",
+        "--size",
+        "20000",
+        "--pub-rate",
+        "600",
+        "--pub-url",
+        &publish,
+        "--slow-fraction",
+        "0.25",
+        "--drain",
+        "5s",
+    ]);
+    assert_eq!(u(&s, "slow_subscribers"), 5);
+    assert_eq!((u(&s, "expected"), u(&s, "unique"), u(&s, "missing")), (15 * 600, 15 * 600, 0));
+    let rep = &s["server_reported"];
+    assert_eq!(
+        u(rep, "queued") + u(rep, "dropped"),
+        u(rep, "recipients"),
+        "every recipient accounted for"
+    );
+    assert_eq!(r.delta(&before, "pushes_queued"), u(rep, "queued"));
+    assert_eq!(r.delta(&before, "pushes_dropped"), u(rep, "dropped"));
+    assert!(u(rep, "dropped") > 0, "the slow subscribers were shed");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(r.delta(&before, "slow_consumers_closed"), 5);
+}
+
+#[test]
+fn clear_errors() {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["hold", "--target", "127.0.0.1:1", "-n", "5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach 127.0.0.1:1"));
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_loadgen")).args(["hold", "-n", "30000"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("open files") && err.contains("tuning/"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["hold", "--sources", "banana"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an IP address"));
+    // A refused upgrade is reported with its status.
+    let r = Ringcast::start(&[]);
+    let ws = r.ws.to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["hold", "--target", &ws, "--path", "/nowhere", "-n", "3", "--hold", "0s", "--json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["refused_by_status"]["404"], 3);
+}
