@@ -44,12 +44,18 @@ fn index(c: &mut Criterion) {
 }
 
 fn encode_and_queue(c: &mut Criterion) {
-    let raw: Arc<RawValue> =
-        Arc::from(RawValue::from_string(r#"{"i":1,"t":2,"p":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#.into()).unwrap());
+    let raw: Arc<RawValue> = Arc::from(
+        RawValue::from_string(
+            r#"{"i":1,"t":2,"p":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#.into(),
+        )
+        .unwrap(),
+    );
     let payload = Payload::Json(raw);
     let mut g = c.benchmark_group("fanout");
     g.bench_function("encode a 64 B message once", |b| {
-        b.iter(|| encode_message(&Stream::Channel("prices"), black_box(17), &payload, Priority::Normal))
+        b.iter(|| {
+            encode_message(&Stream::Channel("prices"), black_box(17), &payload, Priority::Normal)
+        })
     });
     let frame = encode_message(&Stream::Channel("prices"), 17, &payload, Priority::Normal).bytes;
     g.bench_function("queue a shared frame into an empty outbox and drain it", |b| {

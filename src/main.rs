@@ -74,10 +74,13 @@ fn main() -> ExitCode {
         max_body: api_max_body,
     };
     let api_addr = api_listener.local_addr().unwrap_or(api_addr);
-    if let Err(e) = ringcast::api::spawn(api_listener, ctx, server.driver() == "io_uring") {
-        eprintln!("ringcast: cannot start the API thread: {e}");
-        return ExitCode::FAILURE;
-    }
+    let api = match ringcast::api::spawn(api_listener, ctx, server.driver() == "io_uring") {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ringcast: cannot start the API thread: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing::info!("API on http://{api_addr}");
     let handle = server.shutdown_handle();
     std::thread::spawn(move || {
@@ -88,7 +91,9 @@ fn main() -> ExitCode {
         tracing::warn!(signal = sig, "second signal: exiting at once");
         std::process::exit(1);
     });
-    match server.join() {
+    let joined = server.join();
+    api.stop();
+    match joined {
         Ok(totals) => {
             let summary: Vec<String> = totals.iter().map(|(k, v)| format!("{k}={v}")).collect();
             tracing::info!("stopped: {}", summary.join(" "));

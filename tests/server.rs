@@ -310,3 +310,22 @@ fn bad_configuration_is_refused_with_the_flag_named() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-header-bytes"));
 }
+
+#[test]
+fn a_stopped_server_frees_its_ports_for_an_immediate_restart() {
+    let mut s = Server::start(&[]);
+    let (ws, api) = (s.addr.to_string(), s.api.to_string());
+    s.signal(libc::SIGTERM);
+    assert!(s.wait(Duration::from_secs(5)).expect("exits").success());
+    // Both listeners, the WebSocket one and the API's, are gone with the process.
+    let mut again = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["--listen", &ws, "--api-listen", &api, "--shards", "2"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let early = again.try_wait().unwrap();
+    let _ = again.kill();
+    let out = again.wait_with_output().unwrap();
+    assert!(early.is_none(), "restart failed: {}", String::from_utf8_lossy(&out.stderr));
+}

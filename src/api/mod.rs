@@ -107,9 +107,35 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
     Ok(l)
 }
 
-/// Runs the API on a thread of its own until the process exits.
-pub fn spawn(listener: std::net::TcpListener, ctx: ApiContext, use_uring: bool) -> io::Result<()> {
-    std::thread::Builder::new().name("ringcast-api".into()).spawn(move || {
+/// The running API: stop it before the process exits.
+pub struct ApiHandle {
+    listener_fd: std::os::fd::RawFd,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ApiHandle {
+    /// Stops accepting and ends the API thread. The listener is shut explicitly: a pending
+    /// io_uring accept would otherwise keep the socket listening for a moment after the
+    /// process exits, and a restart on the same address would find it in use.
+    pub fn stop(self) {
+        self.stop.store(true, Relaxed);
+        crate::server::sys::shutdown_listener(self.listener_fd);
+        let _ = self.thread.join();
+    }
+}
+
+/// Runs the API on a thread of its own until [`ApiHandle::stop`].
+pub fn spawn(
+    listener: std::net::TcpListener,
+    ctx: ApiContext,
+    use_uring: bool,
+) -> io::Result<ApiHandle> {
+    use std::os::fd::AsRawFd;
+    let listener_fd = listener.as_raw_fd();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    let thread = std::thread::Builder::new().name("ringcast-api".into()).spawn(move || {
         let run = async move {
             let listener = match TcpListener::from_std(listener) {
                 Ok(l) => l,
@@ -125,6 +151,7 @@ pub fn spawn(listener: std::net::TcpListener, ctx: ApiContext, use_uring: bool) 
                         let _ = stream.set_nodelay(true);
                         monoio::spawn(serve(stream, ctx.clone()));
                     }
+                    Err(_) if stopping.load(Relaxed) => return,
                     Err(e) => {
                         tracing::warn!("API accept failed: {e}");
                         monoio::time::sleep(Duration::from_millis(50)).await;
@@ -147,7 +174,7 @@ pub fn spawn(listener: std::net::TcpListener, ctx: ApiContext, use_uring: bool) 
             tracing::error!("API runtime: {e}");
         }
     })?;
-    Ok(())
+    Ok(ApiHandle { listener_fd, stop, thread })
 }
 
 /// Reads more bytes into `buf` (appending); `Ok(false)` at EOF.
