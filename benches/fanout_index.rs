@@ -48,7 +48,7 @@ fn encode_and_queue(c: &mut Criterion) {
         RawValue::from_string(
             r#"{"i":1,"t":2,"p":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#.into(),
         )
-        .unwrap(),
+        .expect("static JSON"),
     );
     let payload = Payload::Json(raw);
     let mut g = c.benchmark_group("fanout");
