@@ -566,6 +566,45 @@ fn reported_json(r: [u64; 4]) -> Value {
     json!({"recipients": r[0], "queued": r[1], "dropped": r[2], "offline": r[3]})
 }
 
+/// A live progress line on stderr while deliveries arrive, when stderr is a terminal;
+/// stops when dropped.
+struct ProgressLine {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ProgressLine {
+    fn start(
+        label: &'static str,
+        counter: Arc<AtomicU64>,
+        expected: u64,
+        quiet: bool,
+    ) -> ProgressLine {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !quiet;
+        let thread = tty.then(|| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Relaxed) {
+                    eprint!("\r  {label}: {} / {expected}   ", counter.load(Relaxed));
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                eprintln!("\r  {label}: {} / {expected}   ", counter.load(Relaxed));
+            })
+        });
+        ProgressLine { stop, thread }
+    }
+}
+
+impl Drop for ProgressLine {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Waits until `expected` deliveries arrived or `drain` passed since the last publish.
 fn wait_deliveries(progress: &AtomicU64, expected: u64, drain: Duration, deadline: Instant) {
     let end = (Instant::now() + drain).min(deadline);
@@ -696,6 +735,8 @@ fn fanout_with(a: FanoutArgs, slow_every: usize) -> Result<(), String> {
     let cpu0 = pid.map(probe::proc_cpu_seconds).transpose()?;
     let own0 = probe::own_cpu_seconds();
     let channel = a.channel.clone();
+    let progress =
+        ProgressLine::start("delivered", received.clone(), readers * a.messages, a.conn.json);
     let Published { errors, first, last, statuses, reported } = publish_loop(
         &url,
         a.api_key.clone(),
@@ -714,6 +755,7 @@ fn fanout_with(a: FanoutArgs, slow_every: usize) -> Result<(), String> {
         },
     )?;
     wait_deliveries(&received, readers * a.messages, a.drain, run.deadline);
+    drop(progress);
     let cpu1 = pid.map(probe::proc_cpu_seconds).transpose()?;
     let mem2 = pid.map(probe::proc_mem).transpose()?;
     let own = probe::own_cpu_seconds() - own0;
@@ -778,6 +820,7 @@ fn push(a: PushArgs) -> Result<(), String> {
     let cpu0 = pid.map(probe::proc_cpu_seconds).transpose()?;
     let own0 = probe::own_cpu_seconds();
     let prefix = a.user_prefix.clone();
+    let progress = ProgressLine::start("delivered", received.clone(), a.pushes, a.conn.json);
     let Published { errors, first, last, statuses, reported } = publish_loop(
         &url,
         a.api_key.clone(),
@@ -796,6 +839,7 @@ fn push(a: PushArgs) -> Result<(), String> {
         },
     )?;
     wait_deliveries(&received, a.pushes, a.drain, run.deadline);
+    drop(progress);
     let cpu1 = pid.map(probe::proc_cpu_seconds).transpose()?;
     let own = probe::own_cpu_seconds() - own0;
     let (tally, trackers) = run.finish()?;
@@ -965,9 +1009,11 @@ fn echo(a: EchoArgs) -> Result<(), String> {
     // The threads send on their own schedule; wait for the echoes.
     let send_secs = total as f64 / a.msg_rate;
     let end = (Instant::now() + Duration::from_secs_f64(send_secs) + a.drain).min(run.deadline);
+    let progress = ProgressLine::start("echoed", received.clone(), total, a.conn.json);
     while received.load(Relaxed) < total && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(5));
     }
+    drop(progress);
     let cpu1 = pid.map(probe::proc_cpu_seconds).transpose()?;
     let (tally, trackers) = run.finish()?;
     let mut report = delivery_report(&trackers, Mode::Push, total, first, engine::now_ns());
