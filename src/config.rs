@@ -10,143 +10,162 @@ use std::time::Duration;
 use clap::Parser;
 
 /// A WebSocket push gateway: one io_uring runtime per core.
+///
+/// Settings come from, in rising precedence: built-in defaults, a TOML file (--config),
+/// RINGCAST_* environment variables, and flags. `ringcast check-config FILE` prints the
+/// effective configuration and where each value came from.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "ringcast", version, about)]
+#[command(name = "ringcast", version, about, args_override_self = true)]
 pub struct Config {
+    /// TOML configuration file; its keys are the flag names (`max-frame-size` or
+    /// `max_frame_size`).
+    #[arg(long, env = "RINGCAST_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+
     /// WebSocket listen address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "RINGCAST_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Shard threads, one per core; 0 means one per CPU available to the process.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "RINGCAST_SHARDS", default_value_t = 0)]
     pub shards: usize,
     /// Pin shard i to the i-th available CPU.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "RINGCAST_PIN", default_value_t = true, action = clap::ArgAction::Set)]
     pub pin: bool,
     /// Listen backlog of each shard's socket (the kernel caps it at net.core.somaxconn).
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    #[arg(long, env = "RINGCAST_BACKLOG", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub backlog: u32,
     /// I/O driver: io-uring, epoll, or auto (io_uring where the kernel allows it).
-    #[arg(long, value_enum, default_value_t = IoDriver::Auto)]
+    #[arg(long, env = "RINGCAST_IO_DRIVER", value_enum, default_value_t = IoDriver::Auto)]
     pub io_driver: IoDriver,
     /// Allow transparent huge pages (off by default: they multiply resident memory per idle
     /// connection; see docs/benchmarks.md).
-    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, env = "RINGCAST_TRANSPARENT_HUGE_PAGES", default_value_t = false, action = clap::ArgAction::Set)]
     pub transparent_huge_pages: bool,
     /// io_uring submission queue entries per shard.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(8..=32768))]
+    #[arg(long, env = "RINGCAST_URING_ENTRIES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(8..=32768))]
     pub uring_entries: u32,
 
     /// Maximum open WebSocket connections, all shards together; 0 derives it from the
     /// open-file limit (less a reserve for listeners and handshakes in progress).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "RINGCAST_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
     /// Maximum open WebSocket connections per shard; 0 means no per-shard cap.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "RINGCAST_MAX_CONNECTIONS_PER_SHARD", default_value_t = 0)]
     pub max_connections_per_shard: usize,
     /// Maximum open WebSocket connections from one source IP; 0 means no cap.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "RINGCAST_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: u32,
     /// Maximum connections per shard still in the handshake; more are closed at accept.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, env = "RINGCAST_MAX_PENDING_HANDSHAKES", default_value_t = 4096)]
     pub max_pending_handshakes: usize,
 
     /// Time a client has to complete the upgrade request.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "RINGCAST_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
     /// Cap on the upgrade request head.
-    #[arg(long, default_value = "8KiB", value_parser = parse_size)]
+    #[arg(long, env = "RINGCAST_MAX_HEADER_BYTES", default_value = "8KiB", value_parser = parse_size)]
     pub max_header_bytes: u64,
     /// Largest frame a client may send (1009 beyond).
-    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    #[arg(long, env = "RINGCAST_MAX_FRAME_SIZE", default_value = "64KiB", value_parser = parse_size)]
     pub max_frame_size: u64,
     /// Largest message a client may send, all fragments together (1009 beyond).
-    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    #[arg(long, env = "RINGCAST_MAX_MESSAGE_SIZE", default_value = "64KiB", value_parser = parse_size)]
     pub max_message_size: u64,
 
     /// Send a ping after this long without hearing from the client; 0 disables pings.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "RINGCAST_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub ping_interval: Duration,
     /// Evict a client that sends nothing for this long after a ping.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "RINGCAST_PONG_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub pong_timeout: Duration,
     /// Close a connection that sends no message (heartbeats count) for this long; 0 disables.
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, env = "RINGCAST_IDLE_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
     /// Time the peer has to answer our close frame before the socket is closed.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "RINGCAST_CLOSE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub close_timeout: Duration,
     /// On SIGTERM/SIGINT, time connections have to finish the close handshake.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "RINGCAST_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
     /// Application heartbeat: a text message equal to this is answered with --heartbeat-reply
     /// on the push endpoint. Empty disables it.
-    #[arg(long, default_value = "ping")]
+    #[arg(long, env = "RINGCAST_HEARTBEAT_TEXT", default_value = "ping")]
     pub heartbeat_text: String,
     /// The answer to an application heartbeat.
-    #[arg(long, default_value = "pong")]
+    #[arg(long, env = "RINGCAST_HEARTBEAT_REPLY", default_value = "pong")]
     pub heartbeat_reply: String,
     /// Timer wheel tick: the resolution of every deadline above.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, env = "RINGCAST_TICK", default_value = "100ms", value_parser = parse_duration)]
     pub tick: Duration,
 
     /// Bytes queued for one connection before it stops being read (echo) or is shed.
-    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    #[arg(long, env = "RINGCAST_OUTBOX_MAX_BYTES", default_value = "1MiB", value_parser = parse_size)]
     pub outbox_max_bytes: u64,
     /// Frames queued for one connection before the same happens.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, env = "RINGCAST_OUTBOX_MAX_FRAMES", default_value_t = 4096)]
     pub outbox_max_frames: usize,
     /// Per-shard read buffer.
-    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    #[arg(long, env = "RINGCAST_READ_BUFFER", default_value = "64KiB", value_parser = parse_size)]
     pub read_buffer: u64,
 
     /// Path of the push endpoint.
-    #[arg(long, default_value = "/ws")]
+    #[arg(long, env = "RINGCAST_WS_PATH", default_value = "/ws")]
     pub ws_path: String,
     /// Serve the echo endpoint (a conformance and test aid; turn it off in production).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "RINGCAST_ECHO", default_value_t = true, action = clap::ArgAction::Set)]
     pub echo: bool,
     /// Path of the echo endpoint.
-    #[arg(long, default_value = "/echo")]
+    #[arg(long, env = "RINGCAST_ECHO_PATH", default_value = "/echo")]
     pub echo_path: String,
     /// Allowed Origin values, comma-separated (`https://app.example`); empty allows any.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "RINGCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
     /// Subprotocols spoken, comma-separated, in order of preference.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "RINGCAST_SUBPROTOCOLS", value_delimiter = ',')]
     pub subprotocols: Vec<String>,
 
     /// HTTP API listen address (publish, push, kick, queries).
-    #[arg(long, default_value = "127.0.0.1:8081")]
+    #[arg(long, env = "RINGCAST_API_LISTEN", default_value = "127.0.0.1:8081")]
     pub api_listen: SocketAddr,
     /// Bearer key the API requires (`Authorization: Bearer KEY`). Required when --api-listen
     /// is not a loopback address.
     #[arg(long, env = "RINGCAST_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Largest API request body (413 beyond).
-    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    #[arg(long, env = "RINGCAST_API_MAX_BODY", default_value = "1MiB", value_parser = parse_size)]
     pub api_max_body: u64,
     /// Channels one connection may subscribe to.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "RINGCAST_MAX_CHANNELS_PER_CONN", default_value_t = 64)]
     pub max_channels_per_conn: usize,
     /// A device counts as active for the `active` push policy if it sent a message this recently.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "RINGCAST_ACTIVE_WINDOW", default_value = "60s", value_parser = parse_duration)]
     pub active_window: Duration,
     /// Close the older connection (code 4000, "replaced") when the same user and device connect again.
-    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, env = "RINGCAST_REPLACE_SAME_DEVICE", default_value_t = false, action = clap::ArgAction::Set)]
     pub replace_same_device: bool,
     /// A connection that keeps losing pushes to a full outbox this long is closed (4002, "slow consumer").
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "RINGCAST_SLOW_CONSUMER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub slow_consumer_timeout: Duration,
     /// Messages each shard inbox holds; a full inbox refuses requests (503) and drops deliveries.
-    #[arg(long, default_value_t = 65536)]
+    #[arg(long, env = "RINGCAST_INBOX_CAPACITY", default_value_t = 65536)]
     pub inbox_capacity: usize,
     /// Bad client messages tolerated per minute before the connection is closed with 1008.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "RINGCAST_MAX_CLIENT_ERRORS", default_value_t = 10)]
     pub max_client_errors: u32,
 
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(long, env = "RINGCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax); RUST_LOG overrides it.
-    #[arg(long, default_value = "info")]
+    #[arg(long, env = "RINGCAST_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// How logs are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Which monoio driver the shards run on.
@@ -168,6 +187,158 @@ impl std::fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Where an effective setting came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File,
+    Env,
+    Flag,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::File => "file",
+            Source::Env => "env",
+            Source::Flag => "flag",
+        }
+    }
+}
+
+/// A loaded configuration, with the source of every setting.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// (key, value as given, source), in flag order.
+    pub settings: Vec<(String, String, Source)>,
+}
+
+fn file_value(key: &str, v: &toml::Value, file: &str) -> Result<String, ConfigError> {
+    match v {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                toml::Value::String(s) => Ok(s.clone()),
+                _ => Err(ConfigError(format!("{file}: key `{key}`: the list must hold strings"))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|v| v.join(",")),
+        _ => Err(ConfigError(format!(
+            "{file}: key `{key}`: expected a string, number, boolean or list of strings"
+        ))),
+    }
+}
+
+impl Config {
+    /// Loads defaults, then the `--config` file, then the environment, then `args` (which
+    /// start with the program name), and validates the result.
+    pub fn load<I, T>(args: I) -> Result<Loaded, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let cmd = Config::command();
+        let plain = cmd
+            .clone()
+            .try_get_matches_from(&args)
+            .map_err(|e| ConfigError(e.render().to_string()))?;
+        let file = plain.get_one::<std::path::PathBuf>("config").cloned();
+        let mut argv: Vec<std::ffi::OsString> =
+            vec![args.first().cloned().unwrap_or_else(|| "ringcast".into())];
+        let mut from_file: Vec<String> = Vec::new();
+        if let Some(path) = &file {
+            let name = path.display().to_string();
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("cannot read {name}: {e}")))?;
+            let table: toml::Table =
+                text.parse().map_err(|e| ConfigError(format!("{name} is not valid TOML: {e}")))?;
+            let known: Vec<(&str, &str)> = cmd
+                .get_arguments()
+                .filter_map(|a| Some((a.get_id().as_str(), a.get_long()?)))
+                .filter(|(id, _)| *id != "config")
+                .collect();
+            for (key, value) in &table {
+                let long = key.replace('_', "-");
+                let Some((id, long)) = known.iter().find(|(_, l)| *l == long) else {
+                    let mut names: Vec<&str> = known.iter().map(|(_, l)| *l).collect();
+                    names.sort_unstable();
+                    return Err(ConfigError(format!(
+                        "{name}: unknown key `{key}`; known keys: {}",
+                        names.join(", ")
+                    )));
+                };
+                let env = format!("RINGCAST_{}", id.to_uppercase());
+                if std::env::var_os(&env).is_some() {
+                    continue; // the environment beats the file
+                }
+                let v = file_value(key, value, &name)?;
+                // Check the file's values alone first, so an error names the file.
+                let one = [argv[0].clone(), format!("--{long}").into(), v.clone().into()];
+                if let Err(e) = cmd.clone().try_get_matches_from(one) {
+                    let msg = e.render().to_string();
+                    let first =
+                        msg.lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
+                    return Err(ConfigError(format!("{name}: key `{key}`: {first}")));
+                }
+                argv.push(format!("--{long}").into());
+                argv.push(v.into());
+                from_file.push(id.to_string());
+            }
+        }
+        argv.extend(args.iter().skip(1).cloned());
+        let matches = cmd
+            .clone()
+            .try_get_matches_from(&argv)
+            .map_err(|e| ConfigError(e.render().to_string()))?;
+        let config =
+            Config::from_arg_matches(&matches).map_err(|e| ConfigError(e.render().to_string()))?;
+        config.validate()?;
+        let mut settings = Vec::new();
+        for a in cmd.get_arguments() {
+            let id = a.get_id().as_str();
+            let Some(long) = a.get_long() else { continue };
+            let source = match plain.value_source(id) {
+                Some(clap::parser::ValueSource::CommandLine) => Source::Flag,
+                Some(clap::parser::ValueSource::EnvVariable) => Source::Env,
+                _ if from_file.iter().any(|f| f == id) => Source::File,
+                _ => Source::Default,
+            };
+            let value: Vec<String> = matches
+                .get_raw(id)
+                .map(|v| v.map(|x| x.to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            let shown = if id == "api_key" && !value.is_empty() {
+                "<set>".to_string()
+            } else {
+                value.join(",")
+            };
+            settings.push((long.to_string(), shown, source));
+        }
+        Ok(Loaded { config, settings })
+    }
+}
+
+/// Renders the effective configuration as TOML, with each value's source.
+pub fn render(settings: &[(String, String, Source)]) -> String {
+    let mut out = String::from("# effective ringcast configuration (value  # source)\n");
+    for (k, v, src) in settings {
+        if k == "config" {
+            continue;
+        }
+        let quoted = toml::Value::String(v.clone()).to_string();
+        out.push_str(&format!("{k} = {quoted}  # {}\n", src.as_str()));
+    }
+    out
+}
 
 impl Default for Config {
     fn default() -> Self {

@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use ringcast::config::Config;
 use ringcast::server::{sys, Server};
 
@@ -8,7 +7,38 @@ use ringcast::server::{sys, Server};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cfg = Config::parse();
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // `ringcast check-config FILE [flags]`: print the effective configuration and exit.
+    let check = args.get(1).is_some_and(|a| a == "check-config");
+    if check {
+        let Some(file) = args.get(2).cloned() else {
+            eprintln!("ringcast: usage: ringcast check-config FILE [flags]");
+            return ExitCode::from(2);
+        };
+        let rest: Vec<std::ffi::OsString> = args.drain(3..).collect();
+        args = vec![args[0].clone(), "--config".into(), file];
+        args.extend(rest);
+    }
+    if let Err(e) = <Config as clap::CommandFactory>::command().try_get_matches_from(&args) {
+        if matches!(
+            e.kind(),
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+        ) {
+            e.exit();
+        }
+    }
+    let loaded = match Config::load(&args) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ringcast: {}", e.0.trim_end().trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    if check {
+        print!("{}", ringcast::config::render(&loaded.settings));
+        return ExitCode::SUCCESS;
+    }
+    let cfg = loaded.config;
     if !cfg.transparent_huge_pages {
         if let Err(e) = sys::disable_transparent_huge_pages() {
             eprintln!("ringcast: cannot turn transparent huge pages off: {e}");
@@ -24,14 +54,12 @@ fn main() -> ExitCode {
         }
     };
     use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    if let Err(e) = cfg.validate() {
-        eprintln!("ringcast: {e}");
-        return ExitCode::from(2);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.log_format {
+        ringcast::config::LogFormat::Json => builder.json().init(),
+        ringcast::config::LogFormat::Text => {
+            builder.with_ansi(std::io::stderr().is_terminal()).init()
+        }
     }
     // Block SIGINT/SIGTERM before any thread starts, so only the signal thread takes them.
     let signals = match sys::TermSignals::block() {
