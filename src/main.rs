@@ -100,6 +100,7 @@ fn main() -> ExitCode {
         counters: server.counters().to_vec(),
         api_key,
         max_body: api_max_body,
+        driver: server.driver(),
     };
     let api_addr = api_listener.local_addr().unwrap_or(api_addr);
     let api = match ringcast::api::spawn(api_listener, ctx, server.driver() == "io_uring") {

@@ -165,3 +165,116 @@ fn a_public_api_listener_needs_a_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--api-key is required"));
 }
+
+/// Parses the Prometheus text format: every sample line belongs to a family declared with
+/// HELP and TYPE, and its value is a number. Returns (name with labels, value).
+fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    let mut declared = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split_whitespace();
+            let name = it.next().unwrap();
+            let kind = it.next().unwrap();
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "counters end in _total: {name}");
+            }
+            declared.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let name = series.split('{').next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|f| declared.contains(*f))
+            .unwrap_or(name);
+        assert!(declared.contains(family), "sample before its TYPE: {line}");
+        assert!(name.starts_with("ringcast_"), "{name}");
+        out.push((
+            series.to_string(),
+            value.parse::<f64>().unwrap_or_else(|_| panic!("bad value: {line}")),
+        ));
+    }
+    out
+}
+
+fn metric(m: &[(String, f64)], series: &str) -> f64 {
+    m.iter()
+        .find(|(s, _)| s == series)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("{series} missing"))
+}
+
+#[test]
+fn metrics_are_well_formed_and_move_with_traffic() {
+    let s = Server::start(&["--api-key", "k"]);
+    let auth = "Authorization: Bearer k\r\n";
+    assert_eq!(s.http("GET", "/metrics", "", b"").0, 401, "metrics need the key");
+    let (status, head, text) = s.http("GET", "/metrics", auth, b"");
+    assert_eq!(status, 200);
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    let before = parse_metrics(&text);
+    assert_eq!(metric(&before, "ringcast_deliveries_total"), 0.0);
+
+    let mut clients: Vec<Client> =
+        (0..4).map(|_| Client::connect(s.addr, "/ws?channels=m")).collect();
+    s.wait_for_auth("/v1/channels/m", auth, |v| v["subscribers"] == 4);
+    let (status, _, r) = s.http("POST", "/v1/publish", auth, br#"{"channel":"m","data":1}"#);
+    assert_eq!(status, 200, "{r}");
+    for c in clients.iter_mut() {
+        assert_eq!(c.json()["type"], "message");
+    }
+    let _ = raw_refusal(&s);
+    let after = parse_metrics(&s.http("GET", "/metrics", auth, b"").2);
+    assert_eq!(metric(&after, "ringcast_deliveries_total"), 4.0);
+    let open: f64 = ["0", "1"]
+        .iter()
+        .map(|i| metric(&after, &format!("ringcast_connections{{shard=\"{i}\"}}")))
+        .sum();
+    assert_eq!(open, 4.0);
+    assert_eq!(metric(&after, "ringcast_connection_attempts_total{result=\"upgraded\"}"), 4.0);
+    assert_eq!(metric(&after, "ringcast_handshake_failures_total{reason=\"not_found\"}"), 1.0);
+    assert!(
+        metric(&after, "ringcast_sent_bytes_total") > metric(&before, "ringcast_sent_bytes_total")
+    );
+    // One observation per shard that queued the publish: the shards with subscribers.
+    let shards_with_subscribers = ["0", "1"]
+        .iter()
+        .filter(|i| metric(&after, &format!("ringcast_subscriptions{{shard=\"{i}\"}}")) > 0.0)
+        .count() as f64;
+    assert_eq!(metric(&after, "ringcast_publish_to_queued_seconds_count"), shards_with_subscribers);
+    assert_eq!(
+        metric(&after, "ringcast_publish_to_queued_seconds_bucket{le=\"+Inf\"}"),
+        shards_with_subscribers
+    );
+    assert_eq!(
+        metric(&after, "ringcast_outbox_bytes{shard=\"0\"}")
+            + metric(&after, "ringcast_outbox_bytes{shard=\"1\"}"),
+        0.0,
+        "all flushed"
+    );
+}
+
+fn raw_refusal(s: &Server) -> String {
+    common::raw_exchange(s.addr, common::upgrade_request("/missing", "").as_bytes())
+}
+
+#[test]
+fn health_and_readiness_need_no_key_and_readiness_ends_with_the_drain() {
+    let mut s = Server::start(&["--api-key", "k", "--drain-timeout", "2s"]);
+    assert_eq!(s.http("GET", "/healthz", "", b"").0, 200);
+    assert_eq!(s.http("GET", "/readyz", "", b"").0, 200);
+    let mut c = Client::connect(s.addr, "/ws");
+    s.signal(libc::SIGTERM);
+    assert_eq!(c.recv_close().0, Some(1001));
+    let (status, _, body) = s.http("GET", "/readyz", "", b"");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"));
+    c.send(ringcast::proto::OpCode::Close, &1001u16.to_be_bytes());
+    assert!(s.wait(Duration::from_secs(5)).unwrap().success());
+}

@@ -26,6 +26,15 @@ fn connect_on(s: &Server, path: &str, shard: u16) -> Client {
     panic!("no connection landed on shard {shard}");
 }
 
+/// A subscriber of `ch` on `shard`: probes without a channel, so discarded probes never touch
+/// the channel's counts, then subscribes by message.
+fn subscriber_on(s: &Server, shard: u16, ch: &str) -> Client {
+    let mut c = connect_on(s, "/ws", shard);
+    c.text(&format!(r#"{{"type":"subscribe","channel":"{ch}"}}"#));
+    assert_eq!(c.json()["type"], "subscribed");
+    c
+}
+
 fn message(c: &mut Client) -> Value {
     let v = c.json();
     assert_eq!(v["type"], "message", "{v}");

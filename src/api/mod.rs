@@ -7,6 +7,7 @@
 //! once every shard involved has done its part (docs/api.md).
 
 pub mod fields;
+pub mod metrics;
 
 use std::io;
 use std::net::SocketAddr;
@@ -47,6 +48,8 @@ pub struct ApiContext {
     pub counters: Vec<Arc<Counters>>,
     pub api_key: Option<String>,
     pub max_body: usize,
+    /// The I/O driver in use, for `ringcast_info`.
+    pub driver: &'static str,
 }
 
 /// An API answer: status and JSON body.
@@ -313,10 +316,31 @@ fn authorized(ctx: &ApiContext, head: &http::request::Parts) -> Result<(), Reply
 }
 
 async fn handle(ctx: &ApiContext, head: &http::request::Parts, body: Bytes) -> Reply {
+    // Health probes answer without the key: load balancers and supervisors use them.
+    match head.uri.path() {
+        "/healthz" => return Reply::json(200, &json!({"status": "alive"})),
+        "/readyz" => {
+            return if ctx.shared.draining.load(Relaxed) {
+                Reply::json(503, &json!({"ready": false, "reason": "draining"}))
+            } else {
+                Reply::json(200, &json!({"ready": true}))
+            };
+        }
+        _ => {}
+    }
     if let Err(r) = authorized(ctx, head) {
         return r;
     }
     let path = head.uri.path();
+    if path == "/metrics" {
+        let text = metrics::render(&ctx.counters, &ctx.router, &ctx.shared, ctx.driver);
+        return Reply {
+            status: 200,
+            body: text.into_bytes(),
+            extra: "",
+            content_type: "text/plain; version=0.0.4",
+        };
+    }
     let method = &head.method;
     let post = |allowed: &'static str| -> Result<(), Reply> {
         if method == http::Method::POST {

@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use futures_channel::oneshot;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Report {
+    /// When the API took the request: the shards measure publish-to-queued time from it.
+    pub started: std::time::Instant,
     recipients: AtomicU64,
     queued: AtomicU64,
     dropped: AtomicU64,
@@ -37,9 +39,13 @@ impl Report {
     pub fn new() -> (Arc<Report>, ReportPart, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
         let r = Arc::new(Report {
+            started: std::time::Instant::now(),
+            recipients: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            offline: AtomicU64::new(0),
             pending: AtomicI64::new(1),
             done: Mutex::new(Some(tx)),
-            ..Default::default()
         });
         (r.clone(), ReportPart(r), rx)
     }
@@ -63,6 +69,11 @@ impl ReportPart {
     pub fn split(&self) -> ReportPart {
         self.0.pending.fetch_add(1, AcqRel);
         ReportPart(self.0.clone())
+    }
+
+    /// Time since the API took the request.
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.0.started.elapsed()
     }
 
     pub fn add(&self, t: Totals) {

@@ -634,6 +634,7 @@ impl Shard {
         }
         self.scratch = slots;
         report.add(t);
+        self.counters.publish_to_queued.observe(report.elapsed());
     }
 
     /// Queues a push within the outbox caps; returns whether it was queued. Marks the
@@ -648,10 +649,14 @@ impl Shard {
             return false;
         }
         let ob = conn.outbox.get_or_insert_with(Default::default);
+        let before = ob.bytes();
         let q = ob.push_bounded(frame.bytes.clone(), frame.priority, max_bytes, max_frames);
+        let after = ob.bytes();
         if ob.is_empty() {
             conn.outbox = None;
         }
+        self.counters.outbox_bytes.add(after as u64);
+        self.counters.outbox_bytes.sub(before as u64);
         self.counters.pushes_evicted.add(q.evicted as u64);
         if q.queued {
             self.counters.pushes_queued.inc();
@@ -1173,6 +1178,7 @@ impl Shard {
     fn remove(&mut self, key: usize) {
         self.leave_indexes(key);
         let Some(conn) = self.conns.try_remove(key) else { return };
+        self.counters.outbox_bytes.sub(conn.outbox_bytes() as u64);
         if let Some(t) = conn.timer {
             self.wheel.cancel(t);
         }
@@ -1335,6 +1341,7 @@ impl Shard {
 
     fn queue_lane(&mut self, key: usize, frame: Bytes, p: Priority) {
         self.counters.frames_out.inc();
+        self.counters.outbox_bytes.add(frame.len() as u64);
         self.conns[key].outbox.get_or_insert_with(|| Box::new(Outbox::default())).push(frame, p);
         self.mark_dirty(key);
     }
@@ -1369,7 +1376,11 @@ impl Shard {
         }
         let fd = conn.fd;
         if let Some(ob) = conn.outbox.as_mut() {
-            match ob.flush(|iov| sys::writev(fd, iov)) {
+            let result = ob.flush(|iov| sys::writev(fd, iov));
+            if let Ok((_, n)) = &result {
+                self.counters.outbox_bytes.sub(*n as u64);
+            }
+            match result {
                 Ok((Flushed::All, n)) => {
                     self.counters.bytes_out.add(n as u64);
                     conn.outbox = None;

@@ -38,6 +38,8 @@ macro_rules! counters {
             $(#[doc = $help] pub $name: Counter,)*
             /// Handshakes refused, by [`HandshakeError`], in `HandshakeError::ALL` order.
             pub refused: [Counter; HandshakeError::ALL.len()],
+            /// Time from the API receiving a delivery to this shard queueing it.
+            pub publish_to_queued: LatencyHistogram,
         }
 
         impl Counters {
@@ -81,6 +83,7 @@ counters! {
     client_errors: "client messages answered with an error",
     inbox_messages: "messages taken from the shard inbox",
     inbox_full: "messages not sent because a shard inbox was full",
+    outbox_bytes: "bytes queued in connection outboxes (gauge)",
 }
 
 impl Counters {
@@ -108,4 +111,30 @@ pub fn sum(shards: &[std::sync::Arc<Counters>]) -> Vec<(String, u64)> {
         }
     }
     out
+}
+
+/// Upper bounds of the latency histogram buckets, in microseconds (the last bucket is +Inf).
+pub const LATENCY_BUCKETS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000,
+];
+
+/// A latency histogram with fixed buckets, written by one shard.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Per bucket (not cumulative); the last is +Inf.
+    pub buckets: [Counter; LATENCY_BUCKETS_US.len() + 1],
+    pub sum_us: Counter,
+    pub count: Counter,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        let i =
+            LATENCY_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(LATENCY_BUCKETS_US.len());
+        self.buckets[i].inc();
+        self.sum_us.add(us);
+        self.count.inc();
+    }
 }

@@ -77,6 +77,25 @@ impl Server {
         (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
     }
 
+    /// Like `wait_for`, with extra header lines (an API key).
+    pub fn wait_for_auth(
+        &self,
+        path: &str,
+        headers: &str,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, _, text) = self.http("GET", path, headers, b"");
+            let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+            if ok(&v) {
+                return v;
+            }
+            assert!(Instant::now() < end, "timed out waiting on {path}: last {v}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits (up to 5 s) until `GET path` answers a body for which `ok` holds.
     pub fn wait_for(
         &self,

@@ -1,0 +1,213 @@
+//! `GET /metrics`: every shard's counters in the Prometheus text format, summed at scrape time
+//! (each shard writes its own counters; nothing on the hot path is shared).
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use crate::proto::handshake::HandshakeError;
+use crate::server::inbox::Router;
+use crate::server::stats::{Counters, LATENCY_BUCKETS_US};
+use crate::server::Shared;
+
+fn sum(c: &[Arc<Counters>], f: impl Fn(&Counters) -> u64) -> u64 {
+    c.iter().map(|c| f(c)).sum()
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, v: u64) {
+        if labels.is_empty() {
+            let _ = writeln!(self.0, "{name} {v}");
+        } else {
+            let _ = writeln!(self.0, "{name}{{{labels}}} {v}");
+        }
+    }
+
+    fn counter(&mut self, name: &str, help: &str, v: u64) {
+        self.family(name, "counter", help);
+        self.sample(name, "", v);
+    }
+
+    fn labelled(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        label: &str,
+        values: &[(&str, u64)],
+    ) {
+        self.family(name, kind, help);
+        for (l, v) in values {
+            self.sample(name, &format!("{label}=\"{l}\""), *v);
+        }
+    }
+}
+
+/// Renders the metrics exposition.
+pub fn render(c: &[Arc<Counters>], router: &Router, shared: &Shared, driver: &str) -> String {
+    let mut o = Out(String::with_capacity(8192));
+    o.family("ringcast_info", "gauge", "Build and runtime information.");
+    o.sample(
+        "ringcast_info",
+        &format!("version=\"{}\",driver=\"{driver}\"", env!("CARGO_PKG_VERSION")),
+        1,
+    );
+    o.family("ringcast_draining", "gauge", "1 while the server is shutting down.");
+    o.sample("ringcast_draining", "", u64::from(shared.draining.load(Relaxed)));
+
+    let per_shard = |o: &mut Out, name: &str, help: &str, f: &dyn Fn(usize, &Counters) -> u64| {
+        o.family(name, "gauge", help);
+        for (i, s) in c.iter().enumerate() {
+            o.sample(name, &format!("shard=\"{i}\""), f(i, s));
+        }
+    };
+    per_shard(&mut o, "ringcast_connections", "Open WebSocket connections.", &|_, s| {
+        s.open_connections.get()
+    });
+    per_shard(
+        &mut o,
+        "ringcast_handshakes_in_progress",
+        "Connections still in the handshake.",
+        &|_, s| s.handshaking.get(),
+    );
+    per_shard(&mut o, "ringcast_subscriptions", "Channel subscriptions held.", &|_, s| {
+        s.subscriptions.get()
+    });
+    per_shard(&mut o, "ringcast_outbox_bytes", "Bytes queued in connection outboxes.", &|_, s| {
+        s.outbox_bytes.get()
+    });
+    per_shard(&mut o, "ringcast_inbox_depth", "Messages waiting in the shard inbox.", &|i, _| {
+        router.depth(i) as u64
+    });
+
+    let refused: u64 = sum(c, |s| s.refused.iter().map(|r| r.get()).sum());
+    o.labelled(
+        "ringcast_connection_attempts_total",
+        "counter",
+        "TCP connections accepted, by outcome.",
+        "result",
+        &[
+            ("upgraded", sum(c, |s| s.upgrades.get())),
+            ("refused", refused),
+            ("handshake_timeout", sum(c, |s| s.handshake_timeouts.get())),
+            ("aborted", sum(c, |s| s.handshake_aborted.get())),
+            ("pending_overflow", sum(c, |s| s.pending_overflow.get())),
+        ],
+    );
+    o.counter(
+        "ringcast_accept_errors_total",
+        "Accept calls that failed (EMFILE and the like).",
+        sum(c, |s| s.accept_errors.get()),
+    );
+    let reasons: Vec<(&str, u64)> =
+        HandshakeError::ALL.iter().map(|e| (e.label(), sum(c, |s| s.refused(*e).get()))).collect();
+    o.labelled(
+        "ringcast_handshake_failures_total",
+        "counter",
+        "Upgrades refused, by reason.",
+        "reason",
+        &reasons,
+    );
+    o.counter(
+        "ringcast_messages_received_total",
+        "Messages received from clients.",
+        sum(c, |s| s.messages_in.get()),
+    );
+    o.counter(
+        "ringcast_received_bytes_total",
+        "Bytes received from clients.",
+        sum(c, |s| s.bytes_in.get()),
+    );
+    o.counter(
+        "ringcast_frames_sent_total",
+        "Frames queued for clients.",
+        sum(c, |s| s.frames_out.get()),
+    );
+    o.counter(
+        "ringcast_sent_bytes_total",
+        "Bytes written to client sockets.",
+        sum(c, |s| s.bytes_out.get()),
+    );
+    o.counter(
+        "ringcast_deliveries_total",
+        "Pushed messages queued to connections.",
+        sum(c, |s| s.pushes_queued.get()),
+    );
+    o.labelled(
+        "ringcast_drops_total",
+        "counter",
+        "Pushed messages not delivered, by reason.",
+        "reason",
+        &[
+            ("outbox_full", sum(c, |s| s.pushes_dropped.get())),
+            ("evicted_for_priority", sum(c, |s| s.pushes_evicted.get())),
+            ("inbox_full", sum(c, |s| s.inbox_full.get())),
+        ],
+    );
+    o.labelled(
+        "ringcast_evictions_total",
+        "counter",
+        "Connections closed by the server for their behaviour, by reason.",
+        "reason",
+        &[
+            ("idle", sum(c, |s| s.idle_timeouts.get())),
+            ("pong_timeout", sum(c, |s| s.pong_timeouts.get())),
+            ("slow_consumer", sum(c, |s| s.slow_consumers_closed.get())),
+            ("protocol_error", sum(c, |s| s.protocol_errors.get())),
+        ],
+    );
+    o.labelled(
+        "ringcast_closes_total",
+        "counter",
+        "Connections ended, by how.",
+        "how",
+        &[
+            ("client_close", sum(c, |s| s.closed_by_client.get())),
+            ("server_close", sum(c, |s| s.closed_by_server.get())),
+            ("abnormal", sum(c, |s| s.abnormal_closures.get())),
+            ("io_error", sum(c, |s| s.io_errors.get())),
+            ("close_timeout", sum(c, |s| s.close_timeouts.get())),
+            ("drain_forced", sum(c, |s| s.drain_forced.get())),
+        ],
+    );
+    o.counter(
+        "ringcast_kicks_total",
+        "Connections closed by kick, replacement or as slow consumers.",
+        sum(c, |s| s.kicks.get()),
+    );
+    o.counter(
+        "ringcast_pings_sent_total",
+        "Pings sent to clients.",
+        sum(c, |s| s.pings_sent.get()),
+    );
+    o.counter(
+        "ringcast_client_errors_total",
+        "Client messages answered with an error.",
+        sum(c, |s| s.client_errors.get()),
+    );
+    o.counter(
+        "ringcast_inbox_messages_total",
+        "Messages taken from shard inboxes.",
+        sum(c, |s| s.inbox_messages.get()),
+    );
+
+    let name = "ringcast_publish_to_queued_seconds";
+    o.family(name, "histogram", "Time from the API taking a delivery to a shard queueing it.");
+    let mut cumulative = 0;
+    for (i, b) in LATENCY_BUCKETS_US.iter().enumerate() {
+        cumulative += sum(c, |s| s.publish_to_queued.buckets[i].get());
+        let _ = writeln!(o.0, "{name}_bucket{{le=\"{}\"}} {cumulative}", *b as f64 / 1e6);
+    }
+    let count = sum(c, |s| s.publish_to_queued.count.get());
+    let _ = writeln!(o.0, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ =
+        writeln!(o.0, "{name}_sum {}", sum(c, |s| s.publish_to_queued.sum_us.get()) as f64 / 1e6);
+    let _ = writeln!(o.0, "{name}_count {count}");
+    o.0
+}
