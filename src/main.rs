@@ -79,6 +79,7 @@ fn main() -> ExitCode {
     let api_key = cfg.api_key.clone();
     let api_max_body = cfg.api_max_body as usize;
     let api_addr = cfg.api_listen;
+    let backlog = cfg.backlog;
     let server = match Server::start(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -111,6 +112,16 @@ fn main() -> ExitCode {
         }
     };
     tracing::info!("API on http://{api_addr}");
+    if let Some(somaxconn) = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+    {
+        if backlog > somaxconn {
+            tracing::warn!(
+                "--backlog {backlog} is capped by net.core.somaxconn = {somaxconn}; raise the sysctl (tuning/) or accept bursts may be refused"
+            );
+        }
+    }
     let handle = server.shutdown_handle();
     std::thread::spawn(move || {
         let sig = signals.wait();
