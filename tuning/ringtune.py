@@ -72,7 +72,8 @@ def render_plan(p):
 
 
 def sysctl_file(p, scope):
-    out = ["# Written by tuning/apply for %d connections; tuning/apply --revert removes it." % p["connections"]]
+    out = ["# sysctl settings for %d ringcast connections, from tuning/plan (tuning/apply installs them" % p["connections"],
+           "# as /etc/sysctl.d/99-ringcast.conf; tuning/apply --revert removes them)."]
     for key, value, why in p["sysctl"]:
         if scope == "net" and not key.startswith("net."):
             continue
@@ -81,7 +82,8 @@ def sysctl_file(p, scope):
 
 
 def limits_file(p):
-    return ("# Written by tuning/apply for %d connections (under systemd use LimitNOFILE= instead).\n"
+    return ("# Open files for %d ringcast connections, from tuning/plan (tuning/apply installs this as\n"
+            "# /etc/security/limits.d/ringcast.conf; under systemd use LimitNOFILE= instead).\n"
             "* soft nofile %d\n* hard nofile %d\n" % (p["connections"], p["nofile"], p["nofile"]))
 
 
@@ -214,7 +216,7 @@ def main(command, argv=None):
     ap.add_argument("--connections", type=int, default=1000000, help="connections to plan for (default 1,000,000)")
     if command == "plan":
         ap.add_argument("--memory-gb", type=float, help="the host's memory, to size tcp_mem and check the fit")
-        ap.add_argument("--format", choices=["text", "sysctl", "json"], default="text")
+        ap.add_argument("--format", choices=["text", "sysctl", "limits", "json"], default="text")
     if command in ("apply", "check"):
         ap.add_argument("--scope", choices=["all", "net"], default="all",
                         help="net: only net.* settings (they are per network namespace)")
@@ -231,6 +233,8 @@ def main(command, argv=None):
     if command == "plan":
         if a.format == "sysctl":
             sys.stdout.write(sysctl_file(p, "all"))
+        elif a.format == "limits":
+            sys.stdout.write(limits_file(p))
         elif a.format == "json":
             print(json.dumps({"connections": p["connections"], "nofile": p["nofile"],
                               "sysctl": {k: v for k, v, _ in p["sysctl"]}, "memory_bytes": p["memory_bytes"]}, indent=1))

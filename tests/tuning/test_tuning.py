@@ -59,6 +59,15 @@ class PlanTest(unittest.TestCase):
         self.assertIn("--connections must be at least 1", bad.stderr)
 
 
+class TemplatesTest(unittest.TestCase):
+    def test_checked_in_templates_match_the_plan(self):
+        for fmt, name in (("sysctl", "99-ringcast.conf"), ("limits", "ringcast-limits.conf")):
+            out = run([os.path.join(TUNING, "plan"), "--connections", "1000000", "--format", fmt])
+            with open(os.path.join(TUNING, name)) as f:
+                self.assertEqual(f.read(), out.stdout,
+                                 "tuning/%s drifted: tuning/plan --connections 1000000 --format %s > tuning/%s" % (name, fmt, name))
+
+
 class CheckTest(unittest.TestCase):
     def test_shortfalls_are_listed_and_exit_1(self):
         p = ringtune.plan(1_000_000)
