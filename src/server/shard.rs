@@ -570,12 +570,14 @@ impl Shard {
                 let seq = session.direct_seq;
                 let frame = encode_message(&Stream::Direct, seq, &payload, priority);
                 let queued = self.queue_push(key, &frame);
-                report.add(Totals {
+                let t = Totals {
                     recipients: 1,
                     queued: u64::from(queued),
                     dropped: u64::from(!queued),
                     offline: 0,
-                });
+                };
+                self.count_pushes(t);
+                report.add(t);
             }
             ShardMsg::Kick { conns, code, reason, report } => {
                 let mut t = Totals::default();
@@ -633,19 +635,26 @@ impl Shard {
             }
         }
         self.scratch = slots;
+        self.count_pushes(t);
         report.add(t);
         self.counters.publish_to_queued.observe(report.elapsed());
     }
 
-    /// Queues a push within the outbox caps; returns whether it was queued. Marks the
-    /// connection slow when pushes are lost, and arms its slow-consumer deadline. Never
-    /// removes the connection (fan-out may be iterating the channel index).
+    fn count_pushes(&self, t: Totals) {
+        self.counters.pushes_queued.add(t.queued);
+        self.counters.frames_out.add(t.queued);
+        self.counters.pushes_dropped.add(t.dropped);
+    }
+
+    /// Queues a push within the outbox caps; returns whether it was queued (the caller counts
+    /// it, once per delivery rather than per recipient). Marks the connection slow when pushes
+    /// are lost, and arms its slow-consumer deadline. Never removes the connection (fan-out may
+    /// be iterating the channel index).
     fn queue_push(&mut self, key: usize, frame: &Frame) -> bool {
         let (max_bytes, max_frames) = (self.p.outbox_max_bytes, self.p.outbox_max_frames);
         let now32 = self.now32();
         let conn = &mut self.conns[key];
         if conn.phase != Phase::Open {
-            self.counters.pushes_dropped.inc();
             return false;
         }
         let ob = conn.outbox.get_or_insert_with(Default::default);
@@ -657,13 +666,11 @@ impl Shard {
         }
         self.counters.outbox_bytes.add(after as u64);
         self.counters.outbox_bytes.sub(before as u64);
-        self.counters.pushes_evicted.add(q.evicted as u64);
+        if q.evicted > 0 {
+            self.counters.pushes_evicted.add(q.evicted as u64);
+        }
         if q.queued {
-            self.counters.pushes_queued.inc();
-            self.counters.frames_out.inc();
             self.mark_dirty(key);
-        } else {
-            self.counters.pushes_dropped.inc();
         }
         let conn = &mut self.conns[key];
         if (q.evicted > 0 || !q.queued) && !conn.has(flag::SLOW) {
