@@ -134,6 +134,9 @@ pub struct Config {
     /// Largest API request body (413 beyond).
     #[arg(long, env = "RINGCAST_API_MAX_BODY", default_value = "1MiB", value_parser = parse_size)]
     pub api_max_body: u64,
+    /// Concurrent API connections; more are answered 503 and closed.
+    #[arg(long, env = "RINGCAST_API_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_max_connections: u32,
     /// Channels one connection may subscribe to.
     #[arg(long, env = "RINGCAST_MAX_CHANNELS_PER_CONN", default_value_t = 64)]
     pub max_channels_per_conn: usize,

@@ -78,6 +78,7 @@ fn main() -> ExitCode {
     };
     let api_key = cfg.api_key.clone();
     let api_max_body = cfg.api_max_body as usize;
+    let api_max_connections = cfg.api_max_connections as usize;
     let api_addr = cfg.api_listen;
     let backlog = cfg.backlog;
     let server = match Server::start(cfg) {
@@ -102,6 +103,7 @@ fn main() -> ExitCode {
         api_key,
         max_body: api_max_body,
         driver: server.driver(),
+        max_connections: api_max_connections,
     };
     let api_addr = api_listener.local_addr().unwrap_or(api_addr);
     let api = match ringcast::api::spawn(api_listener, ctx, server.driver() == "io_uring") {

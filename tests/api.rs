@@ -281,3 +281,16 @@ fn health_and_readiness_need_no_key_and_readiness_ends_with_the_drain() {
     c.send(ringcast::proto::OpCode::Close, &1001u16.to_be_bytes());
     assert!(s.wait(Duration::from_secs(5)).unwrap().success());
 }
+
+#[test]
+fn api_connections_are_capped() {
+    let s = Server::start(&["--api-max-connections", "2"]);
+    let hold: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(s.api).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let (status, _, body) = s.http("GET", "/v1/stats", "", b"");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("--api-max-connections"));
+    drop(hold);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(s.http("GET", "/v1/stats", "", b"").0, 200);
+}

@@ -50,6 +50,8 @@ pub struct ApiContext {
     pub max_body: usize,
     /// The I/O driver in use, for `ringcast_info`.
     pub driver: &'static str,
+    /// Concurrent API connections allowed.
+    pub max_connections: usize,
 }
 
 /// An API answer: status and JSON body.
@@ -148,11 +150,27 @@ pub fn spawn(
                 }
             };
             let ctx = Rc::new(ctx);
+            let open = Rc::new(std::cell::Cell::new(0usize));
             loop {
                 match listener.accept().await {
-                    Ok((stream, _)) => {
+                    Ok((mut stream, _)) => {
                         let _ = stream.set_nodelay(true);
-                        monoio::spawn(serve(stream, ctx.clone()));
+                        if open.get() >= ctx.max_connections {
+                            let reply = Reply::error(
+                                503,
+                                "too many API connections (--api-max-connections)",
+                            );
+                            monoio::spawn(async move {
+                                let _ = write_reply(&mut stream, reply, true).await;
+                            });
+                            continue;
+                        }
+                        open.set(open.get() + 1);
+                        let (ctx, open) = (ctx.clone(), open.clone());
+                        monoio::spawn(async move {
+                            serve(stream, ctx).await;
+                            open.set(open.get() - 1);
+                        });
                     }
                     Err(_) if stopping.load(Relaxed) => return,
                     Err(e) => {
