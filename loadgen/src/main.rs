@@ -163,12 +163,19 @@ struct FanoutArgs {
     /// Messages to publish.
     #[arg(long, short = 'm', default_value_t = 100)]
     messages: u64,
-    /// Payload bytes per message.
-    #[arg(long, default_value_t = 64)]
-    size: usize,
     /// Messages published per second.
     #[arg(long, default_value_t = 20.0)]
     pub_rate: f64,
+    #[command(flatten)]
+    publish: PublishOpts,
+}
+
+/// What `fanout` and `push` share on the publishing side.
+#[derive(Args, Debug)]
+struct PublishOpts {
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
     /// Publisher connections, used in turn, so a slow answer does not delay the schedule.
     #[arg(long, default_value_t = 16)]
     pub_conns: usize,
@@ -193,19 +200,11 @@ struct PushArgs {
     /// Pushes to send.
     #[arg(long, short = 'm', default_value_t = 1000)]
     pushes: u64,
-    /// Payload bytes per push.
-    #[arg(long, default_value_t = 64)]
-    size: usize,
     /// Pushes per second.
     #[arg(long, default_value_t = 200.0)]
     pub_rate: f64,
-    /// Publisher connections, used in turn.
-    #[arg(long, default_value_t = 16)]
-    pub_conns: usize,
-    #[arg(long, env = "RINGCAST_API_KEY")]
-    api_key: Option<String>,
-    #[arg(long, default_value = "10s", value_parser = ringcast::config::parse_duration)]
-    drain: Duration,
+    #[command(flatten)]
+    publish: PublishOpts,
 }
 
 fn cpus() -> usize {
@@ -739,13 +738,13 @@ fn fanout_with(a: FanoutArgs, slow_every: usize) -> Result<(), String> {
         ProgressLine::start("delivered", received.clone(), readers * a.messages, a.conn.json);
     let Published { errors, first, last, statuses, reported } = publish_loop(
         &url,
-        a.api_key.clone(),
-        a.pub_conns,
+        a.publish.api_key.clone(),
+        a.publish.pub_conns,
         a.messages,
         a.pub_rate,
         run.deadline,
         |i, t| {
-            let p = publish::payload(i, t, None, a.size);
+            let p = publish::payload(i, t, None, a.publish.size);
             match a.pub_format {
                 PubFormat::Ringcast => {
                     format!(r#"{{"channel":{},"data":{p}}}"#, json!(channel)).into_bytes()
@@ -754,7 +753,7 @@ fn fanout_with(a: FanoutArgs, slow_every: usize) -> Result<(), String> {
             }
         },
     )?;
-    wait_deliveries(&received, readers * a.messages, a.drain, run.deadline);
+    wait_deliveries(&received, readers * a.messages, a.publish.drain, run.deadline);
     drop(progress);
     let cpu1 = pid.map(probe::proc_cpu_seconds).transpose()?;
     let mem2 = pid.map(probe::proc_mem).transpose()?;
@@ -779,7 +778,7 @@ fn fanout_with(a: FanoutArgs, slow_every: usize) -> Result<(), String> {
                 _ => Value::Null,
             },
             "messages": a.messages,
-            "size": a.size,
+            "size": a.publish.size,
             "pub_rate": a.pub_rate,
             "publish_errors": errors,
             "publish_error_statuses": statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
@@ -823,8 +822,8 @@ fn push(a: PushArgs) -> Result<(), String> {
     let progress = ProgressLine::start("delivered", received.clone(), a.pushes, a.conn.json);
     let Published { errors, first, last, statuses, reported } = publish_loop(
         &url,
-        a.api_key.clone(),
-        a.pub_conns,
+        a.publish.api_key.clone(),
+        a.publish.pub_conns,
         a.pushes,
         a.pub_rate,
         run.deadline,
@@ -834,11 +833,11 @@ fn push(a: PushArgs) -> Result<(), String> {
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             let u = (z ^ (z >> 31)) % n as u64;
-            let p = publish::payload(i, t, Some(u), a.size);
+            let p = publish::payload(i, t, Some(u), a.publish.size);
             format!(r#"{{"user":"{prefix}{u}","data":{p}}}"#).into_bytes()
         },
     )?;
-    wait_deliveries(&received, a.pushes, a.drain, run.deadline);
+    wait_deliveries(&received, a.pushes, a.publish.drain, run.deadline);
     drop(progress);
     let cpu1 = pid.map(probe::proc_cpu_seconds).transpose()?;
     let own = probe::own_cpu_seconds() - own0;
@@ -852,7 +851,7 @@ fn push(a: PushArgs) -> Result<(), String> {
             "target": format!("ws://{}{}", a.conn.target, path),
             "connections": upgraded,
             "pushes": a.pushes,
-            "size": a.size,
+            "size": a.publish.size,
             "pub_rate": a.pub_rate,
             "publish_errors": errors,
             "publish_error_statuses": statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
