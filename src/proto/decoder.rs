@@ -81,11 +81,6 @@ impl Decoder {
         }
     }
 
-    /// Whether the decoder is between frames with no message open.
-    pub fn is_idle(&self) -> bool {
-        self.frame.is_none() && self.message.is_none()
-    }
-
     /// Decodes the next event from the start of `buf`, unmasking payload in place. Returns the
     /// event and the bytes consumed, or `Ok(None)` when `buf` holds no complete header (or no
     /// complete control frame, or no payload byte of the current frame); nothing is consumed
