@@ -72,7 +72,7 @@ fn every_endpoint_answers() {
     assert_eq!(got, vec!["\"b1\"", "\"b2\""]);
 
     let (status, r) = s.post("/v1/kick", json!({"conn": c.id()}));
-    assert_eq!((status, r), (200, json!({"kicked": 1, "offline": 0})));
+    assert_eq!((status, r), (200, json!({"kicked": 1, "offline": 0, "discarded": 0})));
     assert_eq!(c.recv_close().0, Some(4001));
 }
 

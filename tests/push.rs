@@ -217,7 +217,7 @@ fn kick_and_replacement_close_with_their_codes() {
     assert_eq!(r["kicked"], 1);
     assert_eq!(new.recv_close(), (Some(4001), "kicked".into()));
     let (_, r) = s.post("/v1/kick", json!({"user": "nobody"}));
-    assert_eq!(r, json!({"kicked": 0, "offline": 1}));
+    assert_eq!(r, json!({"kicked": 0, "offline": 1, "discarded": 0}));
 }
 
 #[test]

@@ -37,21 +37,42 @@ pub struct Fields {
 
 const NAME_RULE: &str = "1-128 bytes of A-Z a-z 0-9 _ - . : @ /";
 
+/// How deeply `data` may nest arrays and objects, on every endpoint (batch lines included).
+/// Deeper payloads are refused with 400: clients' JSON parsers are not all built for more.
+pub const MAX_DATA_DEPTH: usize = 64;
+
 impl Fields {
     /// Parses a JSON object; `allowed` lists the fields this operation takes.
     pub fn parse(body: &[u8], allowed: &[&str]) -> Result<Fields, BadRequest> {
+        let f = Fields::parse_any(body)?;
+        f.only(allowed)?;
+        Ok(f)
+    }
+
+    /// Parses a JSON object with any fields. Values stay raw, so nesting costs no recursion
+    /// here; `payload` bounds the depth of `data`.
+    pub fn parse_any(body: &[u8]) -> Result<Fields, BadRequest> {
         let map: HashMap<String, Box<RawValue>> = serde_json::from_slice(body)
             .map_err(|e| BadRequest::body(format!("body must be a JSON object: {e}")))?;
-        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(BadRequest {
-                field: None,
-                message: format!(
-                    "unknown field {unknown:?} (this operation takes: {})",
-                    allowed.join(", ")
-                ),
-            });
-        }
         Ok(Fields { map })
+    }
+
+    /// Refuses a field this operation does not take.
+    pub fn only(&self, allowed: &[&str]) -> Result<(), BadRequest> {
+        match self.map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            None => Ok(()),
+            Some(unknown) => Err(BadRequest::body(format!(
+                "unknown field {unknown:?} (this operation takes: {})",
+                allowed.join(", ")
+            ))),
+        }
+    }
+
+    /// Takes a string field out (a batch line's `op`).
+    pub fn take_str(&mut self, f: &'static str) -> Result<Option<String>, BadRequest> {
+        let v = self.opt_str(f)?;
+        self.map.remove(f);
+        Ok(v)
     }
 
     pub fn has(&self, f: &str) -> bool {
@@ -99,6 +120,12 @@ impl Fields {
                 Err(BadRequest::new("data", "\"data\" (any JSON) or \"data_base64\" is required"))
             }
             (Some(raw), None) => {
+                if depth(raw.get().as_bytes()) > MAX_DATA_DEPTH {
+                    return Err(BadRequest::new(
+                        "data",
+                        format!("\"data\" nests deeper than {MAX_DATA_DEPTH} arrays and objects"),
+                    ));
+                }
                 let raw: Arc<RawValue> = Arc::from(raw.clone());
                 Ok(Payload::Json(raw))
             }
@@ -155,9 +182,46 @@ impl Fields {
     }
 }
 
+/// The deepest nesting of arrays and objects in valid JSON text.
+fn depth(json: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn depth_counts_nesting_outside_strings() {
+        assert_eq!(depth(b"1"), 0);
+        assert_eq!(depth(br#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(depth(br#"["[[[{{", "\"[["]"#), 1);
+        let at = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let f = |d: &str| Fields::parse(format!(r#"{{"data":{d}}}"#).as_bytes(), &["data"]);
+        assert!(f(&at(MAX_DATA_DEPTH)).unwrap().payload().is_ok());
+        assert_eq!(f(&at(MAX_DATA_DEPTH + 1)).unwrap().payload().unwrap_err().field, Some("data"));
+    }
 
     #[test]
     fn errors_name_the_field() {

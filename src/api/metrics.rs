@@ -147,6 +147,7 @@ pub fn render(c: &[Arc<Counters>], router: &Router, shared: &Shared, driver: &st
         &[
             ("outbox_full", sum(c, |s| s.pushes_dropped.get())),
             ("evicted_for_priority", sum(c, |s| s.pushes_evicted.get())),
+            ("discarded_on_close", sum(c, |s| s.pushes_discarded.get())),
             ("inbox_full", sum(c, |s| s.inbox_full.get())),
         ],
     );

@@ -14,12 +14,12 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_channel::oneshot;
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 use monoio_codec::{Decoded, Decoder};
 use monoio_http::h1::codec::decoder::RequestHeadDecoder;
@@ -215,7 +215,7 @@ pub fn decode_head(buf: &mut BytesMut) -> Result<Option<http::request::Parts>, M
     }
 }
 
-/// Reads more bytes into `buf` (appending); `Ok(false)` at EOF.
+/// Reads more bytes into `buf` (appending), waiting at most `limit`; `Ok(false)` at EOF.
 async fn fill(stream: &mut TcpStream, buf: &mut BytesMut, limit: Duration) -> io::Result<bool> {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(8192);
@@ -227,6 +227,31 @@ async fn fill(stream: &mut TcpStream, buf: &mut BytesMut, limit: Duration) -> io
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?;
     *buf = slice.into_inner();
     Ok(res? > 0)
+}
+
+/// Why a request could not be read whole.
+enum ReadFail {
+    /// The peer closed or the socket failed: nobody to answer.
+    Gone,
+    /// The request did not arrive whole within [`REQUEST_TIMEOUT`] of its first byte.
+    Late,
+}
+
+/// Reads more of the current request, within its deadline.
+async fn fill_by(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    deadline: Instant,
+) -> Result<(), ReadFail> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(ReadFail::Late);
+    }
+    match fill(stream, buf, left).await {
+        Ok(true) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(ReadFail::Late),
+        _ => Err(ReadFail::Gone),
+    }
 }
 
 async fn write_reply(stream: &mut TcpStream, r: Reply, close: bool) -> io::Result<()> {
@@ -245,38 +270,97 @@ async fn write_reply(stream: &mut TcpStream, r: Reply, close: bool) -> io::Resul
     res.map(|_| ())
 }
 
+/// Longest a refused request's unread bytes are drained before the socket closes.
+const LINGER: Duration = Duration::from_secs(1);
+/// Most bytes drained that way.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Answers and ends the connection. The write side is shut first and what the client is
+/// still sending is read and discarded for a moment (bounded in time and bytes, into the
+/// buffer already held), so closing over unread bytes does not reset the connection before the
+/// client has read the answer.
+async fn refuse(stream: &mut TcpStream, buf: &mut BytesMut, r: Reply) {
+    if write_reply(stream, r, true).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let deadline = Instant::now() + LINGER;
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        drained += buf.len();
+        buf.clear();
+        if fill_by(stream, buf, deadline).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The body length a head declares: strictly `1*DIGIT` in a single `Content-Length`
+/// (RFC 9112 §6.3, §8.6), and never together with `Transfer-Encoding`.
+fn body_length(head: &http::request::Parts) -> Result<usize, Reply> {
+    let mut lengths = head.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let length = lengths.next();
+    if lengths.next().is_some() {
+        return Err(Reply::error(400, "more than one Content-Length"));
+    }
+    if head.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return Err(if length.is_some() {
+            Reply::error(400, "Content-Length together with Transfer-Encoding")
+        } else {
+            Reply::error(411, "send the body with Content-Length")
+        });
+    }
+    let Some(v) = length else { return Ok(0) };
+    let v = v.as_bytes();
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return Err(Reply::error(400, "Content-Length must be decimal digits"));
+    }
+    // Past usize it is over any body limit anyway.
+    Ok(std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).unwrap_or(usize::MAX))
+}
+
+/// Whether a path answers without the API key (health probes, for load balancers).
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
 /// One HTTP/1.1 connection: requests in turn, kept alive until the client closes, asks to
-/// close, idles out, or sends something we must refuse with a close.
+/// close, idles out, or sends something we must refuse with a close. Each request must arrive
+/// whole within [`REQUEST_TIMEOUT`] of its first byte (408 otherwise), its head within
+/// [`MAX_HEAD`] bytes (431); its key is checked as soon as its head is complete, before any of
+/// its body is read.
 async fn serve(mut stream: TcpStream, ctx: Rc<ApiContext>) {
     let mut buf = BytesMut::with_capacity(8192);
     loop {
-        // The head.
-        let mut first = true;
+        // An idle keep-alive connection waits for the first byte of its next request.
+        if buf.is_empty() {
+            match fill(&mut stream, &mut buf, IDLE_TIMEOUT).await {
+                Ok(true) => {}
+                _ => return,
+            }
+        }
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let late = || Reply::error(408, "the request did not arrive whole within 10 s");
         let head = loop {
+            let before = buf.len();
             match decode_head(&mut buf) {
+                Ok(Some(_)) if before - buf.len() > MAX_HEAD => {
+                    return refuse(&mut stream, &mut buf, head_too_large()).await;
+                }
                 Ok(Some(h)) => break h,
                 Ok(None) if buf.len() > MAX_HEAD => {
-                    let _ = write_reply(
-                        &mut stream,
-                        Reply::error(431, "request head over 16 KiB"),
-                        true,
-                    )
-                    .await;
-                    return;
+                    return refuse(&mut stream, &mut buf, head_too_large()).await;
                 }
                 Ok(None) => {}
                 Err(MalformedHead) => {
-                    let _ =
-                        write_reply(&mut stream, Reply::error(400, "malformed HTTP request"), true)
-                            .await;
-                    return;
+                    let r = Reply::error(400, "malformed HTTP request");
+                    return refuse(&mut stream, &mut buf, r).await;
                 }
             }
-            let limit = if first && buf.is_empty() { IDLE_TIMEOUT } else { REQUEST_TIMEOUT };
-            first = false;
-            match fill(&mut stream, &mut buf, limit).await {
-                Ok(true) => {}
-                _ => return,
+            match fill_by(&mut stream, &mut buf, deadline).await {
+                Ok(()) => {}
+                Err(ReadFail::Late) => return refuse(&mut stream, &mut buf, late()).await,
+                Err(ReadFail::Gone) => return,
             }
         };
         let close = head.version == http::Version::HTTP_10
@@ -284,38 +368,24 @@ async fn serve(mut stream: TcpStream, ctx: Rc<ApiContext>) {
                 .headers
                 .get(http::header::CONNECTION)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-        // The body.
-        if head.headers.contains_key(http::header::TRANSFER_ENCODING) {
-            let _ = write_reply(
-                &mut stream,
-                Reply::error(411, "send the body with Content-Length"),
-                true,
-            )
-            .await;
-            return;
-        }
-        let len = match head
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()))
-        {
-            None => 0,
-            Some(Some(n)) => n,
-            Some(None) => {
-                let _ =
-                    write_reply(&mut stream, Reply::error(400, "bad Content-Length"), true).await;
-                return;
-            }
+        let len = match body_length(&head) {
+            Ok(n) => n,
+            Err(r) => return refuse(&mut stream, &mut buf, r).await,
         };
+        if !is_probe(head.uri.path()) {
+            if let Err(r) = authorized(&ctx, &head) {
+                return refuse(&mut stream, &mut buf, r).await;
+            }
+        }
         if len > ctx.max_body {
             let msg = format!("body over the {} byte limit (--api-max-body)", ctx.max_body);
-            let _ = write_reply(&mut stream, Reply::error(413, &msg), true).await;
-            return;
+            return refuse(&mut stream, &mut buf, Reply::error(413, &msg)).await;
         }
         while buf.len() < len {
-            match fill(&mut stream, &mut buf, REQUEST_TIMEOUT).await {
-                Ok(true) => {}
-                _ => return,
+            match fill_by(&mut stream, &mut buf, deadline).await {
+                Ok(()) => {}
+                Err(ReadFail::Late) => return refuse(&mut stream, &mut buf, late()).await,
+                Err(ReadFail::Gone) => return,
             }
         }
         let body = buf.split_to(len).freeze();
@@ -324,6 +394,10 @@ async fn serve(mut stream: TcpStream, ctx: Rc<ApiContext>) {
             return;
         }
     }
+}
+
+fn head_too_large() -> Reply {
+    Reply::error(431, "request head over 16 KiB")
 }
 
 fn authorized(ctx: &ApiContext, head: &http::request::Parts) -> Result<(), Reply> {
@@ -363,9 +437,7 @@ async fn handle(ctx: &ApiContext, head: &http::request::Parts, body: Bytes) -> R
         }
         _ => {}
     }
-    if let Err(r) = authorized(ctx, head) {
-        return r;
-    }
+    // The key was checked at the head (`serve`).
     let path = head.uri.path();
     if path == "/metrics" {
         let text = metrics::render(&ctx.counters, &ctx.router, &ctx.shared, ctx.driver);
@@ -429,7 +501,9 @@ async fn handle(ctx: &ApiContext, head: &http::request::Parts, body: Bytes) -> R
         }
         _ => return Reply::error(404, "no such endpoint"),
     };
-    match dispatch(ctx, op, &body) {
+    let dispatched =
+        Fields::parse_any(&body).map_err(Reply::bad).and_then(|f| dispatch(ctx, op, f));
+    match dispatched {
         Ok(pending) => pending.finish().await,
         Err(r) => r,
     }
@@ -451,7 +525,10 @@ impl Pending {
                 }
                 let t = report.totals();
                 if kick {
-                    Reply::json(200, &json!({ "kicked": t.recipients, "offline": t.offline }))
+                    Reply::json(
+                        200,
+                        &json!({ "kicked": t.recipients, "offline": t.offline, "discarded": t.dropped }),
+                    )
                 } else {
                     Reply::json(200, &report_json(t))
                 }
@@ -468,15 +545,14 @@ fn busy(shard: usize) -> Reply {
     Reply::error(503, &format!("shard {shard} inbox is full; retry later"))
 }
 
-/// Parses an operation's body and hands it to the shards.
-fn dispatch(ctx: &ApiContext, op: &str, body: &[u8]) -> Result<Pending, Reply> {
+/// Checks an operation's fields and hands it to the shards.
+fn dispatch(ctx: &ApiContext, op: &str, f: Fields) -> Result<Pending, Reply> {
     let n = ctx.router.shards();
     let (report, part, done) = Report::new();
     let pending = |kick| Pending::Report { report: report.clone(), done, kick };
     match op {
         "publish" => {
-            let f = Fields::parse(body, &["channel", "data", "data_base64", "priority"])
-                .map_err(Reply::bad)?;
+            f.only(&["channel", "data", "data_base64", "priority"]).map_err(Reply::bad)?;
             let (channel, payload, priority) = (
                 f.name("channel").map_err(Reply::bad)?,
                 f.payload().map_err(Reply::bad)?,
@@ -489,11 +565,8 @@ fn dispatch(ctx: &ApiContext, op: &str, body: &[u8]) -> Result<Pending, Reply> {
             Ok(pending(false))
         }
         "push" => {
-            let f = Fields::parse(
-                body,
-                &["user", "device", "data", "data_base64", "policy", "priority"],
-            )
-            .map_err(Reply::bad)?;
+            f.only(&["user", "device", "data", "data_base64", "policy", "priority"])
+                .map_err(Reply::bad)?;
             let user = f.name("user").map_err(Reply::bad)?;
             let device = f.opt_name("device").map_err(Reply::bad)?;
             let (payload, policy, priority) = (
@@ -507,8 +580,7 @@ fn dispatch(ctx: &ApiContext, op: &str, body: &[u8]) -> Result<Pending, Reply> {
             Ok(pending(false))
         }
         "send" => {
-            let f = Fields::parse(body, &["conn", "data", "data_base64", "priority"])
-                .map_err(Reply::bad)?;
+            f.only(&["conn", "data", "data_base64", "priority"]).map_err(Reply::bad)?;
             let conn = f
                 .conn("conn")
                 .map_err(Reply::bad)?
@@ -527,15 +599,14 @@ fn dispatch(ctx: &ApiContext, op: &str, body: &[u8]) -> Result<Pending, Reply> {
             Ok(pending(false))
         }
         "broadcast" => {
-            let f =
-                Fields::parse(body, &["data", "data_base64", "priority"]).map_err(Reply::bad)?;
+            f.only(&["data", "data_base64", "priority"]).map_err(Reply::bad)?;
             let (payload, priority) =
                 (f.payload().map_err(Reply::bad)?, f.priority().map_err(Reply::bad)?);
             broadcast(ctx, payload, priority, part);
             Ok(pending(false))
         }
         "kick" => {
-            let f = Fields::parse(body, &["user", "conn", "code", "reason"]).map_err(Reply::bad)?;
+            f.only(&["user", "conn", "code", "reason"]).map_err(Reply::bad)?;
             let code = f.close_code(CODE_KICKED).map_err(Reply::bad)?;
             let reason = f.reason("kicked").map_err(Reply::bad)?;
             match (f.opt_name("user").map_err(Reply::bad)?, f.conn("conn").map_err(Reply::bad)?) {
@@ -612,30 +683,26 @@ async fn batch(ctx: &ApiContext, body: &[u8]) -> Reply {
     Reply { status: 200, body: out, extra: "", content_type: "application/x-ndjson" }
 }
 
+/// One batch line: a JSON object whose `op` names the operation. Its values stay raw, as in a
+/// single request, so the same rules (and the same depth limit on `data`) hold.
 fn batch_line(ctx: &ApiContext, line: &[u8]) -> Pending {
-    let mut obj: serde_json::Map<String, Value> = match serde_json::from_slice(line) {
-        Ok(o) => o,
+    const OPS: &str = "\"op\" must be \"publish\", \"push\", \"send\", \"broadcast\" or \"kick\"";
+    let mut f = match Fields::parse_any(line) {
+        Ok(f) => f,
         Err(e) => {
             return Pending::Ready(Reply::bad(BadRequest::body(format!(
-                "line is not a JSON object: {e}"
+                "line is not a JSON object: {}",
+                e.message.trim_start_matches("body must be a JSON object: ")
             ))))
         }
     };
-    let op = match obj.remove("op") {
-        Some(Value::String(s))
-            if matches!(s.as_str(), "publish" | "push" | "send" | "broadcast" | "kick") =>
-        {
+    let op = match f.take_str("op") {
+        Ok(Some(s)) if matches!(s.as_str(), "publish" | "push" | "send" | "broadcast" | "kick") => {
             s
         }
-        _ => {
-            return Pending::Ready(Reply::bad(BadRequest::new(
-                "op",
-                "\"op\" must be \"publish\", \"push\", \"send\", \"broadcast\" or \"kick\"",
-            )))
-        }
+        _ => return Pending::Ready(Reply::bad(BadRequest::new("op", OPS))),
     };
-    let rest = Value::Object(obj).to_string();
-    match dispatch(ctx, &op, rest.as_bytes()) {
+    match dispatch(ctx, &op, f) {
         Ok(p) => p,
         Err(r) => Pending::Ready(r),
     }

@@ -206,6 +206,22 @@ fn has_token(value: &[u8], token: &str) -> bool {
     value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// The path and query of a request target. The absolute form (`GET http://host/ws?x HTTP/1.1`,
+/// which RFC 9112 §3.2.2 says a server must accept and RFC 6455 §4.2.1 allows) loses its scheme
+/// and authority; an empty path is `/`.
+fn split_target(target: &str) -> (&str, Option<&str>) {
+    let (rest, absolute) = match target.split_once("://") {
+        Some((scheme, after))
+            if ["http", "https", "ws", "wss"].iter().any(|s| s.eq_ignore_ascii_case(scheme)) =>
+        {
+            (&after[after.find(['/', '?']).unwrap_or(after.len())..], true)
+        }
+        _ => (target, false),
+    };
+    let (path, query) = rest.split_once('?').map_or((rest, None), |(p, q)| (p, Some(q)));
+    (if absolute && path.is_empty() { "/" } else { path }, query)
+}
+
 /// Parses and validates an upgrade request at the start of `buf`. `Ok(None)`: the head is not
 /// complete yet (and within the cap). `Ok(Some((upgrade, n)))`: accepted, the head was `n`
 /// bytes; what follows is the client's first frame bytes.
@@ -236,11 +252,7 @@ pub fn parse_upgrade(
     if req.version != Some(1) {
         return Err(HandshakeError::HttpVersion);
     }
-    let target = req.path.unwrap_or("");
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
-    };
+    let (path, query) = split_target(req.path.unwrap_or(""));
 
     let mut host = 0usize;
     let mut upgrade = false;
@@ -361,6 +373,20 @@ mod tests {
 
     fn req(extra: &str) -> String {
         format!("GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n{extra}\r\n")
+    }
+
+    #[test]
+    fn absolute_form_targets_lose_scheme_and_authority() {
+        assert_eq!(split_target("/ws?user=1"), ("/ws", Some("user=1")));
+        assert_eq!(split_target("http://h:8080/ws?user=1"), ("/ws", Some("user=1")));
+        assert_eq!(split_target("HTTPS://h/echo"), ("/echo", None));
+        assert_eq!(split_target("ws://h?x=1"), ("/", Some("x=1")));
+        assert_eq!(split_target("wss://h"), ("/", None));
+        // Another scheme is not an absolute-form WebSocket target: no route matches it.
+        assert_eq!(split_target("ftp://h/ws"), ("ftp://h/ws", None));
+        let r = req("").replace("GET /echo", "GET http://x/echo");
+        let (up, _) = parse_upgrade(r.as_bytes(), &policy()).unwrap().unwrap();
+        assert_eq!(up.route, 1);
     }
 
     #[test]

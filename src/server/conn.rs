@@ -34,21 +34,24 @@ pub enum Route {
 /// Flag bits.
 pub mod flag {
     /// The socket may have unread bytes (edge seen, not read to the end).
-    pub const READ_READY: u8 = 1;
+    pub const READ_READY: u16 = 1;
     /// The last write hit a full socket buffer; wait for EPOLLOUT.
-    pub const WRITE_BLOCKED: u8 = 2;
+    pub const WRITE_BLOCKED: u16 = 2;
     /// Listed in the shard's flush list for this turn.
-    pub const DIRTY: u8 = 4;
+    pub const DIRTY: u16 = 4;
     /// Listed in the shard's ready list (read again next turn).
-    pub const QUEUED_READ: u8 = 8;
+    pub const QUEUED_READ: u16 = 8;
     /// Shut the write side once the outbox drains.
-    pub const SHUT_AFTER_FLUSH: u8 = 16;
+    pub const SHUT_AFTER_FLUSH: u16 = 16;
     /// A ping is out and unanswered.
-    pub const PING_OUT: u8 = 32;
+    pub const PING_OUT: u16 = 32;
     /// Counted in the open-connection limits (global, shard, address).
-    pub const COUNTED: u8 = 64;
+    pub const COUNTED: u16 = 64;
     /// Pushes have been dropped for a full outbox since `slow_since`.
-    pub const SLOW: u8 = 128;
+    pub const SLOW: u16 = 128;
+    /// The peer shut its side or the socket failed (EPOLLRDHUP, EPOLLHUP or EPOLLERR): read on
+    /// to the EOF or error behind the bytes, however short a read is.
+    pub const PEER_CLOSED: u16 = 256;
 }
 
 /// Input kept between reads: an incomplete request head, frame header or control frame, and
@@ -81,7 +84,7 @@ pub struct Conn {
     pub gen: u32,
     pub phase: Phase,
     pub route: Route,
-    pub flags: u8,
+    pub flags: u16,
     pub timer: Option<TimerKey>,
     /// Tick of the last bytes received (wrapping).
     pub last_recv: u32,
@@ -99,15 +102,15 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn has(&self, f: u8) -> bool {
+    pub fn has(&self, f: u16) -> bool {
         self.flags & f != 0
     }
 
-    pub fn set(&mut self, f: u8) {
+    pub fn set(&mut self, f: u16) {
         self.flags |= f;
     }
 
-    pub fn clear(&mut self, f: u8) {
+    pub fn clear(&mut self, f: u16) {
         self.flags &= !f;
     }
 

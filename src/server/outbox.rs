@@ -1,10 +1,12 @@
-//! A connection's queue of frames waiting for the socket, in three priority lanes. Frames are
-//! reference-counted `Bytes`, so a frame shared by many connections is queued by reference;
-//! everything queued goes out in one gather write per turn of the shard loop, high lane first.
+//! A connection's queue of frames waiting for the socket: a control lane, three priority lanes
+//! for pushes, and one closing frame. Frames are reference-counted `Bytes`, so a frame shared
+//! by many connections is queued by reference; everything queued goes out in one gather write
+//! per turn of the shard loop: control first, then high, normal and low pushes, and the close
+//! frame last of all (RFC 6455 §5.5.1: nothing may follow it).
 //!
 //! When a push does not fit (`--outbox-max-bytes` / `--outbox-max-frames`), queued frames of
 //! *lower* priority are dropped, lowest lane and oldest first, until it fits; if that is not
-//! enough, the new frame is dropped. Control frames bypass the caps.
+//! enough, the new frame is dropped. Control frames bypass the caps and are never shed.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -16,12 +18,17 @@ use crate::push::msg::Priority;
 /// Most slices handed to one gather write (the kernel's IOV_MAX is 1024).
 const MAX_IOV: usize = 64;
 
+/// The lane of protocol answers (101, welcome, acks, pong, errors): above every push.
+const CONTROL: usize = 3;
+
 #[derive(Debug, Default)]
 pub struct Outbox {
-    /// Indexed by `Priority as usize`: low, normal, high.
-    lanes: [VecDeque<Bytes>; 3],
+    /// Indexed by `Priority as usize` (low, normal, high), then [`CONTROL`].
+    lanes: [VecDeque<Bytes>; 4],
     /// A frame partly written, and how much of it went out; it goes first.
     head: Option<(Bytes, usize)>,
+    /// The close frame: written after everything else; once set, nothing more is queued.
+    close: Option<Bytes>,
     bytes: usize,
     frames: usize,
 }
@@ -45,11 +52,43 @@ pub struct Queued {
 }
 
 impl Outbox {
-    /// Queues a frame regardless of the caps (control frames, handshake responses, echoes).
+    /// Queues a frame regardless of the caps (handshake responses, echoes).
     pub fn push(&mut self, frame: Bytes, p: Priority) {
+        self.push_lane(frame, p as usize);
+    }
+
+    /// Queues a protocol answer in the control lane, ahead of every push, outside the caps.
+    pub fn push_control(&mut self, frame: Bytes) {
+        self.push_lane(frame, CONTROL);
+    }
+
+    fn push_lane(&mut self, frame: Bytes, lane: usize) {
+        // Nothing may follow the close frame; the shard stops queueing once it closes.
+        debug_assert!(self.close.is_none(), "frame queued after the close frame");
         self.bytes += frame.len();
         self.frames += 1;
-        self.lanes[p as usize].push_back(frame);
+        self.lanes[lane].push_back(frame);
+    }
+
+    /// Queues the close frame, to go out after everything already queued; the caller queues
+    /// nothing after it. With `discard`, the queued pushes (every lane but control, and not a
+    /// frame already half-written) are dropped first; returns how many were.
+    pub fn close(&mut self, frame: Bytes, discard: bool) -> usize {
+        let mut dropped = 0;
+        if discard {
+            for lane in &mut self.lanes[..CONTROL] {
+                for f in lane.drain(..) {
+                    self.bytes -= f.len();
+                    self.frames -= 1;
+                    dropped += 1;
+                }
+            }
+        }
+        debug_assert!(self.close.is_none(), "a second close frame");
+        self.bytes += frame.len();
+        self.frames += 1;
+        self.close = Some(frame);
+        dropped
     }
 
     /// Queues a push within the caps, shedding lower priorities first. An empty outbox always
@@ -112,14 +151,21 @@ impl Outbox {
                 iov[0] = IoSlice::new(&f[*off..]);
                 n = 1;
             }
+            let mut all_in = true;
             'fill: for lane in self.lanes.iter().rev() {
                 for f in lane {
                     if n == MAX_IOV {
+                        all_in = false;
                         break 'fill;
                     }
                     iov[n] = IoSlice::new(f);
                     n += 1;
                 }
+            }
+            if let Some(c) = self.close.as_ref().filter(|_| all_in && n < MAX_IOV) {
+                // Last, and only once everything before it is in this write.
+                iov[n] = IoSlice::new(c);
+                n += 1;
             }
             let written = match write(&iov[..n]) {
                 Ok(w) => w,
@@ -148,7 +194,7 @@ impl Outbox {
             self.head = None;
             self.frames -= 1;
         }
-        for lane in (0..3).rev() {
+        for lane in (0..self.lanes.len()).rev() {
             while n > 0 {
                 let Some(front) = self.lanes[lane].pop_front() else { break };
                 if n >= front.len() {
@@ -157,6 +203,17 @@ impl Outbox {
                 } else {
                     self.head = Some((front, n));
                     return;
+                }
+            }
+        }
+        if n > 0 {
+            // Everything else went out: the close frame is next. A partial write of it
+            // continues as the head.
+            if let Some(c) = self.close.take() {
+                if n >= c.len() {
+                    self.frames -= 1;
+                } else {
+                    self.head = Some((c, n));
                 }
             }
         }

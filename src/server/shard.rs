@@ -44,7 +44,7 @@ use super::conn::{flag, Conn, Phase, Route, Session};
 use super::inbox::{Inbox, Router};
 use super::outbox::{Flushed, Outbox};
 use super::stats::Counters;
-use super::sys::{self, Epoll, EventFd, TimerFd, EV_ERR, EV_IN, EV_OUT};
+use super::sys::{self, Epoll, EventFd, TimerFd, EV_ERR, EV_IN, EV_OUT, EV_RDHUP};
 use super::Shared;
 
 const WAKE_TOKEN: u64 = u64::MAX;
@@ -333,7 +333,7 @@ impl Shard {
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if key >= (u32::MAX - 2) as usize
-            || self.epoll.add(fd, token(key, gen), EV_IN | EV_OUT).is_err()
+            || self.epoll.add(fd, token(key, gen), EV_IN | EV_OUT | EV_RDHUP).is_err()
         {
             self.counters.accept_errors.inc();
             sys::close(fd);
@@ -399,7 +399,12 @@ impl Shard {
                             self.mark_dirty(key);
                         }
                     }
-                    if bits & (EV_IN | EV_ERR) != 0 {
+                    if bits & (EV_RDHUP | EV_ERR) != 0 {
+                        // The FIN or RST may have come in the same edge as the last bytes: a
+                        // short read no longer means the socket is drained.
+                        self.conns[key].set(flag::PEER_CLOSED);
+                    }
+                    if bits & (EV_IN | EV_RDHUP | EV_ERR) != 0 {
                         self.conns[key].set(flag::READ_READY);
                         self.read_conn(key);
                     }
@@ -585,7 +590,7 @@ impl Shard {
                     match self.local(id) {
                         Some(key) => {
                             t.recipients += 1;
-                            self.kick(key, code, &reason);
+                            t.dropped += self.kick(key, code, &reason);
                         }
                         None => t.offline += 1,
                     }
@@ -711,8 +716,11 @@ impl Shard {
         }
     }
 
+    /// Whether reading waits for the outbox to drain. A peer that has closed is read on to its
+    /// EOF regardless, so it is released at once.
     fn paused(&self, conn: &Conn) -> bool {
         matches!(conn.phase, Phase::Handshake | Phase::Open)
+            && !conn.has(flag::PEER_CLOSED)
             && (conn.outbox_bytes() >= self.p.outbox_max_bytes
                 || conn.outbox_frames() >= self.p.outbox_max_frames)
     }
@@ -756,9 +764,10 @@ impl Shard {
                         Some(c) => c.trim_bufs(),
                         None => return,
                     }
-                    if n < space {
+                    let conn = &mut self.conns[key];
+                    if n < space && !conn.has(flag::PEER_CLOSED) {
                         // A short read emptied the socket; the next arrival is a new edge.
-                        self.conns[key].clear(flag::READ_READY);
+                        conn.clear(flag::READ_READY);
                         return;
                     }
                 }
@@ -792,7 +801,9 @@ impl Shard {
         match self.conns[key].phase {
             Phase::Handshake => self.counters.handshake_aborted.inc(),
             Phase::Open | Phase::Closing => self.counters.abnormal_closures.inc(),
-            Phase::Linger => {}
+            // Our close frame answered the client's (or a refusal is queued): the peer may
+            // only have shut its write side, so give what is queued one try first.
+            Phase::Linger => self.flush(key),
         }
         self.remove(key);
     }
@@ -878,7 +889,7 @@ impl Shard {
                 Phase::Open => {
                     self.counters.closed_by_client.inc();
                     let reply = code.map(|c| c.0.to_be_bytes().to_vec()).unwrap_or_default();
-                    self.queue_control(key, OpCode::Close, &reply);
+                    self.queue_close(key, &reply, false);
                     self.linger(key);
                 }
                 // The answer to our close: the handshake is complete.
@@ -945,8 +956,8 @@ impl Shard {
         self.open += 1;
         self.counters.open_connections.inc();
         self.counters.upgrades.inc();
-        // The high lane, like the welcome after it: nothing may overtake the 101.
-        self.queue_lane(key, Bytes::from(resp), Priority::High);
+        // The control lane, like the welcome after it: nothing may overtake the 101.
+        self.queue_control_bytes(key, Bytes::from(resp));
         if let Some(id) = identity {
             self.open_session(key, id);
         }
@@ -1052,7 +1063,7 @@ impl Shard {
         }
         if !self.p.heartbeat.is_empty() && msg == self.p.heartbeat.as_slice() {
             let frame = self.p.heartbeat_frame.clone();
-            self.queue_bytes(key, frame);
+            self.queue_control_bytes(key, frame);
             return;
         }
         match client::parse_client(msg) {
@@ -1090,7 +1101,7 @@ impl Shard {
         session.errors += 1;
         if session.errors > max {
             let payload = close_payload(CloseCode::POLICY_VIOLATION.0, "too many bad messages");
-            self.queue_control(key, OpCode::Close, &payload);
+            self.queue_close(key, &payload, false);
             self.counters.protocol_errors.inc();
             self.linger(key);
             return;
@@ -1113,11 +1124,12 @@ impl Shard {
         self.send_update(home_of(&user, self.router.shards()), m);
     }
 
-    /// Closes a connection on request (kick, replacement, slow consumer).
-    fn kick(&mut self, key: usize, code: u16, reason: &str) {
+    /// Closes a connection on request (kick, replacement, slow consumer). The pushes still
+    /// queued for it are dropped, so the close frame goes out at once; returns how many.
+    fn kick(&mut self, key: usize, code: u16, reason: &str) -> u64 {
         self.counters.kicks.inc();
         let d = (self.now + self.p.close_ticks).min(self.drain_deadline);
-        self.server_close(key, CloseCode(code), reason, d);
+        self.server_close(key, CloseCode(code), reason, d, true)
     }
 
     fn refuse(&mut self, key: usize, e: HandshakeError) {
@@ -1139,18 +1151,49 @@ impl Shard {
     fn fail(&mut self, key: usize, e: ProtocolError) {
         self.counters.protocol_errors.inc();
         tracing::debug!(shard = self.id, conn = key, "protocol error: {e}");
-        let payload = close_payload(e.close_code().0, e.reason());
-        self.queue_control(key, OpCode::Close, &payload);
+        // After our own close frame (phase Closing) no second one may follow.
+        if self.conns[key].phase == Phase::Open {
+            let payload = close_payload(e.close_code().0, e.reason());
+            self.queue_close(key, &payload, false);
+        }
         self.linger(key);
     }
 
     /// Starts a close handshake from our side; reading goes on until the client answers.
-    fn server_close(&mut self, key: usize, code: CloseCode, reason: &str, deadline: u64) {
+    /// With `discard`, queued pushes are dropped (and counted) rather than sent before the
+    /// close frame; returns how many were.
+    fn server_close(
+        &mut self,
+        key: usize,
+        code: CloseCode,
+        reason: &str,
+        deadline: u64,
+        discard: bool,
+    ) -> u64 {
         let payload = close_payload(code.0, reason);
-        self.queue_control(key, OpCode::Close, &payload);
+        let dropped = self.queue_close(key, &payload, discard);
         self.leave_indexes(key);
         self.conns[key].phase = Phase::Closing;
         self.arm(key, Some(deadline));
+        dropped
+    }
+
+    /// Queues the close frame behind everything queued (RFC 6455 §5.5.1: it is the last
+    /// frame). With `discard`, queued pushes are dropped first and counted; returns how many.
+    fn queue_close(&mut self, key: usize, payload: &[u8], discard: bool) -> u64 {
+        let mut v = Vec::with_capacity(payload.len() + 2);
+        encode_frame(&mut v, OpCode::Close, true, None, payload);
+        let conn = &mut self.conns[key];
+        let ob = conn.outbox.get_or_insert_with(Default::default);
+        let before = ob.bytes();
+        let dropped = ob.close(Bytes::from(v), discard) as u64;
+        let after = ob.bytes();
+        self.counters.frames_out.inc();
+        self.counters.outbox_bytes.add(after as u64);
+        self.counters.outbox_bytes.sub(before as u64);
+        self.counters.pushes_discarded.add(dropped);
+        self.mark_dirty(key);
+        dropped
     }
 
     /// Stops reading: the write side is shut once the outbox drains; the socket closes at EOF
@@ -1216,7 +1259,7 @@ impl Shard {
                 Phase::Open => {
                     let d = self.drain_deadline;
                     self.counters.closed_by_server.inc();
-                    self.server_close(key, CloseCode::GOING_AWAY, "server shutting down", d);
+                    self.server_close(key, CloseCode::GOING_AWAY, "server shutting down", d, false);
                 }
                 Phase::Closing | Phase::Linger => {}
             }
@@ -1294,7 +1337,7 @@ impl Shard {
             self.counters.idle_timeouts.inc();
             self.counters.closed_by_server.inc();
             let d = self.now + self.p.close_ticks;
-            self.server_close(key, CloseCode::NORMAL, "idle timeout", d);
+            self.server_close(key, CloseCode::NORMAL, "idle timeout", d, false);
             return;
         }
         if conn.has(flag::SLOW) && self.elapsed(conn.slow_since) >= self.p.slow_ticks {
@@ -1308,7 +1351,7 @@ impl Shard {
                     // A dead peer will not answer a close handshake: say why and drop it.
                     self.counters.pong_timeouts.inc();
                     let payload = close_payload(CloseCode::GOING_AWAY.0, "pong timeout");
-                    self.queue_control(key, OpCode::Close, &payload);
+                    self.queue_close(key, &payload, true);
                     self.flush(key);
                     self.remove(key);
                     return;
@@ -1335,11 +1378,19 @@ impl Shard {
         self.queue_bytes(key, Bytes::from(v));
     }
 
-    /// Queues a control or protocol frame in the high lane, outside the caps.
+    /// Queues a control or protocol frame in the control lane, ahead of pushes, outside the
+    /// caps.
     fn queue_control(&mut self, key: usize, op: OpCode, payload: &[u8]) {
         let mut v = Vec::new();
         encode_frame(&mut v, op, true, None, payload);
-        self.queue_lane(key, Bytes::from(v), Priority::High);
+        self.queue_control_bytes(key, Bytes::from(v));
+    }
+
+    fn queue_control_bytes(&mut self, key: usize, frame: Bytes) {
+        self.counters.frames_out.inc();
+        self.counters.outbox_bytes.add(frame.len() as u64);
+        self.conns[key].outbox.get_or_insert_with(Default::default).push_control(frame);
+        self.mark_dirty(key);
     }
 
     fn queue_bytes(&mut self, key: usize, frame: Bytes) {

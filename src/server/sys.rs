@@ -30,6 +30,8 @@ pub struct Epoll {
 pub const EV_IN: u32 = libc::EPOLLIN as u32;
 pub const EV_OUT: u32 = libc::EPOLLOUT as u32;
 pub const EV_ERR: u32 = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+/// The peer shut its write side (FIN): whatever it sent before is still to be read.
+pub const EV_RDHUP: u32 = libc::EPOLLRDHUP as u32;
 const EV_ET: u32 = libc::EPOLLET as u32;
 
 impl Epoll {

@@ -113,6 +113,16 @@ impl Server {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How many descriptors the server process holds open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).expect("/proc/PID/fd").count()
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill takes no pointers; the pid is our live child's.
         unsafe { libc::kill(self.child.id() as i32, sig) };
