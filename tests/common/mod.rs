@@ -118,9 +118,31 @@ impl Server {
         self.child.id()
     }
 
-    /// How many descriptors the server process holds open.
+    /// How many descriptors the server process holds open, not counting the API's own
+    /// connections (their closes are asynchronous and would race a test's own queries).
     pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).expect("/proc/PID/fd").count()
+        let pid = self.child.id();
+        let api_port = format!(":{:04X}", self.api.port());
+        let mut api_inodes = std::collections::HashSet::new();
+        for table in ["tcp", "tcp6"] {
+            let text =
+                std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+            for line in text.lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                // local_address is f[1] (ADDR:PORT in hex), st is f[3] (0A = LISTEN), inode f[9].
+                if f.len() > 9 && f[1].ends_with(&api_port) && f[3] != "0A" {
+                    api_inodes.insert(format!("socket:[{}]", f[9]));
+                }
+            }
+        }
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("/proc/PID/fd")
+            .filter_map(Result::ok)
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .map_or(true, |l| !api_inodes.contains(&*l.to_string_lossy()))
+            })
+            .count()
     }
 
     pub fn signal(&self, sig: i32) {
