@@ -5,8 +5,12 @@
 //! - [`timer_wheel`]: the per-shard timer wheel.
 //! - [`server`]: listeners, shards, connections.
 //! - [`config`]: every limit and deadline.
+//! - [`push`]: users, channels, directories and delivery.
+//! - [`api`]: the HTTP API backends use.
+//! - [`cluster`]: what nodes must agree on (the stable home slot of a name).
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod proto;
 pub mod push;

@@ -2,7 +2,6 @@
 //! of a user or channel.
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 
 /// A connection's id: the shard that holds it, its slot there, and the slot's generation, so an
@@ -47,12 +46,10 @@ pub fn valid_name(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:@/".contains(&b))
 }
 
-/// The shard that owns a user's or channel's stream (its sequence numbers and directory).
-/// A fixed hash, so every thread agrees.
+/// The shard that owns a user's or channel's stream (its sequence numbers and directory):
+/// from the name's stable slot, so every thread, build and node agrees (`cluster::slot`).
 pub fn home_of(name: &str, shards: usize) -> usize {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    name.hash(&mut h);
-    (h.finish() % shards.max(1) as u64) as usize
+    crate::cluster::slot::shard_of_slot(crate::cluster::slot::slot(name), shards)
 }
 
 #[cfg(test)]
