@@ -8,6 +8,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use crate::proto::CloseCode;
 use crate::push::directory::Policy;
 use crate::push::ids::{valid_name, ConnId};
 use crate::push::msg::{Payload, Priority};
@@ -159,11 +160,11 @@ impl Fields {
     }
 
     /// A close code a kick may use: 1000, 1001, 1008, 1011, 1013, or 3000-4999.
-    pub fn close_code(&self, default: u16) -> Result<u16, BadRequest> {
+    pub fn close_code(&self) -> Result<Option<CloseCode>, BadRequest> {
         match self.map.get("code") {
-            None => Ok(default),
-            Some(raw) => match serde_json::from_str::<u16>(raw.get()) {
-                Ok(c) if matches!(c, 1000 | 1001 | 1008 | 1011 | 1013 | 3000..=4999) => Ok(c),
+            None => Ok(None),
+            Some(raw) => match serde_json::from_str::<u16>(raw.get()).map(CloseCode) {
+                Ok(c) if c.is_kick_allowed() => Ok(Some(c)),
                 _ => Err(BadRequest::new(
                     "code",
                     "\"code\" must be 1000, 1001, 1008, 1011, 1013 or 3000-4999",
@@ -173,10 +174,10 @@ impl Fields {
     }
 
     /// A close reason: at most 123 bytes (a close frame carries 125, two for the code).
-    pub fn reason(&self, default: &str) -> Result<Arc<str>, BadRequest> {
+    pub fn reason(&self) -> Result<Option<Arc<str>>, BadRequest> {
         match self.opt_str("reason")? {
-            None => Ok(default.into()),
-            Some(r) if r.len() <= 123 => Ok(r.into()),
+            None => Ok(None),
+            Some(r) if r.len() <= 123 => Ok(Some(r.into())),
             Some(_) => Err(BadRequest::new("reason", "\"reason\" must be at most 123 bytes")),
         }
     }
@@ -258,16 +259,14 @@ mod tests {
             f(r#"{"priority":"urgent"}"#).unwrap().priority().unwrap_err().field,
             Some("priority")
         );
-        assert_eq!(
-            f(r#"{"code":1005}"#).unwrap().close_code(4001).unwrap_err().field,
-            Some("code")
-        );
-        assert_eq!(f(r#"{"code":4321}"#).unwrap().close_code(4001), Ok(4321));
+        assert_eq!(f(r#"{"code":1005}"#).unwrap().close_code().unwrap_err().field, Some("code"));
+        assert_eq!(f(r#"{"code":4321}"#).unwrap().close_code(), Ok(Some(CloseCode(4321))));
+        assert_eq!(f(r#"{}"#).unwrap().close_code(), Ok(None));
         assert_eq!(f(r#"{"conn":"x"}"#).unwrap().conn("conn").unwrap_err().field, Some("conn"));
         assert_eq!(
             f(&format!(r#"{{"reason":"{}"}}"#, "r".repeat(124)))
                 .unwrap()
-                .reason("")
+                .reason()
                 .unwrap_err()
                 .field,
             Some("reason")

@@ -25,11 +25,12 @@ use monoio_codec::{Decoded, Decoder};
 use monoio_http::h1::codec::decoder::RequestHeadDecoder;
 use serde_json::{json, Value};
 
+use crate::proto::CloseReason;
 use crate::push::ids::home_of;
 use crate::push::msg::{Payload, Priority, ShardMsg, Target};
 use crate::push::report::{Report, Totals};
 use crate::server::inbox::Router;
-use crate::server::shard::{encode_message, CODE_KICKED};
+use crate::server::shard::encode_message;
 use crate::server::stats::{self, Counters};
 use crate::server::Shared;
 use fields::{BadRequest, Fields};
@@ -607,8 +608,10 @@ fn dispatch(ctx: &ApiContext, op: &str, f: Fields) -> Result<Pending, Reply> {
         }
         "kick" => {
             f.only(&["user", "conn", "code", "reason"]).map_err(Reply::bad)?;
-            let code = f.close_code(CODE_KICKED).map_err(Reply::bad)?;
-            let reason = f.reason("kicked").map_err(Reply::bad)?;
+            let reason = CloseReason::kicked(
+                f.close_code().map_err(Reply::bad)?,
+                f.reason().map_err(Reply::bad)?,
+            );
             match (f.opt_name("user").map_err(Reply::bad)?, f.conn("conn").map_err(Reply::bad)?) {
                 (Some(_), Some(_)) | (None, None) => Err(Reply::bad(BadRequest::new(
                     "user",
@@ -617,7 +620,7 @@ fn dispatch(ctx: &ApiContext, op: &str, f: Fields) -> Result<Pending, Reply> {
                 (Some(user), None) => {
                     let home = home_of(&user, n);
                     ctx.router
-                        .send(home, ShardMsg::KickUser { user, code, reason, report: part })
+                        .send(home, ShardMsg::KickUser { user, reason, report: part })
                         .map_err(|_| busy(home))?;
                     Ok(pending(true))
                 }
@@ -628,7 +631,7 @@ fn dispatch(ctx: &ApiContext, op: &str, f: Fields) -> Result<Pending, Reply> {
                         drop(part);
                         return Ok(pending(true));
                     }
-                    let m = ShardMsg::Kick { conns: vec![conn], code, reason, report: Some(part) };
+                    let m = ShardMsg::Kick { conns: vec![conn], reason, report: Some(part) };
                     ctx.router.send(shard, m).map_err(|_| busy(shard))?;
                     Ok(pending(true))
                 }

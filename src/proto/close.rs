@@ -1,6 +1,8 @@
-//! Close codes and the one mapping from protocol errors to them.
+//! Close codes, the one mapping from protocol errors to them, and the one list of reasons the
+//! server closes a connection for ([`CloseReason`]).
 
 use std::fmt;
+use std::sync::Arc;
 
 /// A WebSocket close status code (RFC 6455 section 7.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -20,11 +22,110 @@ impl CloseCode {
     pub const MESSAGE_TOO_BIG: CloseCode = CloseCode(1009);
     pub const INTERNAL_ERROR: CloseCode = CloseCode(1011);
     pub const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);
+    /// ringcast: the same user and device connected again (`--replace-same-device`).
+    pub const REPLACED: CloseCode = CloseCode(4000);
+    /// ringcast: the default code of `POST /v1/kick`.
+    pub const KICKED: CloseCode = CloseCode(4001);
+    /// ringcast: the connection kept losing pushes for `--slow-consumer-timeout`.
+    pub const SLOW_CONSUMER: CloseCode = CloseCode(4002);
 
     /// Whether a peer may send this code in a close frame. 1004-1006 and 1015 are reserved,
     /// below 1000 and 1016-2999 are unassigned; 3000-4999 belong to libraries and applications.
     pub fn is_valid_on_wire(self) -> bool {
         matches!(self.0, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    }
+
+    /// Whether a backend may close a connection with this code (`POST /v1/kick`): the
+    /// standard codes that make sense for a server to send, and the application range.
+    pub fn is_kick_allowed(self) -> bool {
+        matches!(self.0, 1000 | 1001 | 1008 | 1011 | 1013 | 3000..=4999)
+    }
+}
+
+/// Every reason the server closes an open connection on its own initiative. Each maps to
+/// exactly one code and reason text ([`CloseReason::frame`]), one way of closing
+/// ([`CloseReason::closing`]) and one rule for what is still queued
+/// ([`CloseReason::discards_queued`]); the server maps each to its counters in one place
+/// (`Counters::count_close`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// 1000: no message for `--idle-timeout`.
+    Idle,
+    /// 1001: a ping went unanswered for `--pong-timeout`.
+    PongTimeout,
+    /// 1001: the server is draining.
+    ShuttingDown,
+    /// The peer broke RFC 6455 (its mapped code).
+    Protocol(ProtocolError),
+    /// 1008: more than `--max-client-errors` bad client messages in a minute.
+    TooManyBadMessages,
+    /// 4000: a newer connection of the same user and device.
+    Replaced,
+    /// A backend's kick (4001 by default), with its code and reason.
+    Kicked { code: CloseCode, reason: Arc<str> },
+    /// 4002: kept losing pushes for `--slow-consumer-timeout`.
+    SlowConsumer,
+}
+
+/// How a close proceeds after the close frame is queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// Keep reading until the client's answering close frame (or the close deadline).
+    Handshake,
+    /// Stop reading; shut the write side once the outbox drains; close at EOF or the deadline.
+    Linger,
+    /// The peer is presumed dead: one write attempt, then close at once.
+    Drop,
+}
+
+impl CloseReason {
+    /// A kick by a backend, with the default code and reason where it gave none.
+    pub fn kicked(code: Option<CloseCode>, reason: Option<Arc<str>>) -> CloseReason {
+        CloseReason::Kicked {
+            code: code.unwrap_or(CloseCode::KICKED),
+            reason: reason.unwrap_or_else(|| Arc::from("kicked")),
+        }
+    }
+
+    /// The code and reason text of the close frame.
+    pub fn frame(&self) -> (CloseCode, &str) {
+        match self {
+            CloseReason::Idle => (CloseCode::NORMAL, "idle timeout"),
+            CloseReason::PongTimeout => (CloseCode::GOING_AWAY, "pong timeout"),
+            CloseReason::ShuttingDown => (CloseCode::GOING_AWAY, "server shutting down"),
+            CloseReason::Protocol(e) => (e.close_code(), e.reason()),
+            CloseReason::TooManyBadMessages => {
+                (CloseCode::POLICY_VIOLATION, "too many bad messages")
+            }
+            CloseReason::Replaced => (CloseCode::REPLACED, "replaced"),
+            CloseReason::Kicked { code, reason } => (*code, reason),
+            CloseReason::SlowConsumer => (CloseCode::SLOW_CONSUMER, "slow consumer"),
+        }
+    }
+
+    pub fn closing(&self) -> Closing {
+        match self {
+            CloseReason::Idle
+            | CloseReason::ShuttingDown
+            | CloseReason::Replaced
+            | CloseReason::Kicked { .. }
+            | CloseReason::SlowConsumer => Closing::Handshake,
+            CloseReason::Protocol(_) | CloseReason::TooManyBadMessages => Closing::Linger,
+            CloseReason::PongTimeout => Closing::Drop,
+        }
+    }
+
+    /// Whether pushes still queued are dropped (and counted) so the close goes out at once:
+    /// for closes by request or for the connection's behaviour. A healthy connection closed
+    /// for idleness, a drain or a protocol error gets what is queued first.
+    pub fn discards_queued(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::PongTimeout
+                | CloseReason::Replaced
+                | CloseReason::Kicked { .. }
+                | CloseReason::SlowConsumer
+        )
     }
 }
 
@@ -128,6 +229,30 @@ mod tests {
         }
         for bad in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
             assert!(!CloseCode(bad).is_valid_on_wire(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn close_reasons_match_the_protocol_doc() {
+        // docs/protocol.md, "Close codes the server sends", row by row.
+        let doc = include_str!("../../docs/protocol.md");
+        let reasons = [
+            CloseReason::Idle,
+            CloseReason::PongTimeout,
+            CloseReason::ShuttingDown,
+            CloseReason::TooManyBadMessages,
+            CloseReason::Replaced,
+            CloseReason::kicked(None, None),
+            CloseReason::SlowConsumer,
+        ];
+        for r in reasons {
+            let (code, reason) = r.frame();
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| {code} |")))
+                .unwrap_or_else(|| panic!("no row for {code} in docs/protocol.md"));
+            assert!(row.contains(&format!("`{reason}`")), "{row} lacks {reason}");
+            assert!(code.is_valid_on_wire() && reason.len() <= 123);
         }
     }
 

@@ -14,6 +14,6 @@ pub mod handshake;
 pub mod mask;
 pub mod utf8;
 
-pub use close::{CloseCode, ProtocolError};
+pub use close::{CloseCode, CloseReason, Closing, ProtocolError};
 pub use decoder::{Decoder, Event, Limits, Role};
 pub use frame::{FrameHeader, OpCode};

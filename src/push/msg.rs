@@ -1,5 +1,6 @@
 //! The messages shards (and the API thread) send each other through the shard inboxes.
 
+use crate::proto::CloseReason;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -100,8 +101,7 @@ pub enum ShardMsg {
     },
     KickUser {
         user: Arc<str>,
-        code: u16,
-        reason: Arc<str>,
+        reason: CloseReason,
         report: ReportPart,
     },
     QueryUser {
@@ -128,8 +128,7 @@ pub enum ShardMsg {
     },
     Kick {
         conns: Vec<ConnId>,
-        code: u16,
-        reason: Arc<str>,
+        reason: CloseReason,
         report: Option<ReportPart>,
     },
 }

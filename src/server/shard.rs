@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::proto::client::{self, ClientError, ClientMsg, Stream};
 use crate::proto::frame::{close_payload, encode_frame};
 use crate::proto::handshake::{self, HandshakeError, HandshakePolicy, Upgrade};
-use crate::proto::{CloseCode, Decoder, Event, Limits, OpCode, ProtocolError, Role};
+use crate::proto::{CloseReason, Closing, Decoder, Event, Limits, OpCode, ProtocolError, Role};
 use crate::push::directory::{ChannelDirectory, UserConn, UserDirectory};
 use crate::push::identity::Identify;
 use crate::push::ids::{home_of, ConnId};
@@ -57,12 +57,6 @@ const EVENTS_PER_TURN: usize = 1024;
 const KEEP_MESSAGE_CAPACITY: usize = 16 * 1024;
 /// Inbox messages handled per turn before sockets get their turn again.
 const INBOX_PER_TURN: usize = 4096;
-/// Close code for a connection replaced by a newer one of the same user and device.
-pub const CODE_REPLACED: u16 = 4000;
-/// Default close code of a kick.
-pub const CODE_KICKED: u16 = 4001;
-/// Close code for a connection that kept losing pushes.
-pub const CODE_SLOW: u16 = 4002;
 
 /// Everything a shard derives from the configuration once.
 #[derive(Debug)]
@@ -484,8 +478,7 @@ impl Shard {
                 for old in self.users.join(&user, c, self.p.replace) {
                     let kick = ShardMsg::Kick {
                         conns: vec![old],
-                        code: CODE_REPLACED,
-                        reason: Arc::from("replaced"),
+                        reason: CloseReason::Replaced,
                         report: None,
                     };
                     let _ = self.send_to(usize::from(old.shard), kick);
@@ -530,7 +523,7 @@ impl Shard {
                     self.send_delivery(shard, m, expected);
                 }
             }
-            ShardMsg::KickUser { user, code, reason, report } => {
+            ShardMsg::KickUser { user, reason, report } => {
                 let Some(entry) = self.users.get(&user) else {
                     report.add(Totals { offline: 1, ..Default::default() });
                     return;
@@ -540,7 +533,6 @@ impl Shard {
                 for group in conns.chunk_by(|a, b| a.shard == b.shard) {
                     let m = ShardMsg::Kick {
                         conns: group.to_vec(),
-                        code,
                         reason: reason.clone(),
                         report: Some(report.split()),
                     };
@@ -584,13 +576,13 @@ impl Shard {
                 self.count_pushes(t);
                 report.add(t);
             }
-            ShardMsg::Kick { conns, code, reason, report } => {
+            ShardMsg::Kick { conns, reason, report } => {
                 let mut t = Totals::default();
                 for id in conns {
                     match self.local(id) {
                         Some(key) => {
                             t.recipients += 1;
-                            t.dropped += self.kick(key, code, &reason);
+                            t.dropped += self.close_for(key, reason.clone());
                         }
                         None => t.offline += 1,
                     }
@@ -1100,10 +1092,7 @@ impl Shard {
         }
         session.errors += 1;
         if session.errors > max {
-            let payload = close_payload(CloseCode::POLICY_VIOLATION.0, "too many bad messages");
-            self.queue_close(key, &payload, false);
-            self.counters.protocol_errors.inc();
-            self.linger(key);
+            self.close_for(key, CloseReason::TooManyBadMessages);
             return;
         }
         self.queue_control(key, OpCode::Text, &client::error(e));
@@ -1124,14 +1113,6 @@ impl Shard {
         self.send_update(home_of(&user, self.router.shards()), m);
     }
 
-    /// Closes a connection on request (kick, replacement, slow consumer). The pushes still
-    /// queued for it are dropped, so the close frame goes out at once; returns how many.
-    fn kick(&mut self, key: usize, code: u16, reason: &str) -> u64 {
-        self.counters.kicks.inc();
-        let d = (self.now + self.p.close_ticks).min(self.drain_deadline);
-        self.server_close(key, CloseCode(code), reason, d, true)
-    }
-
     fn refuse(&mut self, key: usize, e: HandshakeError) {
         self.refuse_with(key, e, e.reason());
     }
@@ -1149,32 +1130,39 @@ impl Shard {
     /// Fails the connection for a protocol violation: close frame with the mapped code, then
     /// stop reading.
     fn fail(&mut self, key: usize, e: ProtocolError) {
-        self.counters.protocol_errors.inc();
         tracing::debug!(shard = self.id, conn = key, "protocol error: {e}");
-        // After our own close frame (phase Closing) no second one may follow.
-        if self.conns[key].phase == Phase::Open {
-            let payload = close_payload(e.close_code().0, e.reason());
-            self.queue_close(key, &payload, false);
-        }
-        self.linger(key);
+        self.close_for(key, CloseReason::Protocol(e));
     }
 
-    /// Starts a close handshake from our side; reading goes on until the client answers.
-    /// With `discard`, queued pushes are dropped (and counted) rather than sent before the
-    /// close frame; returns how many were.
-    fn server_close(
-        &mut self,
-        key: usize,
-        code: CloseCode,
-        reason: &str,
-        deadline: u64,
-        discard: bool,
-    ) -> u64 {
-        let payload = close_payload(code.0, reason);
-        let dropped = self.queue_close(key, &payload, discard);
-        self.leave_indexes(key);
-        self.conns[key].phase = Phase::Closing;
-        self.arm(key, Some(deadline));
+    /// Closes a connection for `reason`: the one path of every server-initiated close. Counts
+    /// it, queues the close frame as the last frame (dropping queued pushes first where the
+    /// reason says so), and proceeds as the reason's [`Closing`] says. Returns how many queued
+    /// pushes were dropped.
+    fn close_for(&mut self, key: usize, reason: CloseReason) -> u64 {
+        self.counters.count_close(&reason);
+        // After our own close frame (phase Closing) no second one may follow.
+        let dropped = if self.conns[key].phase == Phase::Open {
+            let (code, text) = reason.frame();
+            self.queue_close(key, &close_payload(code.0, text), reason.discards_queued())
+        } else {
+            0
+        };
+        match reason.closing() {
+            Closing::Handshake => {
+                let d = match reason {
+                    CloseReason::ShuttingDown => self.drain_deadline,
+                    _ => (self.now + self.p.close_ticks).min(self.drain_deadline),
+                };
+                self.leave_indexes(key);
+                self.conns[key].phase = Phase::Closing;
+                self.arm(key, Some(d));
+            }
+            Closing::Linger => self.linger(key),
+            Closing::Drop => {
+                self.flush(key);
+                self.remove(key);
+            }
+        }
         dropped
     }
 
@@ -1257,9 +1245,7 @@ impl Shard {
             match self.conns[key].phase {
                 Phase::Handshake => self.refuse(key, HandshakeError::Draining),
                 Phase::Open => {
-                    let d = self.drain_deadline;
-                    self.counters.closed_by_server.inc();
-                    self.server_close(key, CloseCode::GOING_AWAY, "server shutting down", d, false);
+                    self.close_for(key, CloseReason::ShuttingDown);
                 }
                 Phase::Closing | Phase::Linger => {}
             }
@@ -1334,26 +1320,18 @@ impl Shard {
     fn on_open_timer(&mut self, key: usize) {
         let conn = &self.conns[key];
         if self.p.idle_ticks > 0 && self.elapsed(conn.last_msg) >= self.p.idle_ticks {
-            self.counters.idle_timeouts.inc();
-            self.counters.closed_by_server.inc();
-            let d = self.now + self.p.close_ticks;
-            self.server_close(key, CloseCode::NORMAL, "idle timeout", d, false);
+            self.close_for(key, CloseReason::Idle);
             return;
         }
         if conn.has(flag::SLOW) && self.elapsed(conn.slow_since) >= self.p.slow_ticks {
-            self.counters.slow_consumers_closed.inc();
-            self.kick(key, CODE_SLOW, "slow consumer");
+            self.close_for(key, CloseReason::SlowConsumer);
             return;
         }
         if self.p.ping_ticks > 0 {
             if conn.has(flag::PING_OUT) {
                 if self.elapsed(conn.ping_sent) >= self.p.pong_ticks {
                     // A dead peer will not answer a close handshake: say why and drop it.
-                    self.counters.pong_timeouts.inc();
-                    let payload = close_payload(CloseCode::GOING_AWAY.0, "pong timeout");
-                    self.queue_close(key, &payload, true);
-                    self.flush(key);
-                    self.remove(key);
+                    self.close_for(key, CloseReason::PongTimeout);
                     return;
                 }
             } else if self.elapsed(conn.last_recv) >= self.p.ping_ticks {

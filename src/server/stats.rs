@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::proto::handshake::HandshakeError;
+use crate::proto::CloseReason;
 
 /// A counter or gauge written by one shard thread only.
 #[derive(Debug, Default)]
@@ -90,6 +91,26 @@ counters! {
 impl Counters {
     pub fn refused(&self, e: HandshakeError) -> &Counter {
         &self.refused[e.index()]
+    }
+
+    /// Counts a server-initiated close: the one mapping from reason to counters.
+    pub fn count_close(&self, reason: &CloseReason) {
+        match reason {
+            CloseReason::Idle => {
+                self.idle_timeouts.inc();
+                self.closed_by_server.inc();
+            }
+            CloseReason::ShuttingDown => self.closed_by_server.inc(),
+            CloseReason::PongTimeout => self.pong_timeouts.inc(),
+            CloseReason::Protocol(_) | CloseReason::TooManyBadMessages => {
+                self.protocol_errors.inc()
+            }
+            CloseReason::Replaced | CloseReason::Kicked { .. } => self.kicks.inc(),
+            CloseReason::SlowConsumer => {
+                self.slow_consumers_closed.inc();
+                self.kicks.inc();
+            }
+        }
     }
 }
 
