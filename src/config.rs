@@ -149,6 +149,10 @@ pub struct Config {
     /// A connection that keeps losing pushes to a full outbox this long is closed (4002, "slow consumer").
     #[arg(long, env = "RINGCAST_SLOW_CONSUMER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub slow_consumer_timeout: Duration,
+    /// A stream (channel, user, broadcast) with no message for this long is forgotten; its
+    /// numbering starts again at 1 under a new epoch if it comes back.
+    #[arg(long, env = "RINGCAST_STREAM_IDLE_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub stream_idle_ttl: Duration,
     /// Messages each shard inbox holds; a full inbox refuses requests (503) and drops deliveries.
     #[arg(long, env = "RINGCAST_INBOX_CAPACITY", default_value_t = 65536)]
     pub inbox_capacity: usize,

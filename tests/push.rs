@@ -315,3 +315,47 @@ fn bad_client_messages_get_errors_and_abuse_gets_1008() {
     let refused = Client::try_connect(s.addr, "/ws?user=has%20space", "").err().unwrap();
     assert!(refused.starts_with("HTTP/1.1 400 "), "{refused}");
 }
+
+#[test]
+fn a_streams_numbering_continues_after_its_last_listener_leaves() {
+    let s = Server::start(&[]);
+    let mut a = Client::connect(s.addr, "/ws?channels=cont&user=back");
+    let epoch = a.welcome.as_ref().unwrap()["epoch"].clone();
+    wait_channel(&s, "cont", 1);
+    for _ in 0..2 {
+        s.post("/v1/publish", json!({"channel": "cont", "data": 1}));
+        s.post("/v1/push", json!({"user": "back", "data": 1}));
+    }
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let m = message(&mut a);
+        seen.push((m["stream"].as_str().unwrap().to_string(), m["seq"].as_u64().unwrap()));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("channel:cont".into(), 1),
+            ("channel:cont".into(), 2),
+            ("user:back".into(), 1),
+            ("user:back".into(), 2)
+        ]
+    );
+    // The only listener goes; a publish meanwhile reaches nobody and uses no number.
+    a.send(OpCode::Close, &1000u16.to_be_bytes());
+    a.recv_close();
+    wait_channel(&s, "cont", 0);
+    wait_user(&s, "back", 0);
+    let (_, r) = s.post("/v1/publish", json!({"channel": "cont", "data": "nobody"}));
+    assert_eq!(r["recipients"], 0);
+    // A new listener, same epoch: the numbers go on.
+    let mut b = Client::connect(s.addr, "/ws?channels=cont&user=back");
+    assert_eq!(b.welcome.as_ref().unwrap()["epoch"], epoch);
+    wait_channel(&s, "cont", 1);
+    s.post("/v1/publish", json!({"channel": "cont", "data": 2}));
+    let m = message(&mut b);
+    assert_eq!((m["stream"].as_str(), m["seq"].as_u64()), (Some("channel:cont"), Some(3)));
+    s.post("/v1/push", json!({"user": "back", "data": 2}));
+    let m = message(&mut b);
+    assert_eq!((m["stream"].as_str(), m["seq"].as_u64()), (Some("user:back"), Some(3)));
+}

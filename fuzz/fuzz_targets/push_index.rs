@@ -38,9 +38,9 @@ fuzz_target!(|data: &[u8]| {
             4 => users.active(n, id, u64::from(op[2]) * 10),
             _ => {
                 let want = user_model.iter().filter(|(u, _)| *u == name).count();
-                let got = users.targets(n, None, Policy::All, 0, 0).map_or(0, |(_, c)| c.len());
+                let got = users.targets(n, None, Policy::All, 0, 0).map_or(0, |c| c.len());
                 assert_eq!(got, want);
-                let one = users.targets(n, None, Policy::One, 0, 0).map_or(0, |(_, c)| c.len());
+                let one = users.targets(n, None, Policy::One, 0, 0).map_or(0, |c| c.len());
                 assert_eq!(one, usize::from(want > 0));
             }
         }

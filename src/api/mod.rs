@@ -27,10 +27,10 @@ use serde_json::{json, Value};
 
 use crate::proto::CloseReason;
 use crate::push::ids::home_of;
-use crate::push::msg::{Payload, Priority, ShardMsg, Target};
+use crate::push::msg::ShardMsg;
 use crate::push::report::{Report, Totals};
+use crate::push::streams::StreamKey;
 use crate::server::inbox::Router;
-use crate::server::shard::encode_message;
 use crate::server::stats::{self, Counters};
 use crate::server::Shared;
 use fields::{BadRequest, Fields};
@@ -603,7 +603,10 @@ fn dispatch(ctx: &ApiContext, op: &str, f: Fields) -> Result<Pending, Reply> {
             f.only(&["data", "data_base64", "priority"]).map_err(Reply::bad)?;
             let (payload, priority) =
                 (f.payload().map_err(Reply::bad)?, f.priority().map_err(Reply::bad)?);
-            broadcast(ctx, payload, priority, part);
+            let home = home_of(StreamKey::Broadcast.home_name(), n);
+            ctx.router
+                .send(home, ShardMsg::Broadcast { payload, priority, report: part })
+                .map_err(|_| busy(home))?;
             Ok(pending(false))
         }
         "kick" => {
@@ -638,25 +641,6 @@ fn dispatch(ctx: &ApiContext, op: &str, f: Fields) -> Result<Pending, Reply> {
             }
         }
         _ => Err(Reply::error(404, "no such endpoint")),
-    }
-}
-
-/// Numbers the broadcast, encodes it once, and gives every shard a reference.
-fn broadcast(
-    ctx: &ApiContext,
-    payload: Payload,
-    priority: Priority,
-    part: crate::push::report::ReportPart,
-) {
-    let seq = ctx.shared.broadcast_seq.fetch_add(1, Relaxed) + 1;
-    let frame = encode_message(&crate::proto::client::Stream::Broadcast, seq, &payload, priority);
-    for shard in 0..ctx.router.shards() {
-        let m =
-            ShardMsg::Deliver { target: Target::All, frame: frame.clone(), report: part.split() };
-        if let Err(ShardMsg::Deliver { report, .. }) = ctx.router.send(shard, m) {
-            let open = ctx.counters.get(shard).map_or(0, |c| c.open_connections.get());
-            report.add(Totals { recipients: open, dropped: open, ..Default::default() });
-        }
     }
 }
 

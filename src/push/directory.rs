@@ -1,9 +1,7 @@
 //! What a home shard knows about the users and channels homed on it: a user's connections
-//! (wherever they are) with device and last activity, a channel's subscriber counts per
-//! shard, and each stream's sequence number.
-//!
-//! Entries go when their last connection or subscriber goes, and a stream's sequence starts
-//! again at 1 when it comes back: numbers are dense within the time a stream has listeners.
+//! (wherever they are) with device and last activity, and a channel's subscriber counts per
+//! shard. Only *who is where*: numbering belongs to `streams`, and outlives these entries,
+//! which go when their last connection or subscriber goes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,7 +29,6 @@ pub struct UserConn {
 
 #[derive(Debug, Default)]
 pub struct UserEntry {
-    pub seq: u64,
     pub conns: Vec<UserConn>,
 }
 
@@ -81,8 +78,7 @@ impl UserDirectory {
         self.users.get(user)
     }
 
-    /// The connections a push reaches, and the sequence number it gets (None: nothing matches
-    /// and no number is used).
+    /// The connections a push reaches (None: nothing matches).
     pub fn targets(
         &mut self,
         user: &str,
@@ -90,8 +86,8 @@ impl UserDirectory {
         policy: Policy,
         now_ms: u64,
         active_window_ms: u64,
-    ) -> Option<(u64, Vec<ConnId>)> {
-        let e = self.users.get_mut(user)?;
+    ) -> Option<Vec<ConnId>> {
+        let e = self.users.get(user)?;
         let matching =
             e.conns.iter().filter(|c| device.is_none_or(|d| c.device.as_deref() == Some(d)));
         let conns: Vec<ConnId> = match policy {
@@ -106,11 +102,7 @@ impl UserDirectory {
                 .into_iter()
                 .collect(),
         };
-        if conns.is_empty() {
-            return None;
-        }
-        e.seq += 1;
-        Some((e.seq, conns))
+        (!conns.is_empty()).then_some(conns)
     }
 
     pub fn len(&self) -> usize {
@@ -124,7 +116,6 @@ impl UserDirectory {
 
 #[derive(Debug, Default)]
 pub struct ChannelEntry {
-    pub seq: u64,
     /// Subscribers per shard.
     pub counts: Vec<u32>,
 }
@@ -140,7 +131,7 @@ impl ChannelDirectory {
         let e = self
             .channels
             .entry(channel.clone())
-            .or_insert_with(|| ChannelEntry { seq: 0, counts: vec![0; shards] });
+            .or_insert_with(|| ChannelEntry { counts: vec![0; shards] });
         if let Some(c) = e.counts.get_mut(shard) {
             *c = c.saturating_add_signed(delta);
         }
@@ -158,12 +149,10 @@ impl ChannelDirectory {
         self.channels.get(channel).map_or(0, |e| e.counts.iter().map(|&c| u64::from(c)).sum())
     }
 
-    /// The shards with subscribers and the publish's sequence number (None: no subscribers).
-    pub fn publish(&mut self, channel: &str) -> Option<(u64, Vec<usize>)> {
-        let e = self.channels.get_mut(channel)?;
-        e.seq += 1;
-        let shards = e.counts.iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, _)| i).collect();
-        Some((e.seq, shards))
+    /// The shards with subscribers (None: no subscribers).
+    pub fn publish(&self, channel: &str) -> Option<Vec<usize>> {
+        let e = self.channels.get(channel)?;
+        Some(e.counts.iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, _)| i).collect())
     }
 }
 
@@ -187,15 +176,15 @@ mod tests {
         d.join(&u, conn(1, "phone", 1000), false);
         d.join(&u, conn(2, "laptop", 5000), false);
         d.join(&u, conn(3, "tablet", 100), false);
-        let (seq, all) = d.targets("42", None, Policy::All, 6000, 2000).unwrap();
-        assert_eq!((seq, all.len()), (1, 3));
-        let (_, active) = d.targets("42", None, Policy::Active, 6000, 2000).unwrap();
+        let all = d.targets("42", None, Policy::All, 6000, 2000).unwrap();
+        assert_eq!(all.len(), 3);
+        let active = d.targets("42", None, Policy::Active, 6000, 2000).unwrap();
         assert_eq!(active.iter().map(|c| c.slot).collect::<Vec<_>>(), vec![2]);
-        let (seq, one) = d.targets("42", None, Policy::One, 6000, 2000).unwrap();
-        assert_eq!((seq, one[0].slot), (3, 2));
+        let one = d.targets("42", None, Policy::One, 6000, 2000).unwrap();
+        assert_eq!(one[0].slot, 2);
         d.active("42", ConnId { shard: 0, slot: 3, gen: 1 }, 9000);
-        assert_eq!(d.targets("42", None, Policy::One, 9000, 2000).unwrap().1[0].slot, 3);
-        assert_eq!(d.targets("42", Some("phone"), Policy::All, 9000, 2000).unwrap().1[0].slot, 1);
+        assert_eq!(d.targets("42", None, Policy::One, 9000, 2000).unwrap()[0].slot, 3);
+        assert_eq!(d.targets("42", Some("phone"), Policy::All, 9000, 2000).unwrap()[0].slot, 1);
         assert!(d.targets("42", Some("watch"), Policy::All, 9000, 2000).is_none());
         assert!(d.targets("nobody", None, Policy::All, 0, 0).is_none());
     }
@@ -215,16 +204,16 @@ mod tests {
     }
 
     #[test]
-    fn channel_counts_and_sequence() {
+    fn channel_counts_and_shards() {
         let mut d = ChannelDirectory::default();
         let c: Arc<str> = "prices".into();
         assert!(d.publish("prices").is_none());
         d.count(&c, 1, 3, 2);
         d.count(&c, 0, 1, 2);
         assert_eq!(d.subscribers("prices"), 4);
-        assert_eq!(d.publish("prices"), Some((1, vec![0, 1])));
+        assert_eq!(d.publish("prices"), Some(vec![0, 1]));
         d.count(&c, 0, -1, 2);
-        assert_eq!(d.publish("prices"), Some((2, vec![1])));
+        assert_eq!(d.publish("prices"), Some(vec![1]));
         d.count(&c, 1, -3, 2);
         assert_eq!(d.subscribers("prices"), 0);
         assert!(d.publish("prices").is_none());

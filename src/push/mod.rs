@@ -1,7 +1,7 @@
 //! Delivery: who is connected where, who subscribes to what, and the messages shards exchange.
 //!
-//! Every user and every channel has a *home shard* ([`ids::home_of`]). The home shard owns
-//! the stream's sequence numbers and its directory (a user's connections, or how many
+//! Every user and every channel, and the broadcast stream, has a *home shard*
+//! ([`ids::home_of`]). The home shard owns the stream's numbering ([`streams`]) and its directory (a user's connections, or how many
 //! subscribers each shard holds for a channel). A push to a user goes API → home → the
 //! shard(s) holding its connections; a channel publish goes API → home → each shard with
 //! subscribers, encoded once at the home shard and shared by reference. Nothing here takes a
@@ -13,3 +13,4 @@ pub mod ids;
 pub mod index;
 pub mod msg;
 pub mod report;
+pub mod streams;

@@ -99,6 +99,13 @@ pub enum ShardMsg {
         priority: Priority,
         report: ReportPart,
     },
+    /// A broadcast, to the broadcast stream's home: it numbers it, encodes it once and hands
+    /// every shard a reference.
+    Broadcast {
+        payload: Payload,
+        priority: Priority,
+        report: ReportPart,
+    },
     KickUser {
         user: Arc<str>,
         reason: CloseReason,

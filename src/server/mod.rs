@@ -39,8 +39,6 @@ pub struct Shared {
     /// Start time in Unix milliseconds: clients learn it in `welcome`; a new epoch means
     /// sequence numbers started again.
     pub epoch: u64,
-    /// Last sequence number of the broadcast stream (one RMW per broadcast, not per recipient).
-    pub broadcast_seq: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -185,11 +183,11 @@ impl Server {
             epoch: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
-            broadcast_seq: std::sync::atomic::AtomicU64::new(0),
         });
         let cfg = Arc::new(cfg);
         let mut threads = Vec::with_capacity(n);
-        let mut counters = Vec::with_capacity(n);
+        let counters: Vec<Arc<Counters>> = (0..n).map(|_| Arc::new(Counters::default())).collect();
+        let peers: Arc<[Arc<Counters>]> = counters.clone().into();
         let wakes = (0..n)
             .map(|_| EventFd::new().map(Arc::new))
             .collect::<io::Result<Vec<_>>>()
@@ -199,7 +197,7 @@ impl Server {
             Arc::new(OpenMode { max_channels: cfg.max_channels_per_conn });
         for (i, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
             let wake = wakes[i].clone();
-            let ctr = Arc::new(Counters::default());
+            let ctr = counters[i].clone();
             let capacity = match cfg.max_connections_per_shard {
                 0 => max_total,
                 m => m.min(max_total),
@@ -213,6 +211,7 @@ impl Server {
                 router: router.clone(),
                 inbox,
                 identify: identify.clone(),
+                peers: peers.clone(),
             };
             let shard =
                 Shard::new(&cfg, parts).map_err(|e| StartError(format!("shard {i}: {e}")))?;
@@ -224,7 +223,6 @@ impl Server {
                 .spawn(move || run_shard(shard, listener, cpu, entries, use_uring))
                 .map_err(|e| StartError(format!("cannot start shard thread: {e}")))?;
             threads.push(t);
-            counters.push(ctr);
         }
         Ok(Server {
             addr,

@@ -38,6 +38,7 @@ use crate::push::ids::{home_of, ConnId};
 use crate::push::index::{Change, ChannelIndex};
 use crate::push::msg::{ConnInfo, Frame, Payload, Priority, ShardMsg, Target};
 use crate::push::report::{ReportPart, Totals};
+use crate::push::streams::{StreamKey, Streams};
 use crate::timer_wheel::TimerWheel;
 
 use super::conn::{flag, Conn, Phase, Route, Session};
@@ -86,6 +87,7 @@ pub struct Params {
     pub max_client_errors: u32,
     pub minute_ticks: u64,
     pub report_ticks: u64,
+    pub stream_idle_ttl_ms: u64,
 }
 
 impl Params {
@@ -134,6 +136,7 @@ impl Params {
             max_client_errors: cfg.max_client_errors,
             minute_ticks: cfg.ticks(std::time::Duration::from_secs(60)),
             report_ticks: cfg.ticks(std::time::Duration::from_secs(1)),
+            stream_idle_ttl_ms: cfg.stream_idle_ttl.as_millis() as u64,
         }
     }
 }
@@ -182,6 +185,13 @@ pub struct Shard {
     channels: ChannelIndex,
     users: UserDirectory,
     chan_dir: ChannelDirectory,
+    /// Numbering of the streams homed here.
+    streams: Streams,
+    /// Tick of the next sweep for idle streams.
+    next_stream_sweep: u64,
+    /// Every shard's counters (a broadcast refused by a full inbox counts that shard's
+    /// connections as dropped).
+    peers: Arc<[Arc<Counters>]>,
     /// Directory updates a full inbox refused, retried each turn.
     retry: VecDeque<(usize, ShardMsg)>,
     scratch: Vec<u32>,
@@ -199,6 +209,7 @@ pub struct ShardParts {
     pub router: Arc<Router>,
     pub inbox: Inbox,
     pub identify: Arc<dyn Identify>,
+    pub peers: Arc<[Arc<Counters>]>,
 }
 
 impl Shard {
@@ -206,8 +217,11 @@ impl Shard {
     /// reserved for it up front; pages nobody touches cost no memory, while growing by
     /// doubling would leave the old copies resident (about 90 B per connection at 19k).
     pub fn new(cfg: &Config, parts: ShardParts) -> io::Result<Shard> {
-        let ShardParts { id, capacity, shared, counters, wake, router, inbox, identify } = parts;
+        let ShardParts { id, capacity, shared, counters, wake, router, inbox, identify, peers } =
+            parts;
         let p = Params::new(cfg);
+        let streams = Streams::new(shared.epoch, p.stream_idle_ttl_ms);
+        let next_stream_sweep = p.minute_ticks;
         let epoll = Epoll::new()?;
         let tickfd = TimerFd::periodic(cfg.tick)?;
         epoll.add(wake.raw(), WAKE_TOKEN, EV_IN)?;
@@ -249,6 +263,9 @@ impl Shard {
             channels: ChannelIndex::default(),
             users: UserDirectory::default(),
             chan_dir: ChannelDirectory::default(),
+            streams,
+            next_stream_sweep,
+            peers,
             retry: VecDeque::new(),
             scratch: Vec::new(),
             start_ms: std::time::SystemTime::now()
@@ -409,6 +426,7 @@ impl Shard {
         self.flush_retry();
         self.run_ready();
         self.expire_timers();
+        self.sweep_streams();
         self.flush_dirty();
         if self.draining && self.conns.is_empty() {
             Turn::Done
@@ -495,8 +513,10 @@ impl Shard {
                 let window = self.p.active_window_ms;
                 match self.users.targets(&user, device.as_deref(), policy, now_ms, window) {
                     None => report.add(Totals { offline: 1, ..Default::default() }),
-                    Some((seq, mut conns)) => {
-                        let frame = encode_message(&Stream::User(&user), seq, &payload, priority);
+                    Some(mut conns) => {
+                        let key = StreamKey::User(user);
+                        let pos = self.streams.append(&key, now_ms);
+                        let frame = encode_message(&key.wire(), pos.seq, &payload, priority);
                         conns.sort_by_key(|c| c.shard);
                         for group in conns.chunk_by(|a, b| a.shard == b.shard) {
                             let n = group.len() as u64;
@@ -511,8 +531,11 @@ impl Shard {
                 }
             }
             ShardMsg::Publish { channel, payload, priority, report } => {
-                let Some((seq, shards)) = self.chan_dir.publish(&channel) else { return };
-                let frame = encode_message(&Stream::Channel(&channel), seq, &payload, priority);
+                let Some(shards) = self.chan_dir.publish(&channel) else { return };
+                let now_ms = self.now_ms();
+                let key = StreamKey::Channel(channel.clone());
+                let pos = self.streams.append(&key, now_ms);
+                let frame = encode_message(&key.wire(), pos.seq, &payload, priority);
                 for shard in shards {
                     let m = ShardMsg::Deliver {
                         target: Target::Channel(channel.clone()),
@@ -521,6 +544,19 @@ impl Shard {
                     };
                     let expected = self.chan_dir.count_on(&channel, shard);
                     self.send_delivery(shard, m, expected);
+                }
+            }
+            ShardMsg::Broadcast { payload, priority, report } => {
+                let pos = self.streams.append(&StreamKey::Broadcast, self.now_ms());
+                let frame = encode_message(&Stream::Broadcast, pos.seq, &payload, priority);
+                for shard in 0..self.router.shards() {
+                    let m = ShardMsg::Deliver {
+                        target: Target::All,
+                        frame: frame.clone(),
+                        report: report.split(),
+                    };
+                    let open = self.peers.get(shard).map_or(0, |c| c.open_connections.get());
+                    self.send_delivery(shard, m, open);
                 }
             }
             ShardMsg::KickUser { user, reason, report } => {
@@ -1283,6 +1319,15 @@ impl Shard {
             consider(self.now + self.p.slow_ticks.saturating_sub(self.elapsed(conn.slow_since)));
         }
         next
+    }
+
+    /// Forgets streams idle past `--stream-idle-ttl`, once a minute.
+    fn sweep_streams(&mut self) {
+        if self.now >= self.next_stream_sweep {
+            self.next_stream_sweep = self.now + self.p.minute_ticks.max(1);
+            let now_ms = self.now_ms();
+            self.streams.expire(now_ms);
+        }
     }
 
     fn expire_timers(&mut self) {
