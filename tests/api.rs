@@ -82,7 +82,8 @@ fn bad_requests_name_the_bad_field() {
     let cases: Vec<(&str, &str, Option<&str>)> = vec![
         ("/v1/publish", "{", None),
         ("/v1/publish", "[]", None),
-        ("/v1/publish", r#"{"channel":"x","data":1,"extra":true}"#, None),
+        // An unknown field is named too.
+        ("/v1/publish", r#"{"channel":"x","data":1,"extra":true}"#, Some("extra")),
         ("/v1/publish", r#"{"data":1}"#, Some("channel")),
         ("/v1/publish", r#"{"channel":7,"data":1}"#, Some("channel")),
         ("/v1/publish", r#"{"channel":"bad name","data":1}"#, Some("channel")),
@@ -109,6 +110,13 @@ fn bad_requests_name_the_bad_field() {
         assert_eq!(v["field"].as_str(), field, "{path} {req} -> {text}");
     }
     assert_eq!(s.get("/v1/users/bad%20name").0, 400);
+    // Every error body has the same shape, `field` null when no field is at fault.
+    for (method, path, status) in [("GET", "/nope", 404), ("GET", "/v1/publish", 405)] {
+        let (got, _, text) = s.http(method, path, "", b"");
+        let v = body(&text);
+        assert_eq!(got, status, "{text}");
+        assert!(v["error"].is_string() && v.get("field") == Some(&Value::Null), "{text}");
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Strict parsing of API request bodies: a JSON object, known fields only, each of the right
 //! type, with errors that name the field.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -16,13 +17,14 @@ use crate::push::msg::{Payload, Priority};
 /// A bad request: the message and the field it is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BadRequest {
-    pub field: Option<&'static str>,
+    /// The field at fault: a known one, or an unknown one the client sent.
+    pub field: Option<Cow<'static, str>>,
     pub message: String,
 }
 
 impl BadRequest {
     pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        BadRequest { field: Some(field), message: message.into() }
+        BadRequest { field: Some(Cow::Borrowed(field)), message: message.into() }
     }
 
     pub fn body(message: impl Into<String>) -> Self {
@@ -62,10 +64,13 @@ impl Fields {
     pub fn only(&self, allowed: &[&str]) -> Result<(), BadRequest> {
         match self.map.keys().find(|k| !allowed.contains(&k.as_str())) {
             None => Ok(()),
-            Some(unknown) => Err(BadRequest::body(format!(
-                "unknown field {unknown:?} (this operation takes: {})",
-                allowed.join(", ")
-            ))),
+            Some(unknown) => Err(BadRequest {
+                field: Some(Cow::Owned(unknown.clone())),
+                message: format!(
+                    "unknown field {unknown:?} (this operation takes: {})",
+                    allowed.join(", ")
+                ),
+            }),
         }
     }
 
@@ -221,7 +226,10 @@ mod tests {
         let at = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
         let f = |d: &str| Fields::parse(format!(r#"{{"data":{d}}}"#).as_bytes(), &["data"]);
         assert!(f(&at(MAX_DATA_DEPTH)).unwrap().payload().is_ok());
-        assert_eq!(f(&at(MAX_DATA_DEPTH + 1)).unwrap().payload().unwrap_err().field, Some("data"));
+        assert_eq!(
+            f(&at(MAX_DATA_DEPTH + 1)).unwrap().payload().unwrap_err().field.as_deref(),
+            Some("data")
+        );
     }
 
     #[test]
@@ -235,7 +243,7 @@ mod tests {
         assert!(f("[1]").unwrap_err().message.contains("JSON object"));
         assert!(f(r#"{"chanel":"x"}"#).unwrap_err().message.contains("unknown field \"chanel\""));
         assert_eq!(
-            f(r#"{"channel":5}"#).unwrap().name("channel").unwrap_err().field,
+            f(r#"{"channel":5}"#).unwrap().name("channel").unwrap_err().field.as_deref(),
             Some("channel")
         );
         assert_eq!(
@@ -243,32 +251,39 @@ mod tests {
             "\"channel\" is required"
         );
         assert_eq!(
-            f(r#"{"channel":"a b"}"#).unwrap().name("channel").unwrap_err().field,
+            f(r#"{"channel":"a b"}"#).unwrap().name("channel").unwrap_err().field.as_deref(),
             Some("channel")
         );
-        assert_eq!(f(r#"{}"#).unwrap().payload().unwrap_err().field, Some("data"));
+        assert_eq!(f(r#"{}"#).unwrap().payload().unwrap_err().field.as_deref(), Some("data"));
         assert!(matches!(f(r#"{"data":null}"#).unwrap().payload(), Ok(Payload::Json(_))));
         assert!(
             matches!(f(r#"{"data_base64":"AAE="}"#).unwrap().payload(), Ok(Payload::Binary(b)) if b[..] == [0, 1])
         );
         assert_eq!(
-            f(r#"{"data_base64":"!!"}"#).unwrap().payload().unwrap_err().field,
+            f(r#"{"data_base64":"!!"}"#).unwrap().payload().unwrap_err().field.as_deref(),
             Some("data_base64")
         );
         assert_eq!(
-            f(r#"{"priority":"urgent"}"#).unwrap().priority().unwrap_err().field,
+            f(r#"{"priority":"urgent"}"#).unwrap().priority().unwrap_err().field.as_deref(),
             Some("priority")
         );
-        assert_eq!(f(r#"{"code":1005}"#).unwrap().close_code().unwrap_err().field, Some("code"));
+        assert_eq!(
+            f(r#"{"code":1005}"#).unwrap().close_code().unwrap_err().field.as_deref(),
+            Some("code")
+        );
         assert_eq!(f(r#"{"code":4321}"#).unwrap().close_code(), Ok(Some(CloseCode(4321))));
         assert_eq!(f(r#"{}"#).unwrap().close_code(), Ok(None));
-        assert_eq!(f(r#"{"conn":"x"}"#).unwrap().conn("conn").unwrap_err().field, Some("conn"));
+        assert_eq!(
+            f(r#"{"conn":"x"}"#).unwrap().conn("conn").unwrap_err().field.as_deref(),
+            Some("conn")
+        );
         assert_eq!(
             f(&format!(r#"{{"reason":"{}"}}"#, "r".repeat(124)))
                 .unwrap()
                 .reason()
                 .unwrap_err()
-                .field,
+                .field
+                .as_deref(),
             Some("reason")
         );
     }

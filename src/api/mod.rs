@@ -73,8 +73,10 @@ impl Reply {
         }
     }
 
+    /// Every error answer has one shape: `{"error": …, "field": …}`, `field` null when no
+    /// single field is at fault.
     fn error(status: u16, message: &str) -> Reply {
-        Reply::json(status, &json!({ "error": message }))
+        Reply::json(status, &json!({ "error": message, "field": null }))
     }
 
     fn bad(e: BadRequest) -> Reply {
