@@ -151,6 +151,11 @@ pub fn render(c: &[Arc<Counters>], router: &Router, shared: &Shared, driver: &st
             ("inbox_full", sum(c, |s| s.inbox_full.get())),
         ],
     );
+    o.counter(
+        "ringcast_mesh_retries_total",
+        "Directory updates and kicks a full shard inbox refused, kept and resent in order.",
+        sum(c, |s| s.mesh_retries.get()),
+    );
     o.labelled(
         "ringcast_evictions_total",
         "counter",

@@ -468,14 +468,17 @@ impl Shard {
             self.handle(m);
             return Ok(());
         }
-        self.router.send(shard, m).inspect_err(|_| self.counters.inbox_full.inc())
+        self.router.send(shard, m)
     }
 
-    /// Sends a directory update, keeping it for a retry if the inbox is full.
+    /// Sends a message that must not be lost (a directory update, a kick), keeping it for a
+    /// retry if the inbox is full; counted in `mesh_retries`, not as a dropped delivery.
     fn send_update(&mut self, shard: usize, m: ShardMsg) {
         if !self.retry.is_empty() && shard != self.id {
+            self.counters.mesh_retries.inc();
             self.retry.push_back((shard, m)); // keep updates in order
         } else if let Err(m) = self.send_to(shard, m) {
+            self.counters.mesh_retries.inc();
             self.retry.push_back((shard, m));
         }
     }
@@ -483,6 +486,7 @@ impl Shard {
     /// Sends a delivery; if the inbox is full, its `expected` recipients count as dropped.
     fn send_delivery(&mut self, shard: usize, m: ShardMsg, expected: u64) {
         if let Err(ShardMsg::Deliver { report, .. }) = self.send_to(shard, m) {
+            self.counters.inbox_full.add(expected);
             report.add(Totals { recipients: expected, dropped: expected, ..Default::default() });
         }
     }
@@ -499,7 +503,7 @@ impl Shard {
                         reason: CloseReason::Replaced,
                         report: None,
                     };
-                    let _ = self.send_to(usize::from(old.shard), kick);
+                    self.send_update(usize::from(old.shard), kick);
                 }
             }
             ShardMsg::UserLeft { user, conn } => self.users.leave(&user, conn),
@@ -572,7 +576,7 @@ impl Shard {
                         reason: reason.clone(),
                         report: Some(report.split()),
                     };
-                    let _ = self.send_to(usize::from(group[0].shard), m);
+                    self.send_update(usize::from(group[0].shard), m);
                 }
             }
             ShardMsg::QueryUser { user, reply } => {

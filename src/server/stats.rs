@@ -84,7 +84,8 @@ counters! {
     kicks: "connections closed by kick or replacement",
     client_errors: "client messages answered with an error",
     inbox_messages: "messages taken from the shard inbox",
-    inbox_full: "messages not sent because a shard inbox was full",
+    inbox_full: "deliveries (per recipient) dropped because a shard inbox was full",
+    mesh_retries: "directory updates and kicks a full shard inbox refused, kept and resent in order",
     outbox_bytes: "bytes queued in connection outboxes (gauge)",
 }
 
