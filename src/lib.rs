@@ -9,7 +9,10 @@
 //! - [`api`]: the HTTP API backends use.
 //! - [`cluster`]: what nodes must agree on (the stable home slot of a name).
 
+#![deny(unsafe_code)] // reason: unsafe lives in server::sys alone, each block argued
+
 pub mod api;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod proto;

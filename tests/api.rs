@@ -1,5 +1,5 @@
 //! The HTTP API: every endpoint, and every way a request can be wrong.
-#![allow(clippy::unwrap_used)] // reason: test code; a panic is the failure report
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // reason: test code: a panic is the failure report, and tests time themselves
 
 mod common;
 

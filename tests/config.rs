@@ -1,6 +1,6 @@
 //! Configuration: precedence of defaults, file, environment and flags, and every kind of error,
 //! through `ringcast check-config`.
-#![allow(clippy::unwrap_used)] // reason: test code; a panic is the failure report
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // reason: test code: a panic is the failure report, and tests time themselves
 
 use std::process::{Command, Output};
 

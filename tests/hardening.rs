@@ -1,4 +1,4 @@
-#![allow(clippy::unwrap_used)] // reason: test code; a panic is the failure report
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // reason: test code: a panic is the failure report, and tests time themselves
 //! Regression tests for the gaps an attack run found (issue "Hardening"), on real sockets with
 //! two shards: half-open peers, frames after a close, and the API's HTTP edge.
 

@@ -1,6 +1,6 @@
 //! Delivery on real sockets, two shards: users, devices, channels, broadcast, kick,
 //! replacement, slow consumers, delivery reports and sequence numbers.
-#![allow(clippy::unwrap_used)] // reason: test code; a panic is the failure report
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // reason: test code: a panic is the failure report, and tests time themselves
 
 mod common;
 

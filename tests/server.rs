@@ -1,4 +1,4 @@
-#![allow(clippy::unwrap_used)] // reason: test code; a panic is the failure report
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // reason: test code: a panic is the failure report, and tests time themselves
 //! The server on real sockets: two shards on loopback, driven by a blocking client.
 
 mod common;

@@ -25,6 +25,7 @@ use monoio_codec::{Decoded, Decoder};
 use monoio_http::h1::codec::decoder::RequestHeadDecoder;
 use serde_json::{json, Value};
 
+use crate::clock;
 use crate::proto::CloseReason;
 use crate::push::ids::home_of;
 use crate::push::msg::ShardMsg;
@@ -246,7 +247,7 @@ async fn fill_by(
     buf: &mut BytesMut,
     deadline: Instant,
 ) -> Result<(), ReadFail> {
-    let left = deadline.saturating_duration_since(Instant::now());
+    let left = deadline.saturating_duration_since(clock::now());
     if left.is_zero() {
         return Err(ReadFail::Late);
     }
@@ -287,7 +288,7 @@ async fn refuse(stream: &mut TcpStream, buf: &mut BytesMut, r: Reply) {
         return;
     }
     let _ = stream.shutdown().await;
-    let deadline = Instant::now() + LINGER;
+    let deadline = clock::now() + LINGER;
     let mut drained = 0;
     while drained < LINGER_BYTES {
         drained += buf.len();
@@ -342,7 +343,7 @@ async fn serve(mut stream: TcpStream, ctx: Rc<ApiContext>) {
                 _ => return,
             }
         }
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let deadline = clock::now() + REQUEST_TIMEOUT;
         let late = || Reply::error(408, "the request did not arrive whole within 10 s");
         let head = loop {
             let before = buf.len();
@@ -551,7 +552,7 @@ fn busy(shard: usize) -> Reply {
 /// Checks an operation's fields and hands it to the shards.
 fn dispatch(ctx: &ApiContext, op: &str, f: Fields) -> Result<Pending, Reply> {
     let n = ctx.router.shards();
-    let (report, part, done) = Report::new();
+    let (report, part, done) = Report::new(clock::now());
     let pending = |kick| Pending::Report { report: report.clone(), done, kick };
     match op {
         "publish" => {

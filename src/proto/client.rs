@@ -5,6 +5,17 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+/// The longest user, device or channel name.
+pub const MAX_NAME: usize = 128;
+
+/// Whether `s` is a valid user, device or channel name: 1 to 128 bytes of ASCII letters,
+/// digits and `_ - . : @ /`.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:@/".contains(&b))
+}
+
 /// What a client may send, parsed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientMsg {
@@ -64,7 +75,7 @@ pub fn parse_client(text: &[u8]) -> Result<ClientMsg, ClientError> {
     let w: Wire<'_> = serde_json::from_slice(text).map_err(|_| ClientError::BadJson)?;
     let channel = || -> Result<String, ClientError> {
         let c = w.channel.as_deref().ok_or(ClientError::MissingChannel)?;
-        if !crate::push::ids::valid_name(c) {
+        if !valid_name(c) {
             return Err(ClientError::BadChannel);
         }
         Ok(c.to_string())

@@ -6,6 +6,8 @@
 //! this tree may import monoio, touch a socket or read the clock. The shard loop feeds bytes
 //! in and takes frames and actions out; the fuzz targets and unit tests drive it the same way.
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod close;
 pub mod decoder;

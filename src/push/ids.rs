@@ -35,16 +35,8 @@ impl FromStr for ConnId {
     }
 }
 
-/// The longest user, device or channel name.
-pub const MAX_NAME: usize = 128;
-
-/// Whether `s` is a valid user, device or channel name: 1 to 128 bytes of ASCII letters,
-/// digits and `_ - . : @ /`.
-pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_NAME
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:@/".contains(&b))
-}
+// The name rule is part of the client protocol; kept reachable here for the API and tests.
+pub use crate::proto::client::{valid_name, MAX_NAME};
 
 /// The shard that owns a user's or channel's stream (its sequence numbers and directory):
 /// from the name's stable slot, so every thread, build and node agrees (`cluster::slot`).

@@ -35,11 +35,11 @@ pub struct Totals {
 }
 
 impl Report {
-    /// A report, its first part, and what completes when every part is gone.
-    pub fn new() -> (Arc<Report>, ReportPart, oneshot::Receiver<()>) {
+    /// A report taken at `started`, its first part, and what completes when every part is gone.
+    pub fn new(started: std::time::Instant) -> (Arc<Report>, ReportPart, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
         let r = Arc::new(Report {
-            started: std::time::Instant::now(),
+            started,
             recipients: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -71,9 +71,9 @@ impl ReportPart {
         ReportPart(self.0.clone())
     }
 
-    /// Time since the API took the request.
-    pub fn elapsed(&self) -> std::time::Duration {
-        self.0.started.elapsed()
+    /// Time from the API taking the request to `now`.
+    pub fn elapsed(&self, now: std::time::Instant) -> std::time::Duration {
+        now.saturating_duration_since(self.0.started)
     }
 
     pub fn add(&self, t: Totals) {
@@ -101,7 +101,7 @@ mod tests {
 
     #[test]
     fn completes_when_the_last_part_drops() {
-        let (r, part, mut rx) = Report::new();
+        let (r, part, mut rx) = Report::new(crate::clock::now());
         let a = part.split();
         let b = a.split();
         part.add(Totals { recipients: 1, queued: 1, ..Default::default() });
@@ -116,7 +116,7 @@ mod tests {
 
     #[test]
     fn parts_dropped_across_threads_complete_exactly_once() {
-        let (r, part, rx) = Report::new();
+        let (r, part, rx) = Report::new(crate::clock::now());
         let parts: Vec<ReportPart> = (0..64).map(|_| part.split()).collect();
         drop(part);
         let handles: Vec<_> = parts

@@ -7,6 +7,7 @@ pub mod limits;
 pub mod outbox;
 pub mod shard;
 pub mod stats;
+#[allow(unsafe_code, reason = "the syscall layer; every block has a SAFETY line")]
 pub mod sys;
 
 use std::cell::RefCell;
@@ -180,9 +181,7 @@ impl Server {
             draining: AtomicBool::new(false),
             limiter: (cfg.max_connections_per_ip > 0)
                 .then(|| IpLimiter::new(cfg.max_connections_per_ip)),
-            epoch: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            epoch: crate::clock::unix_ms(),
         });
         let cfg = Arc::new(cfg);
         let mut threads = Vec::with_capacity(n);

@@ -27,6 +27,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use slab::Slab;
 
+use crate::clock;
 use crate::config::Config;
 use crate::proto::client::{self, ClientError, ClientMsg, Stream};
 use crate::proto::frame::{close_payload, encode_frame};
@@ -250,7 +251,7 @@ impl Shard {
             ready: Vec::new(),
             dirty: Vec::new(),
             fired: Vec::new(),
-            start: Instant::now(),
+            start: clock::now(),
             now: 0,
             gen: 0,
             open: 0,
@@ -268,14 +269,12 @@ impl Shard {
             peers,
             retry: VecDeque::new(),
             scratch: Vec::new(),
-            start_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            start_ms: clock::unix_ms(),
         })
     }
 
     fn now_ms(&self) -> u64 {
-        self.start_ms + self.start.elapsed().as_millis() as u64
+        self.start_ms + (clock::now() - self.start).as_millis() as u64
     }
 
     fn conn_id(&self, key: usize) -> ConnId {
@@ -306,7 +305,7 @@ impl Shard {
     }
 
     fn clock(&mut self) {
-        self.now = (self.start.elapsed().as_nanos() / self.p.tick_nanos) as u64;
+        self.now = ((clock::now() - self.start).as_nanos() / self.p.tick_nanos) as u64;
     }
 
     fn now32(&self) -> u32 {
@@ -674,7 +673,7 @@ impl Shard {
         self.scratch = slots;
         self.count_pushes(t);
         report.add(t);
-        self.counters.publish_to_queued.observe(report.elapsed());
+        self.counters.publish_to_queued.observe(report.elapsed(clock::now()));
     }
 
     fn count_pushes(&self, t: Totals) {
@@ -1508,9 +1507,10 @@ pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpLi
                     return;
                 }
                 shard.borrow().count_accept_error();
-                if warned_at.is_none_or(|t| t.elapsed().as_secs() >= 10) {
+                let now = clock::now();
+                if warned_at.is_none_or(|t| (now - t).as_secs() >= 10) {
                     tracing::warn!("accept failed: {e} (check the open-file limit); backing off");
-                    warned_at = Some(Instant::now());
+                    warned_at = Some(now);
                 }
                 monoio::time::sleep(std::time::Duration::from_millis(20)).await;
             }

@@ -1,6 +1,6 @@
 //! Test support: a ringcast process on a loopback port and a small blocking WebSocket client
 //! built on ringcast's own codec in the client role.
-#![allow(dead_code, clippy::unwrap_used)] // reason: shared by several test crates; a panic is the failure report
+#![allow(dead_code, clippy::unwrap_used, clippy::disallowed_methods)] // reason: shared by several test crates; a panic is the failure report; tests time themselves
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
