@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -185,7 +185,8 @@ enum State {
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 struct Conn {
-    fd: RawFd,
+    /// Dropping the connection closes its socket.
+    fd: OwnedFd,
     index: u32,
     msg: Vec<u8>,
     state: State,
@@ -205,7 +206,7 @@ fn request(plan: &Plan, index: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-fn open_socket(target: SocketAddr, source: IpAddr) -> io::Result<RawFd> {
+fn open_socket(target: SocketAddr, source: IpAddr) -> io::Result<OwnedFd> {
     let s = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
     s.set_nonblocking(true)?;
     s.set_tcp_nodelay(true)?;
@@ -227,7 +228,7 @@ fn open_socket(target: SocketAddr, source: IpAddr) -> io::Result<RawFd> {
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
     }
-    Ok(s.into_raw_fd())
+    Ok(s.into())
 }
 
 fn error_kind(e: &io::Error) -> String {
@@ -302,10 +303,10 @@ pub fn run(
                         out: Vec::new(),
                         dec: Decoder::new(Role::Client),
                     });
-                    if let Err(e) = epoll.add(fd, key as u64, EV_IN | EV_OUT) {
+                    if let Err(e) = epoll.add(conns[key].fd.as_raw_fd(), key as u64, EV_IN | EV_OUT)
+                    {
                         *tally.errors.entry(error_kind(&e)).or_default() += 1;
-                        sys::close(fd);
-                        conns.remove(key);
+                        conns.remove(key); // closes it
                         settle(&mut tally, &progress);
                         continue;
                     }
@@ -329,7 +330,7 @@ pub fn run(
             let mut outcome: Option<Result<(), String>> = None; // Some: leaves the handshake
             let mut close = false;
             if c.state == State::Connecting && bits & (EV_OUT | EV_ERR) != 0 {
-                match socket_error(c.fd) {
+                match socket_error(c.fd.as_raw_fd()) {
                     Ok(()) => {
                         c.state = State::Upgrading;
                         let req = request(&plan, c.index as usize);
@@ -355,7 +356,7 @@ pub fn run(
                 && bits & (EV_IN | EV_ERR) != 0
             {
                 loop {
-                    match sys::recv(c.fd, &mut rbuf) {
+                    match sys::recv(c.fd.as_fd(), &mut rbuf) {
                         Ok(0) => {
                             outcome = lost(&c.state, refusal(&c.inbuf), &mut tally);
                             close = true;
@@ -442,8 +443,7 @@ pub fn run(
                 progress.open.fetch_sub(1, Relaxed);
             }
             if close {
-                sys::close(c.fd);
-                conns.remove(key);
+                conns.remove(key); // closes it
             }
         }
         // Churn: close connections whose lifetime is over, and drop those whose close went
@@ -469,8 +469,7 @@ pub fn run(
             tally.closed_by_client += 1;
             if write_out(c).is_err() {
                 progress.open.fetch_sub(1, Relaxed);
-                sys::close(c.fd);
-                conns.remove(key);
+                conns.remove(key); // closes it
                 continue;
             }
             closing.push_back((now + CLOSE_WAIT, key, started));
@@ -481,9 +480,8 @@ pub fn run(
             }
             closing.pop_front();
             if conns.get(key).is_some_and(|c| c.started == started && c.state == State::Closing) {
-                let c = conns.remove(key);
+                conns.remove(key); // closes it
                 progress.open.fetch_sub(1, Relaxed);
-                sys::close(c.fd);
             }
         }
         // Echo: send what the schedule says is due, round-robin over open connections.
@@ -520,8 +518,7 @@ pub fn run(
                 .map(|(k, _)| k)
                 .collect();
             for k in late {
-                let c = conns.remove(k);
-                sys::close(c.fd);
+                conns.remove(k); // closes it
                 in_flight -= 1;
                 *tally.errors.entry("connect/upgrade timed out".into()).or_default() += 1;
                 settle(&mut tally, &progress);
@@ -535,8 +532,8 @@ pub fn run(
         if matches!(c.state, State::Open | State::Deaf) {
             tally.open_at_end += 1;
         }
-        sys::close(c.fd);
     }
+    drop(conns); // closes every socket
     tally
 }
 
@@ -577,7 +574,7 @@ fn socket_error(fd: RawFd) -> io::Result<()> {
 
 fn write_out(c: &mut Conn) -> io::Result<()> {
     while !c.out.is_empty() {
-        match sys::writev(c.fd, &[io::IoSlice::new(&c.out)]) {
+        match sys::writev(c.fd.as_fd(), &[io::IoSlice::new(&c.out)]) {
             Ok(n) => {
                 c.out.drain(..n);
             }

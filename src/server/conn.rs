@@ -2,7 +2,7 @@
 //! connection is nothing but this slab entry (no task, no buffer, no timer future).
 
 use std::net::IpAddr;
-use std::os::fd::RawFd;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use crate::proto::Decoder;
@@ -80,7 +80,8 @@ pub struct Session {
 
 #[derive(Debug)]
 pub struct Conn {
-    pub fd: RawFd,
+    /// Dropping the connection closes the socket.
+    pub fd: OwnedFd,
     pub gen: u32,
     pub phase: Phase,
     pub route: Route,

@@ -16,7 +16,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -325,28 +325,26 @@ impl Shard {
     // ----- accept -----
 
     /// Takes a freshly accepted socket.
-    pub fn on_accept(&mut self, fd: RawFd, ip: IpAddr) {
+    /// Refusing one means dropping `fd`, which closes it.
+    pub fn on_accept(&mut self, fd: OwnedFd, ip: IpAddr) {
         self.clock();
         self.counters.accepted.inc();
         if self.draining {
-            sys::close(fd);
             return;
         }
         if self.handshaking >= self.p.max_pending {
             self.counters.pending_overflow.inc();
-            sys::close(fd);
             return;
         }
-        sys::set_nodelay(fd);
+        sys::set_nodelay(fd.as_fd());
         self.gen = self.gen.wrapping_add(1);
         let gen = self.gen;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if key >= (u32::MAX - 2) as usize
-            || self.epoll.add(fd, token(key, gen), EV_IN | EV_OUT | EV_RDHUP).is_err()
+            || self.epoll.add(fd.as_raw_fd(), token(key, gen), EV_IN | EV_OUT | EV_RDHUP).is_err()
         {
             self.counters.accept_errors.inc();
-            sys::close(fd);
             return;
         }
         let now32 = self.now as u32;
@@ -764,7 +762,6 @@ impl Shard {
             if self.paused(conn) {
                 return; // READ_READY stays set; the flush that drains the outbox resumes it.
             }
-            let fd = conn.fd;
             let mut buf = std::mem::take(&mut self.read_buf);
             let conn = &mut self.conns[key];
             let kept = match conn.bufs.as_mut() {
@@ -777,7 +774,7 @@ impl Shard {
                 _ => 0,
             };
             let space = buf.len() - kept;
-            match sys::recv(fd, &mut buf[kept..]) {
+            match sys::recv(self.conns[key].fd.as_fd(), &mut buf[kept..]) {
                 Ok(0) => {
                     self.read_buf = buf;
                     self.on_eof(key);
@@ -1259,7 +1256,6 @@ impl Shard {
         if let Some(t) = conn.timer {
             self.wheel.cancel(t);
         }
-        sys::close(conn.fd);
         if conn.phase == Phase::Handshake {
             self.handshaking -= 1;
             self.counters.handshaking.sub(1);
@@ -1272,6 +1268,7 @@ impl Shard {
                 l.release(conn.ip);
             }
         }
+        // Dropping `conn` closes its socket, which also takes it out of the epoll set.
     }
 
     fn begin_drain(&mut self) {
@@ -1458,8 +1455,8 @@ impl Shard {
         if conn.has(flag::WRITE_BLOCKED) {
             return;
         }
-        let fd = conn.fd;
         if let Some(ob) = conn.outbox.as_mut() {
+            let fd = conn.fd.as_fd();
             let result = ob.flush(|iov| sys::writev(fd, iov));
             if let Ok((_, n)) = &result {
                 self.counters.outbox_bytes.sub(*n as u64);
@@ -1483,7 +1480,7 @@ impl Shard {
         }
         if conn.outbox.is_none() && conn.has(flag::SHUT_AFTER_FLUSH) {
             conn.clear(flag::SHUT_AFTER_FLUSH);
-            sys::shutdown_write(fd);
+            sys::shutdown_write(conn.fd.as_fd());
         }
         let conn = &self.conns[key];
         if conn.has(flag::READ_READY) && !conn.has(flag::QUEUED_READ) && !self.paused(conn) {
@@ -1494,13 +1491,11 @@ impl Shard {
 
 /// The accept loop: io_uring accept on the shard's listener, until the listener is shut.
 pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpListener) {
-    use std::os::fd::IntoRawFd;
     let mut warned_at: Option<Instant> = None;
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
-                let fd = stream.into_raw_fd();
-                shard.borrow_mut().on_accept(fd, addr.ip());
+                shard.borrow_mut().on_accept(sys::own_stream(stream), addr.ip());
             }
             Err(e) => {
                 if shard.borrow().is_draining() {

@@ -2,7 +2,7 @@
 //! the per-shard epoll set, eventfd, timerfd, non-blocking recv/writev, shutdown and close.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -136,14 +136,24 @@ impl TimerFd {
     }
 }
 
+/// Takes an accepted stream's descriptor out of the runtime, as an owned fd: dropping it
+/// closes the socket (and so leaves the epoll set), so a double close cannot be written.
+pub fn own_stream(stream: impl IntoRawFd) -> OwnedFd {
+    let fd = stream.into_raw_fd();
+    // SAFETY: into_raw_fd() just gave up ownership of `fd`; nothing else holds or closes it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
 /// Non-blocking recv into `buf`.
-pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    let fd = fd.as_raw_fd();
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
     cvt_size(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
 }
 
 /// Non-blocking gather write. MSG_NOSIGNAL: a closed peer is an EPIPE error, not a signal.
-pub fn writev(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+pub fn writev(fd: BorrowedFd<'_>, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    let fd = fd.as_raw_fd();
     // SAFETY: IoSlice is ABI-compatible with iovec (std guarantees it on Unix); `bufs` and the
     // memory each slice points to stay borrowed for the duration of the call.
     let msg = libc::msghdr {
@@ -160,7 +170,8 @@ pub fn writev(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
 }
 
 /// Half-closes the write side: the peer reads EOF after what was sent.
-pub fn shutdown_write(fd: RawFd) {
+pub fn shutdown_write(fd: BorrowedFd<'_>) {
+    let fd = fd.as_raw_fd();
     // SAFETY: shutdown takes no pointers; an error (peer gone) needs no handling.
     let _ = unsafe { libc::shutdown(fd, libc::SHUT_WR) };
 }
@@ -171,14 +182,9 @@ pub fn shutdown_listener(fd: RawFd) {
     let _ = unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
-/// Closes a socket the shard owns. Closing also removes it from the epoll set.
-pub fn close(fd: RawFd) {
-    // SAFETY: the caller passes an fd it owns and never uses again.
-    let _ = unsafe { libc::close(fd) };
-}
-
 /// Sets TCP_NODELAY: the shard coalesces writes itself, so Nagle only adds latency.
-pub fn set_nodelay(fd: RawFd) {
+pub fn set_nodelay(fd: BorrowedFd<'_>) {
+    let fd = fd.as_raw_fd();
     let one: libc::c_int = 1;
     // SAFETY: passes a pointer to a live c_int and its exact size.
     let _ = unsafe {
