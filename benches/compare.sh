@@ -2,7 +2,8 @@
 # Performance against an earlier commit, measured in one run on the same pins: user-space RSS
 # per idle connection at N connections, and broadcast fan-out at N subscribers and R msgs/s
 # (deliveries per server CPU-second and latency percentiles). The earlier commit is built in a
-# temporary worktree; loadgen is this checkout's. Rounds alternate old and new.
+# temporary worktree (or OLD_BIN names a binary already built from it); loadgen is this
+# checkout's. Rounds alternate old and new.
 #
 #   benches/compare.sh [commit] [N] [rate] [rounds]     # defaults: c4c8aa3 19000 200 2
 set -euo pipefail
@@ -13,13 +14,17 @@ rate=${3:-200}
 rounds=${4:-2}
 out=target/bench/compare
 mkdir -p "$out"
-wt=$(mktemp -d)
-trap 'git worktree remove --force "$wt" >/dev/null 2>&1 || true' EXIT
-git worktree add -q --detach "$wt" "$base"
-(cd "$wt" && CARGO_TARGET_DIR="$PWD/target" cargo build --release --quiet --bin ringcast)
+old_bin=${OLD_BIN:-}
+if [ -z "$old_bin" ]; then
+  wt=$(mktemp -d)
+  trap 'git worktree remove --force "$wt" >/dev/null 2>&1 || true' EXIT
+  git worktree add -q --detach "$wt" "$base"
+  (cd "$wt" && CARGO_TARGET_DIR="$PWD/target" cargo build --release --quiet --bin ringcast)
+  old_bin="$wt/target/release/ringcast"
+fi
 cargo build --release --quiet --workspace
 lg=target/release/loadgen
-declare -A bins=([old]="$wt/target/release/ringcast" [new]=target/release/ringcast)
+declare -A bins=([old]="$old_bin" [new]=target/release/ringcast)
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 for round in $(seq "$rounds"); do
   for which in old new; do

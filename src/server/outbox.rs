@@ -1,12 +1,13 @@
-//! A connection's queue of frames waiting for the socket: a control lane, three priority lanes
-//! for pushes, and one closing frame. Frames are reference-counted `Bytes`, so a frame shared
-//! by many connections is queued by reference; everything queued goes out in one gather write
-//! per turn of the shard loop: control first, then high, normal and low pushes, and the close
-//! frame last of all (RFC 6455 §5.5.1: nothing may follow it).
+//! A connection's queue of frames waiting for the socket, in three priority lanes. Frames are
+//! reference-counted `Bytes`, so a frame shared by many connections is queued by reference;
+//! everything queued goes out in one gather write per turn of the shard loop, high lane first.
+//! Protocol frames (101, welcome, acks, pongs) travel in the high lane. The close frame goes
+//! at the back of the low lane, which is written last, and nothing is queued after it, so it
+//! is the last frame sent (RFC 6455 §5.5.1).
 //!
 //! When a push does not fit (`--outbox-max-bytes` / `--outbox-max-frames`), queued frames of
 //! *lower* priority are dropped, lowest lane and oldest first, until it fits; if that is not
-//! enough, the new frame is dropped. Control frames bypass the caps and are never shed.
+//! enough, the new frame is dropped. Control frames bypass the caps.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -18,17 +19,12 @@ use crate::push::msg::Priority;
 /// Most slices handed to one gather write (the kernel's IOV_MAX is 1024).
 const MAX_IOV: usize = 64;
 
-/// The lane of protocol answers (101, welcome, acks, pong, errors): above every push.
-const CONTROL: usize = 3;
-
 #[derive(Debug, Default)]
 pub struct Outbox {
-    /// Indexed by `Priority as usize` (low, normal, high), then [`CONTROL`].
-    lanes: [VecDeque<Bytes>; 4],
+    /// Indexed by `Priority as usize`: low, normal, high.
+    lanes: [VecDeque<Bytes>; 3],
     /// A frame partly written, and how much of it went out; it goes first.
     head: Option<(Bytes, usize)>,
-    /// The close frame: written after everything else; once set, nothing more is queued.
-    close: Option<Bytes>,
     bytes: usize,
     frames: usize,
 }
@@ -52,42 +48,29 @@ pub struct Queued {
 }
 
 impl Outbox {
-    /// Queues a frame regardless of the caps (handshake responses, echoes).
+    /// Queues a frame regardless of the caps (control frames, handshake responses, echoes).
     pub fn push(&mut self, frame: Bytes, p: Priority) {
-        self.push_lane(frame, p as usize);
-    }
-
-    /// Queues a protocol answer in the control lane, ahead of every push, outside the caps.
-    pub fn push_control(&mut self, frame: Bytes) {
-        self.push_lane(frame, CONTROL);
-    }
-
-    fn push_lane(&mut self, frame: Bytes, lane: usize) {
-        // Nothing may follow the close frame; the shard stops queueing once it closes.
-        debug_assert!(self.close.is_none(), "frame queued after the close frame");
         self.bytes += frame.len();
         self.frames += 1;
-        self.lanes[lane].push_back(frame);
+        self.lanes[p as usize].push_back(frame);
     }
 
-    /// Queues the close frame, to go out after everything already queued; the caller queues
-    /// nothing after it. With `discard`, the queued pushes (every lane but control, and not a
-    /// frame already half-written) are dropped first; returns how many were.
+    /// Queues the close frame behind everything already queued (the back of the low lane,
+    /// which is written last); the caller queues nothing after it. With `discard`, the queued
+    /// normal and low pushes are dropped first (not a frame already half-written, and not the
+    /// high lane, which holds protocol frames and high-priority pushes); returns how many.
     pub fn close(&mut self, frame: Bytes, discard: bool) -> usize {
         let mut dropped = 0;
         if discard {
-            for lane in &mut self.lanes[..CONTROL] {
-                for f in lane.drain(..) {
+            for lane in [Priority::Low, Priority::Normal] {
+                for f in self.lanes[lane as usize].drain(..) {
                     self.bytes -= f.len();
                     self.frames -= 1;
                     dropped += 1;
                 }
             }
         }
-        debug_assert!(self.close.is_none(), "a second close frame");
-        self.bytes += frame.len();
-        self.frames += 1;
-        self.close = Some(frame);
+        self.push(frame, Priority::Low);
         dropped
     }
 
@@ -151,21 +134,14 @@ impl Outbox {
                 iov[0] = IoSlice::new(&f[*off..]);
                 n = 1;
             }
-            let mut all_in = true;
             'fill: for lane in self.lanes.iter().rev() {
                 for f in lane {
                     if n == MAX_IOV {
-                        all_in = false;
                         break 'fill;
                     }
                     iov[n] = IoSlice::new(f);
                     n += 1;
                 }
-            }
-            if let Some(c) = self.close.as_ref().filter(|_| all_in && n < MAX_IOV) {
-                // Last, and only once everything before it is in this write.
-                iov[n] = IoSlice::new(c);
-                n += 1;
             }
             let written = match write(&iov[..n]) {
                 Ok(w) => w,
@@ -194,7 +170,7 @@ impl Outbox {
             self.head = None;
             self.frames -= 1;
         }
-        for lane in (0..self.lanes.len()).rev() {
+        for lane in (0..3).rev() {
             while n > 0 {
                 let Some(front) = self.lanes[lane].pop_front() else { break };
                 if n >= front.len() {
@@ -203,17 +179,6 @@ impl Outbox {
                 } else {
                     self.head = Some((front, n));
                     return;
-                }
-            }
-        }
-        if n > 0 {
-            // Everything else went out: the close frame is next. A partial write of it
-            // continues as the head.
-            if let Some(c) = self.close.take() {
-                if n >= c.len() {
-                    self.frames -= 1;
-                } else {
-                    self.head = Some((c, n));
                 }
             }
         }
@@ -268,6 +233,36 @@ mod tests {
         sink.extend(drain_all(&mut o));
         assert_eq!(sink, b"hello wide !world");
         assert!(o.is_empty());
+        assert_eq!((o.bytes(), o.frames()), (0, 0));
+    }
+
+    #[test]
+    fn the_close_frame_goes_last_and_discard_keeps_the_high_lane_and_the_head() {
+        let f = |s: &'static str| Bytes::from_static(s.as_bytes());
+        let mut o = Outbox::default();
+        o.push(f("l"), Priority::Low);
+        o.push(f("n"), Priority::Normal);
+        o.push(f("h"), Priority::High);
+        assert_eq!(o.close(f("C"), false), 0);
+        assert_eq!(drain_all(&mut o), b"hnlC");
+        // Half of a normal frame is out; a discarding close keeps it (the stream stays valid)
+        // and the high lane, and drops the rest.
+        let mut o = Outbox::default();
+        o.push(f("nn"), Priority::Normal);
+        o.push(f("n2"), Priority::Normal);
+        o.push(f("l1"), Priority::Low);
+        let mut first = true;
+        let r = o.flush(|_| {
+            if std::mem::take(&mut first) {
+                Ok(1)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+        });
+        assert_eq!(r.unwrap(), (Flushed::Blocked, 1));
+        o.push(f("h"), Priority::High);
+        assert_eq!(o.close(f("C"), true), 2);
+        assert_eq!(drain_all(&mut o), b"nhC");
         assert_eq!((o.bytes(), o.frames()), (0, 0));
     }
 

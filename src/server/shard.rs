@@ -984,7 +984,7 @@ impl Shard {
         self.open += 1;
         self.counters.open_connections.inc();
         self.counters.upgrades.inc();
-        // The control lane, like the welcome after it: nothing may overtake the 101.
+        // The high lane, like the welcome after it: nothing may overtake the 101.
         self.queue_control_bytes(key, Bytes::from(resp));
         if let Some(id) = identity {
             self.open_session(key, id);
@@ -1401,8 +1401,7 @@ impl Shard {
         self.queue_bytes(key, Bytes::from(v));
     }
 
-    /// Queues a control or protocol frame in the control lane, ahead of pushes, outside the
-    /// caps.
+    /// Queues a control or protocol frame in the high lane, outside the caps.
     fn queue_control(&mut self, key: usize, op: OpCode, payload: &[u8]) {
         let mut v = Vec::new();
         encode_frame(&mut v, op, true, None, payload);
@@ -1412,7 +1411,7 @@ impl Shard {
     fn queue_control_bytes(&mut self, key: usize, frame: Bytes) {
         self.counters.frames_out.inc();
         self.counters.outbox_bytes.add(frame.len() as u64);
-        self.conns[key].outbox.get_or_insert_with(Default::default).push_control(frame);
+        self.conns[key].outbox.get_or_insert_with(Default::default).push(frame, Priority::High);
         self.mark_dirty(key);
     }
 
