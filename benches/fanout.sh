@@ -7,7 +7,10 @@
 # Then the user-push run: 19,000 connections, one user each, a steady stream of pushes to
 # random users. Results go to target/bench/*.json; a markdown row per run is printed.
 #
-#   benches/fanout.sh [subscribers] [rates...]      # defaults: 19000 20 100 300
+# PEERS lists the peer's runtimes to run: 0 is tokio's current-thread runtime (the default),
+# N its multi-thread runtime with N workers (still pinned to core 0, like ringcast).
+#
+#   [PEERS="0 2"] benches/fanout.sh [subscribers] [rates...]      # defaults: 19000 20 100 300
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-19000}
@@ -51,23 +54,30 @@ for rate in "${rates[@]}"; do
   kill -TERM $pid; wait $pid
   row "$out/fanout-ringcast-$rate.json" ringcast
 
-  taskset -c 0 $peer 127.0.0.1:18102 127.0.0.1:18103 2>/dev/null &
-  pid=$!
-  wait_port 18102
-  taskset -c 1 $lg fanout "${common[@]}" --target 127.0.0.1:18102 --path / --pub-format raw \
-    --pub-url http://127.0.0.1:18103/publish --messages $m --pub-rate "$rate" --server-pid $pid >"$out/fanout-tungstenite-$rate.json"
-  kill $pid; wait $pid 2>/dev/null || true
-  row "$out/fanout-tungstenite-$rate.json" tokio-tungstenite
+  for threads in ${PEERS:-0}; do
+    name=tungstenite; label=tokio-tungstenite
+    if [ "$threads" != 0 ]; then name=tungstenite-mt$threads; label="tokio-tungstenite (multi-thread, $threads workers)"; fi
+    taskset -c 0 $peer 127.0.0.1:18102 127.0.0.1:18103 "$threads" 2>/dev/null &
+    pid=$!
+    wait_port 18102
+    taskset -c 1 $lg fanout "${common[@]}" --target 127.0.0.1:18102 --path / --pub-format raw \
+      --pub-url http://127.0.0.1:18103/publish --messages $m --pub-rate "$rate" --server-pid $pid >"$out/fanout-$name-$rate.json"
+    kill $pid; wait $pid 2>/dev/null || true
+    row "$out/fanout-$name-$rate.json" "$label"
+  done
 done
 echo
 for rate in "${rates[@]}"; do
-  python3 - "$out/fanout-ringcast-$rate.json" "$out/fanout-tungstenite-$rate.json" "$rate" <<'PY'
+  for threads in ${PEERS:-0}; do
+    name=tungstenite; [ "$threads" != 0 ] && name=tungstenite-mt$threads
+    python3 - "$out/fanout-ringcast-$rate.json" "$out/fanout-$name-$rate.json" "$rate" "$name" <<'PY'
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 ca, cb = a["deliveries_per_server_cpu_sec"], b["deliveries_per_server_cpu_sec"]
-print("%s msgs/s: ringcast %.0f vs tokio-tungstenite %.0f deliveries per server CPU-second: %.2fx; missing %d vs %d" % (
-    sys.argv[3], ca, cb, ca / cb, a["missing"], b["missing"]))
+print("%s msgs/s: ringcast %.0f vs %s %.0f deliveries per server CPU-second: %.2fx; p99 %.0f vs %.0f ms; missing %d vs %d" % (
+    sys.argv[3], ca, sys.argv[4], cb, ca / cb, a["latency_us"]["p99"] / 1e3, b["latency_us"]["p99"] / 1e3, a["missing"], b["missing"]))
 PY
+  done
 done
 
 echo

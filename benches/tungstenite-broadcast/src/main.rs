@@ -1,6 +1,7 @@
 //! The peer ringcast's fan-out is measured against: a broadcast server written the classic
-//! way with tokio-tungstenite, on one thread (tokio's current-thread runtime), so it is pinned
-//! to one core like ringcast's single shard in the benchmark.
+//! way with tokio-tungstenite. With no third argument it runs on one thread (tokio's
+//! current-thread runtime), like ringcast's single shard in the benchmark; with a thread count
+//! it runs tokio's multi-thread runtime with that many workers.
 //!
 //! - WebSocket clients connect on the first address (any path).
 //! - `POST /publish` on the second address broadcasts the request body, as a text message,
@@ -9,7 +10,7 @@
 //!   idiom, which coalesces frames when the client falls behind. A client that falls more
 //!   than the channel's capacity behind loses messages (`Lagged`), which the server counts.
 //!
-//!   tungstenite-broadcast 127.0.0.1:9080 127.0.0.1:9081
+//!   tungstenite-broadcast 127.0.0.1:9080 127.0.0.1:9081 [worker threads]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -27,7 +28,13 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let ws: SocketAddr = args.get(1).and_then(|a| a.parse().ok()).unwrap_or_else(|| "127.0.0.1:9080".parse().unwrap());
     let api: SocketAddr = args.get(2).and_then(|a| a.parse().ok()).unwrap_or_else(|| "127.0.0.1:9081".parse().unwrap());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let threads: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(0);
+    let rt = if threads > 0 {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    }
+    .expect("runtime");
     rt.block_on(async move {
         let (tx, _) = broadcast::channel::<Utf8Bytes>(CHANNEL_CAPACITY);
         let lagged = Arc::new(AtomicU64::new(0));
