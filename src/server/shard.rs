@@ -985,7 +985,7 @@ impl Shard {
         self.counters.open_connections.inc();
         self.counters.upgrades.inc();
         // The high lane, like the welcome after it: nothing may overtake the 101.
-        self.queue_control_bytes(key, Bytes::from(resp));
+        self.queue_lane(key, Bytes::from(resp), Priority::High);
         if let Some(id) = identity {
             self.open_session(key, id);
         }
@@ -1091,7 +1091,7 @@ impl Shard {
         }
         if !self.p.heartbeat.is_empty() && msg == self.p.heartbeat.as_slice() {
             let frame = self.p.heartbeat_frame.clone();
-            self.queue_control_bytes(key, frame);
+            self.queue_lane(key, frame, Priority::High);
             return;
         }
         match client::parse_client(msg) {
@@ -1405,14 +1405,7 @@ impl Shard {
     fn queue_control(&mut self, key: usize, op: OpCode, payload: &[u8]) {
         let mut v = Vec::new();
         encode_frame(&mut v, op, true, None, payload);
-        self.queue_control_bytes(key, Bytes::from(v));
-    }
-
-    fn queue_control_bytes(&mut self, key: usize, frame: Bytes) {
-        self.counters.frames_out.inc();
-        self.counters.outbox_bytes.add(frame.len() as u64);
-        self.conns[key].outbox.get_or_insert_with(Default::default).push(frame, Priority::High);
-        self.mark_dirty(key);
+        self.queue_lane(key, Bytes::from(v), Priority::High);
     }
 
     fn queue_bytes(&mut self, key: usize, frame: Bytes) {
