@@ -387,6 +387,12 @@ impl Config {
         if self.max_pending_handshakes == 0 {
             return err("--max-pending-handshakes must be positive".into());
         }
+        if self.stream_idle_ttl < Duration::from_secs(1) {
+            return err(format!(
+                "--stream-idle-ttl must be at least 1s (idle streams are forgotten after it), got {:?}",
+                self.stream_idle_ttl
+            ));
+        }
         if self.outbox_max_bytes < 1024 || self.outbox_max_frames < 8 {
             return err(
                 "--outbox-max-bytes must be at least 1KiB and --outbox-max-frames at least 8"

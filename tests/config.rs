@@ -82,6 +82,7 @@ fn every_kind_of_error_names_what_is_wrong() {
         ),
         ("shards = \"many\"\n", vec![], vec![], "key `shards`: invalid value 'many'"),
         ("tick = \"5m\"\n", vec![], vec![], "--tick must be between 1ms and 1s"),
+        ("stream_idle_ttl = \"0s\"\n", vec![], vec![], "--stream-idle-ttl must be at least 1s"),
         (
             "listen = { host = 1 }\n",
             vec![],
