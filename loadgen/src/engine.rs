@@ -6,15 +6,15 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use ringcast::proto::frame::encode_frame;
-use ringcast::proto::{Decoder, Event, Limits, OpCode, Role};
-use ringcast::server::sys::{self, Epoll, EV_ERR, EV_IN, EV_OUT};
+use ringcast_proto::frame::encode_frame;
+use ringcast_proto::{Decoder, Event, Limits, OpCode, Role};
+use ringcast_sys::{self as sys, Epoll, EV_ERR, EV_IN, EV_OUT};
 use socket2::{Domain, Socket, Type};
 
 /// The Sec-WebSocket-Key every connection sends, and the accept value it must get back.
@@ -210,18 +210,8 @@ fn open_socket(target: SocketAddr, source: IpAddr) -> io::Result<OwnedFd> {
     let s = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
     s.set_nonblocking(true)?;
     s.set_tcp_nodelay(true)?;
-    let one: libc::c_int = 1;
-    // SAFETY: passes a live c_int and its size. IP_BIND_ADDRESS_NO_PORT defers the port choice
-    // to connect(), so each source address can reuse ports across destinations.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
+    // Best effort, as before: without it the bind takes a port per source address.
+    let _ = sys::bind_address_no_port(s.as_fd());
     s.bind(&SocketAddr::new(source, 0).into())?;
     match s.connect(&target.into()) {
         Ok(()) => {}
@@ -318,10 +308,7 @@ pub fn run(
                 }
             }
         }
-        // SAFETY: `events` is valid for writes of its length; the timeout bounds the wait.
-        let n =
-            unsafe { libc::epoll_wait(epoll.raw(), events.as_mut_ptr(), events.len() as i32, 5) };
-        let n = n.max(0) as usize;
+        let n = epoll.wait(&mut events, 5).unwrap_or(0);
         let now = Instant::now();
         for ev in &events[..n] {
             let key = ev.u64 as usize;
@@ -330,7 +317,7 @@ pub fn run(
             let mut outcome: Option<Result<(), String>> = None; // Some: leaves the handshake
             let mut close = false;
             if c.state == State::Connecting && bits & (EV_OUT | EV_ERR) != 0 {
-                match socket_error(c.fd.as_raw_fd()) {
+                match sys::socket_error(c.fd.as_fd()) {
                     Ok(()) => {
                         c.state = State::Upgrading;
                         let req = request(&plan, c.index as usize);
@@ -548,28 +535,6 @@ fn lost(state: &State, reason: String, tally: &mut Tally) -> Option<Result<(), S
         tally.dropped_by_server += 1;
         None
     }
-}
-
-fn socket_error(fd: RawFd) -> io::Result<()> {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: passes a live c_int and its length.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if err != 0 {
-        return Err(io::Error::from_raw_os_error(err));
-    }
-    Ok(())
 }
 
 fn write_out(c: &mut Conn) -> io::Result<()> {

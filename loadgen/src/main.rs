@@ -3,6 +3,8 @@
 //! Scenarios are subcommands, each with a hard time cap (`--max-duration`) so a run always
 //! ends. Every figure in docs/benchmarks.md comes from here.
 
+#![forbid(unsafe_code)] // reason: syscalls go through ringcast-sys, the one crate with unsafe
+
 mod engine;
 mod output;
 mod probe;
@@ -67,7 +69,7 @@ struct ConnArgs {
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
     /// How long to hold the connections once all have an outcome (hold only).
-    #[arg(long, default_value = "5s", value_parser = ringcast::config::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     hold: Duration,
     /// Source addresses: `127.0.0.1-127.0.0.40` or a comma list.
     #[arg(long, default_value = "127.0.0.1", value_parser = sources::parse_sources)]
@@ -76,13 +78,13 @@ struct ConnArgs {
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Time one connection may take to connect and upgrade.
-    #[arg(long, default_value = "10s", value_parser = ringcast::config::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
     /// The server's PID: report its memory and CPU.
     #[arg(long)]
     server_pid: Option<u32>,
     /// Hard cap on the whole run.
-    #[arg(long, default_value = "300s", value_parser = ringcast::config::parse_duration)]
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     max_duration: Duration,
     /// Print the report as JSON.
     #[arg(long)]
@@ -106,10 +108,10 @@ struct ChurnArgs {
     #[command(flatten)]
     conn: ConnArgs,
     /// How long each connection stays open after its upgrade.
-    #[arg(long, default_value = "1s", value_parser = ringcast::config::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     lifetime: Duration,
     /// How often the server's memory is sampled.
-    #[arg(long, default_value = "1s", value_parser = ringcast::config::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     sample: Duration,
 }
 
@@ -136,7 +138,7 @@ struct EchoArgs {
     #[arg(long, default_value_t = 64)]
     size: usize,
     /// How long to wait for the last echoes after the last send.
-    #[arg(long, default_value = "10s", value_parser = ringcast::config::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     drain: Duration,
 }
 
@@ -183,7 +185,7 @@ struct PublishOpts {
     #[arg(long, env = "RINGCAST_API_KEY")]
     api_key: Option<String>,
     /// How long to wait for the last deliveries after the last publish.
-    #[arg(long, default_value = "10s", value_parser = ringcast::config::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     drain: Duration,
 }
 
@@ -208,11 +210,11 @@ struct PushArgs {
 }
 
 fn cpus() -> usize {
-    ringcast::server::sys::allowed_cpus().len().max(1)
+    ringcast_sys::allowed_cpus().len().max(1)
 }
 
 fn check_nofile(n: usize) -> Result<(), String> {
-    let limit = ringcast::server::sys::raise_nofile_limit();
+    let limit = ringcast_sys::raise_nofile_limit();
     let room = limit.saturating_sub(64) as usize;
     if n > room {
         return Err(format!(

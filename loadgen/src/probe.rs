@@ -42,20 +42,11 @@ fn parse_stat_cpu(text: &str) -> Option<f64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
-    // SAFETY: sysconf takes no pointers.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let hz = ringcast_sys::clock_ticks_per_second();
     Some((utime + stime) / hz)
 }
 
-/// This process's user plus system CPU seconds.
-pub fn own_cpu_seconds() -> f64 {
-    // SAFETY: rusage is plain data; getrusage writes it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: passes a live rusage.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(ru.ru_utime) + t(ru.ru_stime)
-}
+pub use ringcast_sys::own_cpu_seconds;
 
 /// Bytes in use per slab cache (active objects times object size). Needs root.
 pub fn slab_bytes() -> Result<BTreeMap<String, u64>, String> {
@@ -114,8 +105,7 @@ mod tests {
         let st = "Name:\tx\nVmRSS:\t    2048 kB\nRssAnon:\t    1024 kB\n";
         assert_eq!(parse_status(st), ProcMem { rss: 2 << 20, rss_anon: 1 << 20 });
         let stat = "42 (a b) S 1 1 1 0 -1 0 0 0 0 0 300 100 0 0 20 0 1 0";
-        // SAFETY: sysconf takes no pointers.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let hz = ringcast_sys::clock_ticks_per_second();
         assert_eq!(parse_stat_cpu(stat), Some(400.0 / hz));
         let slab = "slabinfo - version: 2.1\n# name <active_objs> <num_objs> <objsize>\nTCP 10 12 2368 13 8 : t\n";
         assert_eq!(parse_slabinfo(slab).get("TCP"), Some(&23680));

@@ -14,3 +14,5 @@ pub mod index;
 pub mod msg;
 pub mod report;
 pub mod streams;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

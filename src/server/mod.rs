@@ -7,8 +7,8 @@ pub mod limits;
 pub mod outbox;
 pub mod shard;
 pub mod stats;
-#[allow(unsafe_code, reason = "the syscall layer; every block has a SAFETY line")]
-pub mod sys;
+/// The syscall layer (the `ringcast-sys` crate): the one place with `unsafe`.
+pub use ringcast_sys as sys;
 
 use std::cell::RefCell;
 use std::io;

@@ -1,5 +1,7 @@
-//! The few Linux calls the shard makes itself, each wrapped once with its safety argument:
-//! the per-shard epoll set, eventfd, timerfd, non-blocking recv/writev, shutdown and close.
+//! The few Linux calls ringcast and its load generator make themselves, each wrapped once with
+//! its safety argument: the per-shard epoll set, eventfd, timerfd, non-blocking recv/writev,
+//! shutdown, socket options, limits, signals and CPU accounting. This crate is the only place
+//! in the workspace with `unsafe`; every other crate forbids it.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -53,9 +55,16 @@ impl Epoll {
 
     /// Collects ready events without blocking; returns how many were written into `events`.
     pub fn poll(&self, events: &mut [libc::epoll_event]) -> io::Result<usize> {
+        self.wait(events, 0)
+    }
+
+    /// Waits up to `timeout_ms` for ready events; returns how many were written into `events`.
+    pub fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
         let max = events.len().min(i32::MAX as usize) as libc::c_int;
-        // SAFETY: `events` is valid for writes of `max` entries; timeout 0 never blocks.
-        let n = cvt(unsafe { libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), max, 0) })?;
+        // SAFETY: `events` is valid for writes of `max` entries; the timeout bounds the wait.
+        let n = cvt(unsafe {
+            libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms)
+        })?;
         Ok(n as usize)
     }
 
@@ -275,4 +284,58 @@ pub fn disable_transparent_huge_pages() -> io::Result<()> {
     // SAFETY: PR_SET_THP_DISABLE takes integer arguments only.
     cvt(unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) })?;
     Ok(())
+}
+
+/// IP_BIND_ADDRESS_NO_PORT: a socket bound to an address (port 0) gets its port at connect(),
+/// so each source address can reuse ports across destinations.
+pub fn bind_address_no_port(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: passes a live c_int and its size.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// The pending error of a socket (SO_ERROR): how a non-blocking connect() ended.
+pub fn socket_error(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: passes a live c_int and its length.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err));
+    }
+    Ok(())
+}
+
+/// Clock ticks per second (the unit of /proc's CPU times).
+pub fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf takes no pointers.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    hz.max(1) as f64
+}
+
+/// This process's user plus system CPU seconds.
+pub fn own_cpu_seconds() -> f64 {
+    // SAFETY: rusage is plain data; getrusage writes it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: passes a live rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
 }

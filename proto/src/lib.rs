@@ -1,4 +1,4 @@
-//! The WebSocket protocol, sans-IO.
+//! ringcast's wire protocols, sans-IO: the WebSocket protocol and the client protocol on it.
 //!
 //! Owns the HTTP/1.1 upgrade handshake, the RFC 6455 frame codec (header parsing and encoding,
 //! masking, the streaming payload decoder with incremental UTF-8 validation) and close codes.
@@ -14,6 +14,8 @@ pub mod decoder;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod utf8;
 
 pub use close::{CloseCode, CloseReason, Closing, ProtocolError};
