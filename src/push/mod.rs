@@ -7,12 +7,16 @@
 //! subscribers, encoded once at the home shard and shared by reference. Nothing here takes a
 //! lock shared across cores: each structure is owned by one shard.
 
+pub mod delivery;
 pub mod directory;
+pub mod effect;
+pub mod home;
 pub mod identity;
 pub mod ids;
 pub mod index;
 pub mod msg;
 pub mod report;
+pub mod session;
 pub mod streams;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -5,6 +5,7 @@
 //! caller applies its policy (docs/architecture.md): a request is refused with 503, a delivery
 //! is counted as dropped, a directory update is kept and retried next turn.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::AcqRel, Ordering::Release};
 use std::sync::Arc;
 
@@ -73,5 +74,81 @@ impl Router {
     /// Messages waiting in `shard`'s inbox.
     pub fn depth(&self, shard: usize) -> usize {
         self.peers.get(shard).map_or(0, |p| p.tx.len())
+    }
+}
+
+/// A shard's end of the mesh: its inbox, the router to every inbox, the messages it sends
+/// itself (a FIFO handled after the input that sent them, never by recursion), and the updates
+/// a full inbox refused (resent in order).
+#[derive(Debug)]
+pub struct Mesh {
+    id: usize,
+    pub router: Arc<Router>,
+    inbox: Inbox,
+    local: VecDeque<ShardMsg>,
+    retry: VecDeque<(usize, ShardMsg)>,
+}
+
+impl Mesh {
+    pub fn new(id: usize, router: Arc<Router>, inbox: Inbox) -> Mesh {
+        Mesh { id, router, inbox, local: VecDeque::new(), retry: VecDeque::new() }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.router.shards()
+    }
+
+    /// The next message this shard sent itself.
+    pub fn next_local(&mut self) -> Option<ShardMsg> {
+        self.local.pop_front()
+    }
+
+    /// The next message from the inbox (clear the wake flag with [`Mesh::woke`] first).
+    pub fn next_inbox(&mut self) -> Option<ShardMsg> {
+        self.inbox.rx.try_recv().ok()
+    }
+
+    pub fn woke(&self) {
+        self.router.woke(self.id);
+    }
+
+    /// Sends a message that must not be lost (a directory update, a kick). Returns false if a
+    /// full inbox (or earlier updates still waiting, to keep them in order) made it wait for a
+    /// retry.
+    pub fn update(&mut self, shard: usize, m: ShardMsg) -> bool {
+        if shard == self.id {
+            self.local.push_back(m);
+            return true;
+        }
+        if !self.retry.is_empty() {
+            self.retry.push_back((shard, m));
+            return false;
+        }
+        match self.router.send(shard, m) {
+            Ok(()) => true,
+            Err(m) => {
+                self.retry.push_back((shard, m));
+                false
+            }
+        }
+    }
+
+    /// Sends a delivery; a full inbox gives it back.
+    pub fn deliver(&mut self, shard: usize, m: ShardMsg) -> Result<(), ShardMsg> {
+        if shard == self.id {
+            self.local.push_back(m);
+            return Ok(());
+        }
+        self.router.send(shard, m)
+    }
+
+    /// Resends refused updates, in order, until an inbox is full again.
+    pub fn flush_retry(&mut self) {
+        while let Some((shard, m)) = self.retry.pop_front() {
+            if let Err(m) = self.router.send(shard, m) {
+                self.retry.push_front((shard, m));
+                break;
+            }
+        }
     }
 }

@@ -212,8 +212,8 @@ impl Server {
                 identify: identify.clone(),
                 peers: peers.clone(),
             };
-            let shard =
-                Shard::new(&cfg, parts).map_err(|e| StartError(format!("shard {i}: {e}")))?;
+            let shard = Shard::new(&cfg, parts, crate::clock::now())
+                .map_err(|e| StartError(format!("shard {i}: {e}")))?;
             let cpu = cfg.pin.then(|| cpus.get(i % cpus.len().max(1)).copied()).flatten();
             let entries = cfg.uring_entries;
             let use_uring = driver == "io_uring";
@@ -300,7 +300,7 @@ fn run_shard(
 ) -> io::Result<()> {
     if let Some(cpu) = cpu {
         if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
-            tracing::warn!(shard = shard.id, cpu, "cannot pin shard: {e:?}");
+            tracing::warn!(shard = shard.id(), cpu, "cannot pin shard: {e:?}");
         }
     }
     if use_uring {

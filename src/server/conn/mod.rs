@@ -1,28 +1,22 @@
 //! One connection's state: what the shard keeps per socket, kept small because an idle
 //! connection is nothing but this slab entry (no task, no buffer, no timer future).
 
+mod link;
+mod liveness;
+mod phase;
+
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
 
 use crate::proto::Decoder;
+use crate::push::session::Session;
 use crate::timer_wheel::TimerKey;
 
 use super::outbox::Outbox;
 
-/// Where a connection is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// Reading the upgrade request.
-    Handshake,
-    /// Upgraded; frames flow both ways.
-    Open,
-    /// We sent a close frame and read on until the client's close arrives.
-    Closing,
-    /// Nothing more will be read: input is discarded, the write side is shut once the outbox
-    /// drains, and the socket closes at EOF or at the deadline.
-    Linger,
-}
+pub use link::Link;
+pub use liveness::{Deadlines, Liveness, State as LiveState, Verdict};
+pub use phase::Phase;
 
 /// Which endpoint the connection was upgraded on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +41,7 @@ pub mod flag {
     pub const PING_OUT: u16 = 32;
     /// Counted in the open-connection limits (global, shard, address).
     pub const COUNTED: u16 = 64;
-    /// Pushes have been dropped for a full outbox since `slow_since`.
+    /// Pushes have been dropped for a full outbox since `live.slow_since`.
     pub const SLOW: u16 = 128;
     /// The peer shut its side or the socket failed (EPOLLRDHUP, EPOLLHUP or EPOLLERR): read on
     /// to the EOF or error behind the bytes, however short a read is.
@@ -62,22 +56,6 @@ pub struct Bufs {
     pub message: Vec<u8>,
 }
 
-/// Who a push connection is and what it follows; allocated only for connections that have
-/// any of it (an anonymous connection that subscribes to nothing has none).
-#[derive(Debug, Default)]
-pub struct Session {
-    pub user: Option<Arc<str>>,
-    pub device: Option<Arc<str>>,
-    pub channels: Vec<Arc<str>>,
-    /// Last sequence number of this connection's direct stream.
-    pub direct_seq: u64,
-    /// Bad client messages in the current minute, and when that minute began (tick).
-    pub errors: u32,
-    pub errors_since: u32,
-    /// Tick of the last activity report to the user's home shard.
-    pub reported: u32,
-}
-
 #[derive(Debug)]
 pub struct Conn {
     /// Dropping the connection closes the socket.
@@ -86,19 +64,15 @@ pub struct Conn {
     pub phase: Phase,
     pub route: Route,
     pub flags: u16,
+    /// The byte path between the socket and the codec (plain today).
+    pub link: Link,
     pub timer: Option<TimerKey>,
-    /// Tick of the last bytes received (wrapping).
-    pub last_recv: u32,
-    /// Tick of the last message received (wrapping).
-    pub last_msg: u32,
-    /// Tick the outstanding ping was sent (wrapping).
-    pub ping_sent: u32,
+    /// The stamps its ping, pong, idle and slow-consumer deadlines are decided from.
+    pub live: Liveness,
     pub decoder: Decoder,
     pub bufs: Option<Box<Bufs>>,
     pub outbox: Option<Box<Outbox>>,
     pub session: Option<Box<Session>>,
-    /// Tick since which pushes are being dropped (with flag SLOW).
-    pub slow_since: u32,
     pub ip: IpAddr,
 }
 

@@ -1,0 +1,57 @@
+//! How this layer's state machines (a connection's [`Session`](super::session::Session), a
+//! shard's [`Home`](super::home::Home)) tell the shard what to do. They take their input and
+//! the time and push effects; the shard applies them in order. None of them does I/O, reads the
+//! clock or calls back into the shard, so each is tested with plain values.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::proto::CloseReason;
+
+use super::ids::ConnId;
+use super::msg::ShardMsg;
+
+/// One thing the shard must do.
+#[derive(Debug)]
+pub enum Effect {
+    /// A text frame to `conn` in the high lane, outside the push caps (welcome, acks, errors,
+    /// the protocol pong). Dropped if the connection is no longer open.
+    Reply { conn: ConnId, body: Vec<u8> },
+    /// Frame bytes encoded once and shared (the heartbeat answer), in the high lane.
+    ReplyFrame { conn: ConnId, frame: Bytes },
+    /// Add `conn` to the channel's local subscribers; the channel's home counts it.
+    Subscribe { conn: ConnId, channel: Arc<str> },
+    /// Take `conn` out of the channel's local subscribers (whatever its phase now); the home
+    /// counts it.
+    Unsubscribe { conn: ConnId, channel: Arc<str> },
+    /// A client message was refused (counted in `client_errors`).
+    ClientError,
+    /// Close `conn` for this reason.
+    Close { conn: ConnId, reason: CloseReason },
+    /// A message for a shard (this one included) that must not be lost: a directory update or
+    /// a kick. A full inbox keeps it for a retry, in order.
+    Update { shard: usize, msg: ShardMsg },
+    /// A delivery for a shard: a full inbox refuses it and its recipients count as dropped.
+    Deliver { shard: usize, msg: ShardMsg, expected: Expected },
+}
+
+/// How many recipients a refused delivery loses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected {
+    Recipients(u64),
+    /// Every open connection of the target shard (a broadcast); the shard reads its gauge.
+    OpenConnections,
+}
+
+/// The effects of one input, applied front to back.
+pub type Effects = VecDeque<Effect>;
+
+/// When an input happens: the shard's tick (wrapping) for its own deadlines, and wall-clock
+/// milliseconds for what other shards and the API see. Converted from the clock once per turn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Now {
+    pub tick: u32,
+    pub ms: u64,
+}

@@ -1,0 +1,272 @@
+//! The home-shard service: what a shard knows and decides for the users, channels and the
+//! broadcast stream homed on it. It keeps their directories (who is connected where, how many
+//! subscribers each shard holds) and numbers their streams, and answers requests by fanning
+//! out deliveries, kicks and query replies. A pure state machine: messages and the time in,
+//! [`Effect`]s out; the shard sends what it returns.
+
+use crate::proto::client::Stream;
+use crate::proto::CloseReason;
+
+use super::delivery::encode_message;
+use super::directory::{ChannelDirectory, UserConn, UserDirectory};
+use super::effect::{Effect, Effects, Expected};
+use super::ids::ConnId;
+use super::msg::{ConnInfo, ShardMsg, Target};
+use super::report::Totals;
+use super::streams::{StreamKey, Streams};
+
+/// How the home service behaves, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct HomeParams {
+    /// A new connection of a user's device replaces the device's older ones.
+    pub replace: bool,
+    /// `policy: active` reaches connections active within this window.
+    pub active_window_ms: u64,
+    /// Shards on this node.
+    pub shards: usize,
+}
+
+#[derive(Debug)]
+pub struct Home {
+    users: UserDirectory,
+    channels: ChannelDirectory,
+    /// Numbering of the streams homed here: the one owner of their positions.
+    streams: Streams,
+    p: HomeParams,
+}
+
+impl Home {
+    pub fn new(p: HomeParams, streams: Streams) -> Home {
+        Home { users: UserDirectory::default(), channels: ChannelDirectory::default(), streams, p }
+    }
+
+    /// Whether a message is for the home service (rather than for local connections).
+    pub fn takes(m: &ShardMsg) -> bool {
+        !matches!(m, ShardMsg::Deliver { .. } | ShardMsg::SendConn { .. } | ShardMsg::Kick { .. })
+    }
+
+    /// Handles a message for the home service ([`Home::takes`]); others are ignored.
+    pub fn on_msg(&mut self, m: ShardMsg, now_ms: u64, out: &mut Effects) {
+        match m {
+            ShardMsg::UserJoined { user, device, conn, at_ms } => {
+                let c = UserConn { conn, device, connected_ms: at_ms, active_ms: at_ms };
+                for old in self.users.join(&user, c, self.p.replace) {
+                    let msg = ShardMsg::Kick {
+                        conns: vec![old],
+                        reason: CloseReason::Replaced,
+                        report: None,
+                    };
+                    out.push_back(Effect::Update { shard: usize::from(old.shard), msg });
+                }
+            }
+            ShardMsg::UserLeft { user, conn } => self.users.leave(&user, conn),
+            ShardMsg::UserActive { user, conn, at_ms } => self.users.active(&user, conn, at_ms),
+            ShardMsg::ChannelCount { channel, shard, delta } => {
+                self.channels.count(&channel, usize::from(shard), delta, self.p.shards);
+            }
+            ShardMsg::PushUser { user, device, policy, payload, priority, report } => {
+                let window = self.p.active_window_ms;
+                let Some(mut conns) =
+                    self.users.targets(&user, device.as_deref(), policy, now_ms, window)
+                else {
+                    report.add(Totals { offline: 1, ..Default::default() });
+                    return;
+                };
+                let key = StreamKey::User(user);
+                let pos = self.streams.append(&key, now_ms);
+                let frame = encode_message(&key.wire(), pos.seq, &payload, priority);
+                conns.sort_by_key(|c| c.shard);
+                for group in conns.chunk_by(|a, b| a.shard == b.shard) {
+                    let msg = ShardMsg::Deliver {
+                        target: Target::Conns(group.to_vec()),
+                        frame: frame.clone(),
+                        report: report.split(),
+                    };
+                    let expected = Expected::Recipients(group.len() as u64);
+                    out.push_back(Effect::Deliver {
+                        shard: usize::from(group[0].shard),
+                        msg,
+                        expected,
+                    });
+                }
+            }
+            ShardMsg::Publish { channel, payload, priority, report } => {
+                let Some(shards) = self.channels.publish(&channel) else { return };
+                let key = StreamKey::Channel(channel.clone());
+                let pos = self.streams.append(&key, now_ms);
+                let frame = encode_message(&key.wire(), pos.seq, &payload, priority);
+                for shard in shards {
+                    let msg = ShardMsg::Deliver {
+                        target: Target::Channel(channel.clone()),
+                        frame: frame.clone(),
+                        report: report.split(),
+                    };
+                    let expected = Expected::Recipients(self.channels.count_on(&channel, shard));
+                    out.push_back(Effect::Deliver { shard, msg, expected });
+                }
+            }
+            ShardMsg::Broadcast { payload, priority, report } => {
+                let pos = self.streams.append(&StreamKey::Broadcast, now_ms);
+                let frame = encode_message(&Stream::Broadcast, pos.seq, &payload, priority);
+                for shard in 0..self.p.shards {
+                    let msg = ShardMsg::Deliver {
+                        target: Target::All,
+                        frame: frame.clone(),
+                        report: report.split(),
+                    };
+                    out.push_back(Effect::Deliver {
+                        shard,
+                        msg,
+                        expected: Expected::OpenConnections,
+                    });
+                }
+            }
+            ShardMsg::KickUser { user, reason, report } => {
+                let Some(entry) = self.users.get(&user) else {
+                    report.add(Totals { offline: 1, ..Default::default() });
+                    return;
+                };
+                let mut conns: Vec<ConnId> = entry.conns.iter().map(|c| c.conn).collect();
+                conns.sort_by_key(|c| c.shard);
+                for group in conns.chunk_by(|a, b| a.shard == b.shard) {
+                    let msg = ShardMsg::Kick {
+                        conns: group.to_vec(),
+                        reason: reason.clone(),
+                        report: Some(report.split()),
+                    };
+                    out.push_back(Effect::Update { shard: usize::from(group[0].shard), msg });
+                }
+            }
+            ShardMsg::QueryUser { user, reply } => {
+                let conns = self.users.get(&user).map_or_else(Vec::new, |e| {
+                    e.conns
+                        .iter()
+                        .map(|c| ConnInfo {
+                            conn: c.conn,
+                            device: c.device.clone(),
+                            connected_ms: c.connected_ms,
+                            active_ms: c.active_ms,
+                        })
+                        .collect()
+                });
+                // The asker may have given up (its deadline passed); nothing is owed then.
+                let _ = reply.send(conns);
+            }
+            ShardMsg::QueryChannel { channel, reply } => {
+                let _ = reply.send(self.channels.subscribers(&channel));
+            }
+            ShardMsg::Deliver { .. } | ShardMsg::SendConn { .. } | ShardMsg::Kick { .. } => {
+                debug_assert!(false, "not a home message");
+            }
+        }
+    }
+
+    /// Forgets streams idle past their time to live.
+    pub fn sweep(&mut self, now_ms: u64) {
+        self.streams.expire(now_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::push::directory::Policy;
+    use crate::push::msg::{Payload, Priority};
+    use crate::push::report::Report;
+
+    fn home(shards: usize, replace: bool) -> Home {
+        let p = HomeParams { replace, active_window_ms: 1000, shards };
+        Home::new(p, Streams::new(7, 60_000))
+    }
+
+    fn conn(shard: u16, slot: u32) -> ConnId {
+        ConnId { shard, slot, gen: 1 }
+    }
+
+    fn payload() -> Payload {
+        Payload::Json(serde_json::value::RawValue::from_string("1".into()).unwrap().into())
+    }
+
+    fn joined(user: &str, c: ConnId, device: Option<&str>) -> ShardMsg {
+        ShardMsg::UserJoined { user: user.into(), device: device.map(Arc::from), conn: c, at_ms: 5 }
+    }
+
+    #[test]
+    fn a_push_to_a_user_goes_to_each_shard_holding_it_once() {
+        let mut h = home(3, false);
+        let mut out = Effects::new();
+        for c in [conn(0, 1), conn(2, 4), conn(2, 5)] {
+            h.on_msg(joined("u", c, None), 5, &mut out);
+        }
+        assert!(out.is_empty());
+        let (report, part, _done) = Report::new(crate::clock::now());
+        let msg = ShardMsg::PushUser {
+            user: "u".into(),
+            device: None,
+            policy: Policy::All,
+            payload: payload(),
+            priority: Priority::Normal,
+            report: part,
+        };
+        h.on_msg(msg, 6, &mut out);
+        let sent: Vec<(usize, Expected)> = out
+            .iter()
+            .map(|e| match e {
+                Effect::Deliver { shard, expected, .. } => (*shard, *expected),
+                e => panic!("{e:?}"),
+            })
+            .collect();
+        assert_eq!(sent, [(0, Expected::Recipients(1)), (2, Expected::Recipients(2))]);
+        drop(out);
+        assert_eq!(report.totals().offline, 0);
+    }
+
+    #[test]
+    fn a_second_connection_of_a_device_kicks_the_first_when_replacing() {
+        let mut h = home(2, true);
+        let mut out = Effects::new();
+        h.on_msg(joined("u", conn(0, 1), Some("phone")), 5, &mut out);
+        h.on_msg(joined("u", conn(1, 2), Some("phone")), 5, &mut out);
+        match out.pop_front() {
+            Some(Effect::Update { shard: 0, msg: ShardMsg::Kick { conns, reason, .. } }) => {
+                assert_eq!(conns, [conn(0, 1)]);
+                assert_eq!(reason, CloseReason::Replaced);
+            }
+            e => panic!("{e:?}"),
+        }
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_channel_keeps_its_numbering_after_its_last_subscriber_leaves() {
+        let mut h = home(1, false);
+        let mut out = Effects::new();
+        let count = |delta| ShardMsg::ChannelCount { channel: "news".into(), shard: 0, delta };
+        let publish = || {
+            let (_r, part, _d) = Report::new(crate::clock::now());
+            ShardMsg::Publish {
+                channel: "news".into(),
+                payload: payload(),
+                priority: Priority::Normal,
+                report: part,
+            }
+        };
+        let frame_text = |out: &mut Effects| match out.pop_front() {
+            Some(Effect::Deliver { msg: ShardMsg::Deliver { frame, .. }, .. }) => {
+                String::from_utf8_lossy(&frame.bytes[2..]).into_owned()
+            }
+            e => panic!("{e:?}"),
+        };
+        h.on_msg(count(1), 0, &mut out);
+        h.on_msg(publish(), 1, &mut out);
+        assert!(frame_text(&mut out).contains("\"seq\":1"));
+        h.on_msg(count(-1), 2, &mut out);
+        h.on_msg(publish(), 3, &mut out);
+        assert!(out.is_empty(), "nobody listens: nothing is sent");
+        h.on_msg(count(1), 4, &mut out);
+        h.on_msg(publish(), 5, &mut out);
+        assert!(frame_text(&mut out).contains("\"seq\":2"));
+    }
+}

@@ -1,0 +1,128 @@
+//! Admission: taking accepted sockets, and deciding an upgrade (identity, drain, the shard,
+//! global and per-address caps) before the 101 goes out.
+
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use bytes::Bytes;
+
+use crate::proto::handshake::{self, HandshakeError, Upgrade};
+use crate::proto::{Decoder, Role};
+use crate::push::msg::Priority;
+use crate::push::session::Session;
+
+use super::super::conn::{flag, Conn, Link, Liveness, Phase, Route};
+use super::super::sys::{self, EV_IN, EV_OUT, EV_RDHUP};
+use super::{token, Core};
+
+impl Core {
+    /// Takes a freshly accepted socket; refusing one means dropping `fd`, which closes it.
+    pub(super) fn on_accept(&mut self, fd: OwnedFd, ip: IpAddr) {
+        self.counters.accepted.inc();
+        if self.draining {
+            return;
+        }
+        if self.handshaking >= self.p.max_pending {
+            self.counters.pending_overflow.inc();
+            return;
+        }
+        sys::set_nodelay(fd.as_fd());
+        self.gen = self.gen.wrapping_add(1);
+        let gen = self.gen;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if key >= (u32::MAX - 2) as usize
+            || self.epoll.add(fd.as_raw_fd(), token(key, gen), EV_IN | EV_OUT | EV_RDHUP).is_err()
+        {
+            self.counters.accept_errors.inc();
+            return;
+        }
+        entry.insert(Conn {
+            fd,
+            gen,
+            phase: Phase::Handshake,
+            route: Route::Ws,
+            flags: 0,
+            link: Link::Plain,
+            timer: None,
+            live: Liveness::new(self.now as u32),
+            decoder: Decoder::new(Role::Server),
+            bufs: None,
+            outbox: None,
+            session: None,
+            ip,
+        });
+        self.handshaking += 1;
+        self.counters.handshaking.inc();
+        self.arm(key, Some(self.now + self.p.handshake_ticks));
+    }
+
+    /// Completes an accepted upgrade unless a limit refuses it; returns whether it is open.
+    pub(super) fn upgrade(&mut self, key: usize, up: &Upgrade) -> bool {
+        let ip = self.conns[key].ip;
+        let route = self.p.routes.get(up.route).copied().unwrap_or(Route::Ws);
+        let identity = if route == Route::Ws {
+            match self.identify.identify(up.query.as_deref()) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    self.refuse_with(key, HandshakeError::BadIdentity, &e.0);
+                    return false;
+                }
+            }
+        } else {
+            None
+        };
+        let refusal = if self.draining {
+            Some(HandshakeError::Draining)
+        } else if (self.p.max_per_shard > 0 && self.open >= self.p.max_per_shard)
+            || !self.shared.acquire()
+        {
+            Some(HandshakeError::ServerFull)
+        } else if self.shared.limiter.as_ref().is_some_and(|l| !l.try_acquire(ip)) {
+            self.shared.release();
+            Some(HandshakeError::AddressLimit)
+        } else {
+            None
+        };
+        if let Some(e) = refusal {
+            self.refuse(key, e);
+            return false;
+        }
+        let mut resp = Vec::with_capacity(160);
+        handshake::write_accept(&mut resp, up, &self.p.policy);
+        self.set_phase(key, Phase::Open);
+        let now32 = self.now32();
+        let conn = &mut self.conns[key];
+        conn.route = route;
+        conn.set(flag::COUNTED);
+        conn.live.last_recv = now32;
+        conn.live.last_msg = now32;
+        self.open += 1;
+        self.counters.open_connections.inc();
+        self.counters.upgrades.inc();
+        // The high lane, like the welcome after it: nothing may overtake the 101.
+        self.queue_lane(key, Bytes::from(resp), Priority::High);
+        if let Some(id) = identity {
+            let (conn_id, at) = (self.conn_id(key), self.at());
+            let session = Session::open(conn_id, id, at, &self.p.session, &mut self.effects);
+            self.conns[key].session = session;
+            self.apply_effects();
+        }
+        let deadline = self.open_deadline(key);
+        self.arm(key, deadline);
+        true
+    }
+
+    pub(super) fn refuse(&mut self, key: usize, e: HandshakeError) {
+        self.refuse_with(key, e, e.reason());
+    }
+
+    /// Answers the upgrade with an HTTP refusal, then lingers so it is read before the close.
+    fn refuse_with(&mut self, key: usize, e: HandshakeError, reason: &str) {
+        self.counters.refused(e).inc();
+        let mut resp = Vec::with_capacity(192);
+        handshake::write_refusal_with(&mut resp, e, reason);
+        self.queue_bytes(key, Bytes::from(resp));
+        self.linger(key);
+    }
+}

@@ -1,0 +1,220 @@
+//! Handling shard messages and applying effects. Home-service messages go to `push::Home`;
+//! deliveries, direct sends and kicks are for this shard's connections. Whatever the session
+//! and home state machines return is applied here, in order.
+
+use crate::clock;
+use crate::proto::client::Stream;
+use crate::proto::CloseReason;
+use crate::push::delivery::encode_message;
+use crate::push::effect::{Effect, Expected};
+use crate::push::home::Home;
+use crate::push::ids::{home_of, ConnId};
+use crate::push::index::Change;
+use crate::push::msg::{Frame, Priority, ShardMsg, Target};
+use crate::push::report::{ReportPart, Totals};
+use crate::push::session::Session;
+
+use super::super::conn::{flag, Route};
+use super::Core;
+
+impl Core {
+    /// Handles one message from the inbox or from this shard itself.
+    pub(super) fn handle(&mut self, m: ShardMsg) {
+        match m {
+            ShardMsg::Deliver { target, frame, report } => self.deliver(target, &frame, &report),
+            ShardMsg::SendConn { conn, payload, priority, report } => {
+                let Some(key) = self.local(conn) else {
+                    report.add(Totals { offline: 1, ..Default::default() });
+                    return;
+                };
+                let seq = Session::next_direct_seq(&mut self.conns[key].session);
+                let frame = encode_message(&Stream::Direct, seq, &payload, priority);
+                let queued = self.queue_push(key, &frame);
+                let t = Totals {
+                    recipients: 1,
+                    queued: u64::from(queued),
+                    dropped: u64::from(!queued),
+                    offline: 0,
+                };
+                self.count_pushes(t);
+                report.add(t);
+            }
+            ShardMsg::Kick { conns, reason, report } => self.kick(conns, reason, report),
+            home => {
+                debug_assert!(Home::takes(&home));
+                let now_ms = self.now_ms;
+                self.home.on_msg(home, now_ms, &mut self.effects);
+            }
+        }
+        self.apply_effects();
+    }
+
+    fn kick(&mut self, conns: Vec<ConnId>, reason: CloseReason, report: Option<ReportPart>) {
+        let mut t = Totals::default();
+        for id in conns {
+            match self.local(id) {
+                Some(key) => {
+                    t.recipients += 1;
+                    t.dropped += self.close_for(key, reason.clone());
+                }
+                None => t.offline += 1,
+            }
+        }
+        if let Some(r) = report {
+            r.add(t);
+        }
+    }
+
+    /// Applies what the state machines asked for, front to back, until none is left (applying
+    /// one may add more, such as a closing session leaving its channels).
+    pub(super) fn apply_effects(&mut self) {
+        while let Some(e) = self.effects.pop_front() {
+            match e {
+                Effect::Reply { conn, body } => {
+                    if let Some(key) = self.local(conn) {
+                        self.queue_control(key, crate::proto::OpCode::Text, &body);
+                    }
+                }
+                Effect::ReplyFrame { conn, frame } => {
+                    if let Some(key) = self.local(conn) {
+                        self.queue_lane(key, frame, Priority::High);
+                    }
+                }
+                Effect::Subscribe { conn, channel } => {
+                    if self.local(conn).is_some()
+                        && self.channels.subscribe(&channel, conn.slot) == Change::Changed
+                    {
+                        self.counters.subscriptions.inc();
+                        self.count_channel(channel, 1);
+                    }
+                }
+                Effect::Unsubscribe { conn, channel } => {
+                    if self.channels.unsubscribe(&channel, conn.slot) == Change::Changed {
+                        self.counters.subscriptions.sub(1);
+                        self.count_channel(channel, -1);
+                    }
+                }
+                Effect::ClientError => self.counters.client_errors.inc(),
+                Effect::Close { conn, reason } => {
+                    if let Some(key) = self.local(conn) {
+                        self.close_for(key, reason);
+                    }
+                }
+                Effect::Update { shard, msg } => {
+                    if !self.mesh.update(shard, msg) {
+                        self.counters.mesh_retries.inc();
+                    }
+                }
+                Effect::Deliver { shard, msg, expected } => {
+                    if let Err(ShardMsg::Deliver { report, .. }) = self.mesh.deliver(shard, msg) {
+                        let n = match expected {
+                            Expected::Recipients(n) => n,
+                            Expected::OpenConnections => {
+                                self.peers.get(shard).map_or(0, |c| c.open_connections.get())
+                            }
+                        };
+                        self.counters.inbox_full.add(n);
+                        report.add(Totals { recipients: n, dropped: n, ..Default::default() });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells a channel's home how many subscribers this shard holds now.
+    fn count_channel(&mut self, channel: std::sync::Arc<str>, delta: i32) {
+        let shard = home_of(&channel, self.mesh.shards());
+        let msg = ShardMsg::ChannelCount { channel, shard: self.id as u16, delta };
+        if !self.mesh.update(shard, msg) {
+            self.counters.mesh_retries.inc();
+        }
+    }
+
+    /// Queues a shared frame to local connections and adds what happened to the report.
+    fn deliver(&mut self, target: Target, frame: &Frame, report: &ReportPart) {
+        let mut t = Totals::default();
+        let mut slots = std::mem::take(&mut self.scratch);
+        slots.clear();
+        match target {
+            Target::Conns(ids) => {
+                for id in ids {
+                    match self.local(id) {
+                        Some(key) => slots.push(key as u32),
+                        None => {
+                            t.recipients += 1;
+                            t.dropped += 1;
+                        }
+                    }
+                }
+            }
+            Target::Channel(ch) => {
+                if let Some(set) = self.channels.subscribers(&ch) {
+                    slots.extend(set.iter().copied());
+                }
+            }
+            Target::All => slots.extend(
+                self.conns
+                    .iter()
+                    .filter(|(_, c)| c.phase.is_open() && c.route == Route::Ws)
+                    .map(|(k, _)| k as u32),
+            ),
+        }
+        for &slot in &slots {
+            t.recipients += 1;
+            if self.queue_push(slot as usize, frame) {
+                t.queued += 1;
+            } else {
+                t.dropped += 1;
+            }
+        }
+        self.scratch = slots;
+        self.count_pushes(t);
+        report.add(t);
+        self.counters.publish_to_queued.observe(report.elapsed(clock::now()));
+    }
+
+    fn count_pushes(&self, t: Totals) {
+        self.counters.pushes_queued.add(t.queued);
+        self.counters.frames_out.add(t.queued);
+        self.counters.pushes_dropped.add(t.dropped);
+    }
+
+    /// Queues a push within the outbox caps; returns whether it was queued (the caller counts
+    /// it, once per delivery rather than per recipient). Marks the connection slow when pushes
+    /// are lost, and arms its slow-consumer deadline. Never removes the connection (fan-out may
+    /// be iterating the channel index).
+    fn queue_push(&mut self, key: usize, frame: &Frame) -> bool {
+        let (max_bytes, max_frames) = (self.p.outbox_max_bytes, self.p.outbox_max_frames);
+        let now32 = self.now32();
+        let conn = &mut self.conns[key];
+        if !conn.phase.is_open() {
+            return false;
+        }
+        let ob = conn.outbox.get_or_insert_with(Default::default);
+        let before = ob.bytes();
+        let q = ob.push_bounded(frame.bytes.clone(), frame.priority, max_bytes, max_frames);
+        let after = ob.bytes();
+        if ob.is_empty() {
+            conn.outbox = None;
+        }
+        self.counters.outbox_bytes.add(after as u64);
+        self.counters.outbox_bytes.sub(before as u64);
+        if q.evicted > 0 {
+            self.counters.pushes_evicted.add(q.evicted as u64);
+        }
+        if q.queued {
+            self.mark_dirty(key);
+        }
+        let conn = &mut self.conns[key];
+        if (q.evicted > 0 || !q.queued) && !conn.has(flag::SLOW) {
+            conn.set(flag::SLOW);
+            conn.live.slow_since = now32;
+            let d = self.now + self.p.live.slow;
+            let current = conn.timer.and_then(|t| self.wheel.deadline(t));
+            if current.is_none_or(|c| c > d) {
+                self.arm(key, Some(d));
+            }
+        }
+        q.queued
+    }
+}

@@ -1,0 +1,145 @@
+//! Closing: the one path of every server-initiated close (`close_for`), the close frame as the
+//! last frame, lingering, removal, the drain, and phase changes with the gauges they move.
+
+use bytes::Bytes;
+
+use crate::proto::frame::{close_payload, encode_frame};
+use crate::proto::handshake::HandshakeError;
+use crate::proto::{CloseReason, Closing, OpCode};
+
+use super::super::conn::{flag, Phase};
+use super::super::sys;
+use super::Core;
+
+impl Core {
+    /// Moves a connection to another phase: the one place phases change, keeping the
+    /// handshakes-in-progress gauge in step.
+    pub(super) fn set_phase(&mut self, key: usize, to: Phase) {
+        let conn = &mut self.conns[key];
+        if conn.phase.is_handshake() && !to.is_handshake() {
+            self.handshaking -= 1;
+            self.counters.handshaking.sub(1);
+        }
+        conn.phase = to;
+    }
+
+    /// Closes a connection for `reason`: the one path of every server-initiated close. Counts
+    /// it, queues the close frame as the last frame (dropping queued pushes first where the
+    /// reason says so), and proceeds as the reason's [`Closing`] says. Returns how many queued
+    /// pushes were dropped.
+    pub(super) fn close_for(&mut self, key: usize, reason: CloseReason) -> u64 {
+        self.counters.count_close(&reason);
+        // After our own close frame (phase Closing) no second one may follow.
+        let dropped = if self.conns[key].phase.is_open() {
+            let (code, text) = reason.frame();
+            self.queue_close(key, &close_payload(code.0, text), reason.discards_queued())
+        } else {
+            0
+        };
+        match reason.closing() {
+            Closing::Handshake => {
+                let d = match reason {
+                    CloseReason::ShuttingDown => self.drain_deadline,
+                    _ => (self.now + self.p.close_ticks).min(self.drain_deadline),
+                };
+                self.leave_indexes(key);
+                self.set_phase(key, Phase::Closing);
+                self.arm(key, Some(d));
+            }
+            Closing::Linger => self.linger(key),
+            Closing::Drop => {
+                self.flush(key);
+                self.remove(key);
+            }
+        }
+        dropped
+    }
+
+    /// Queues the close frame behind everything queued (RFC 6455 §5.5.1: it is the last
+    /// frame). With `discard`, queued pushes are dropped first and counted; returns how many.
+    pub(super) fn queue_close(&mut self, key: usize, payload: &[u8], discard: bool) -> u64 {
+        let mut v = Vec::with_capacity(payload.len() + 2);
+        encode_frame(&mut v, OpCode::Close, true, None, payload);
+        let conn = &mut self.conns[key];
+        let ob = conn.outbox.get_or_insert_with(Default::default);
+        let before = ob.bytes();
+        let dropped = ob.close(Bytes::from(v), discard) as u64;
+        let after = ob.bytes();
+        self.counters.frames_out.inc();
+        self.counters.outbox_bytes.add(after as u64);
+        self.counters.outbox_bytes.sub(before as u64);
+        self.counters.pushes_discarded.add(dropped);
+        self.mark_dirty(key);
+        dropped
+    }
+
+    /// Stops reading: the write side is shut once the outbox drains; the socket closes at EOF
+    /// or at the close deadline.
+    pub(super) fn linger(&mut self, key: usize) {
+        self.leave_indexes(key);
+        self.set_phase(key, Phase::Linger);
+        let conn = &mut self.conns[key];
+        conn.set(flag::SHUT_AFTER_FLUSH);
+        if let Some(b) = conn.bufs.as_mut() {
+            b.pending = Vec::new();
+            b.message = Vec::new();
+        }
+        conn.trim_bufs();
+        self.mark_dirty(key);
+        let deadline = (self.now + self.p.close_ticks).min(self.drain_deadline);
+        self.arm(key, Some(deadline));
+    }
+
+    /// A closing connection takes no more pushes: its session leaves the channel index and its
+    /// user's directory at once, not when the close handshake ends.
+    fn leave_indexes(&mut self, key: usize) {
+        let Some(session) = self.conns.get_mut(key).and_then(|c| c.session.take()) else {
+            return;
+        };
+        let id = self.conn_id(key);
+        session.close(id, &self.p.session, &mut self.effects);
+        self.apply_effects();
+    }
+
+    pub(super) fn remove(&mut self, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        self.leave_indexes(key);
+        let Some(conn) = self.conns.try_remove(key) else { return };
+        self.counters.outbox_bytes.sub(conn.outbox_bytes() as u64);
+        if let Some(t) = conn.timer {
+            self.wheel.cancel(t);
+        }
+        if conn.phase.is_handshake() {
+            self.handshaking -= 1;
+            self.counters.handshaking.sub(1);
+        }
+        if conn.has(flag::COUNTED) {
+            self.open -= 1;
+            self.counters.open_connections.sub(1);
+            self.shared.release();
+            if let Some(l) = &self.shared.limiter {
+                l.release(conn.ip);
+            }
+        }
+        // Dropping `conn` closes its socket, which also takes it out of the epoll set.
+    }
+
+    pub(super) fn begin_drain(&mut self) {
+        self.draining = true;
+        self.drain_deadline = self.now + self.p.drain_ticks;
+        sys::shutdown_listener(self.listener_fd);
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        tracing::info!(shard = self.id, connections = keys.len(), "draining");
+        for key in keys {
+            match self.conns[key].phase {
+                Phase::Handshake => self.refuse(key, HandshakeError::Draining),
+                Phase::Open => {
+                    self.close_for(key, CloseReason::ShuttingDown);
+                }
+                Phase::Closing | Phase::Linger => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! A shard: one thread's worth of the gateway. It owns a slab of connections, an edge-triggered
+//! epoll set over their sockets, a timer wheel for every deadline, and one read buffer that all
+//! its connections share.
+//!
+//! Two monoio tasks run on the shard's runtime (`runtime`): the accept loop and the event
+//! loop, which waits for the epoll set through the runtime and then does a *turn*. An idle
+//! connection therefore costs its slab entry and its epoll registration: no task, no buffer, no
+//! pending operation, no timer future.
+//!
+//! The shard is the I/O driver; policy lives elsewhere. Protocol decisions come from `proto`,
+//! a connection's client session and the home-shard service are state machines in `push` that
+//! return effects (`apply`), liveness is a pure decision in `conn`. The shard reads and writes
+//! (`read`, `write`), admits (`admission`), closes (`close`) and keeps time (`timers`).
+
+mod admission;
+mod apply;
+mod close;
+mod read;
+mod runtime;
+mod timers;
+mod write;
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use slab::Slab;
+
+use crate::clock;
+use crate::config::Config;
+use crate::proto::frame::encode_frame;
+use crate::proto::handshake::HandshakePolicy;
+use crate::proto::{Limits, OpCode};
+use crate::push::effect::{Effects, Now};
+use crate::push::home::{Home, HomeParams};
+use crate::push::identity::Identify;
+use crate::push::ids::ConnId;
+use crate::push::index::ChannelIndex;
+use crate::push::session::SessionParams;
+use crate::push::streams::Streams;
+use crate::timer_wheel::TimerWheel;
+
+use super::conn::{Conn, Deadlines, Route};
+use super::inbox::{Inbox, Mesh, Router};
+use super::stats::Counters;
+use super::sys::{Epoll, EventFd, TimerFd, EV_IN};
+use super::Shared;
+
+// Kept reachable where benches and tests have always found it.
+pub use crate::push::delivery::encode_message;
+pub use runtime::{accept_loop, event_loop};
+
+const WAKE_TOKEN: u64 = u64::MAX;
+const TICK_TOKEN: u64 = u64::MAX - 1;
+/// Readiness events taken per epoll_wait.
+const EVENTS_PER_TURN: usize = 1024;
+/// Inbox messages handled per turn before sockets get their turn again.
+const INBOX_PER_TURN: usize = 4096;
+
+/// Everything a shard derives from the configuration once.
+#[derive(Debug)]
+pub struct Params {
+    pub policy: HandshakePolicy,
+    pub routes: Vec<Route>,
+    pub limits: Limits,
+    pub handshake_ticks: u64,
+    pub close_ticks: u64,
+    pub drain_ticks: u64,
+    /// Ping, pong, idle and slow-consumer deadlines of open connections.
+    pub live: Deadlines,
+    pub tick_nanos: u128,
+    pub max_per_shard: usize,
+    pub max_pending: usize,
+    pub outbox_max_bytes: usize,
+    pub outbox_max_frames: usize,
+    pub read_buffer: usize,
+    pub minute_ticks: u64,
+    pub session: SessionParams,
+    pub home: HomeParams,
+    pub stream_idle_ttl_ms: u64,
+}
+
+impl Params {
+    pub fn new(cfg: &Config, epoch: u64, shards: usize) -> Params {
+        let mut routes = vec![Route::Ws];
+        let mut paths = vec![cfg.ws_path.clone()];
+        if cfg.echo {
+            routes.push(Route::Echo);
+            paths.push(cfg.echo_path.clone());
+        }
+        let mut heartbeat_frame = Vec::new();
+        let reply = cfg.heartbeat_reply.as_bytes();
+        encode_frame(&mut heartbeat_frame, OpCode::Text, true, None, reply);
+        let minute_ticks = cfg.ticks(std::time::Duration::from_secs(60));
+        Params {
+            policy: HandshakePolicy {
+                routes: paths,
+                allowed_origins: cfg.allowed_origins.clone(),
+                subprotocols: cfg.subprotocols.clone(),
+                max_header_bytes: cfg.max_header_bytes as usize,
+            },
+            routes,
+            limits: Limits { max_frame: cfg.max_frame_size, max_message: cfg.max_message_size },
+            handshake_ticks: cfg.ticks(cfg.handshake_timeout),
+            close_ticks: cfg.ticks(cfg.close_timeout),
+            drain_ticks: cfg.ticks(cfg.drain_timeout),
+            live: Deadlines {
+                ping: cfg.ticks(cfg.ping_interval),
+                pong: cfg.ticks(cfg.pong_timeout),
+                idle: cfg.ticks(cfg.idle_timeout),
+                slow: cfg.ticks(cfg.slow_consumer_timeout).max(1),
+            },
+            tick_nanos: cfg.tick.as_nanos().max(1),
+            max_per_shard: cfg.max_connections_per_shard,
+            max_pending: cfg.max_pending_handshakes,
+            outbox_max_bytes: cfg.outbox_max_bytes as usize,
+            outbox_max_frames: cfg.outbox_max_frames,
+            read_buffer: cfg.read_buffer as usize,
+            minute_ticks,
+            session: SessionParams {
+                max_channels: cfg.max_channels_per_conn,
+                max_client_errors: cfg.max_client_errors,
+                minute_ticks,
+                report_ticks: cfg.ticks(std::time::Duration::from_secs(1)),
+                heartbeat: cfg.heartbeat_text.as_bytes().to_vec(),
+                heartbeat_frame: Bytes::from(heartbeat_frame),
+                epoch,
+                shards,
+            },
+            home: HomeParams {
+                replace: cfg.replace_same_device,
+                active_window_ms: cfg.active_window.as_millis() as u64,
+                shards,
+            },
+            stream_idle_ttl_ms: cfg.stream_idle_ttl.as_millis() as u64,
+        }
+    }
+}
+
+/// What the event loop does after a turn.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Turn {
+    /// Wait for the epoll set.
+    Wait,
+    /// Some connection still has bytes to read: go again after letting other tasks run.
+    Again,
+    /// Drained and empty: the shard is done.
+    Done,
+}
+
+fn token(key: usize, gen: u32) -> u64 {
+    (u64::from(gen) << 32) | key as u64
+}
+
+/// The shard: its read buffer, and everything else. The buffer stands apart so reading lends
+/// it to the core without taking it out and putting it back.
+pub struct Shard {
+    read_buf: Box<[u8]>,
+    core: Core,
+}
+
+/// Everything of a shard but its read buffer.
+pub(super) struct Core {
+    id: usize,
+    p: Params,
+    shared: Arc<Shared>,
+    counters: Arc<Counters>,
+    epoll: Epoll,
+    wake: Arc<EventFd>,
+    tickfd: TimerFd,
+    listener_fd: RawFd,
+    conns: Slab<Conn>,
+    wheel: TimerWheel<u32>,
+    events: Vec<libc::epoll_event>,
+    /// Connections with unread bytes, read again next turn.
+    ready: Vec<u64>,
+    /// Connections with queued frames, flushed at the end of the turn.
+    dirty: Vec<u64>,
+    fired: Vec<u32>,
+    /// The clock at tick 0, and the wall clock (Unix ms) then.
+    start: Instant,
+    start_ms: u64,
+    /// The current tick and wall-clock milliseconds, set once per turn.
+    now: u64,
+    now_ms: u64,
+    gen: u32,
+    open: usize,
+    handshaking: usize,
+    draining: bool,
+    drain_deadline: u64,
+    mesh: Mesh,
+    identify: Arc<dyn Identify>,
+    /// Channel → local subscribers.
+    channels: ChannelIndex,
+    /// The users, channels and streams homed here.
+    home: Home,
+    /// Tick of the next sweep for idle streams.
+    next_stream_sweep: u64,
+    /// Every shard's counters (a broadcast refused by a full inbox counts that shard's
+    /// connections as dropped).
+    peers: Arc<[Arc<Counters>]>,
+    /// What the session and home state machines asked for, applied in order.
+    effects: Effects,
+    scratch: Vec<u32>,
+}
+
+/// What a shard is built from besides the configuration.
+pub struct ShardParts {
+    pub id: usize,
+    pub capacity: usize,
+    pub shared: Arc<Shared>,
+    pub counters: Arc<Counters>,
+    pub wake: Arc<EventFd>,
+    pub router: Arc<Router>,
+    pub inbox: Inbox,
+    pub identify: Arc<dyn Identify>,
+    pub peers: Arc<[Arc<Counters>]>,
+}
+
+impl Shard {
+    /// `capacity`: the most connections this shard may hold. The slab and the timer array are
+    /// reserved for it up front; pages nobody touches cost no memory, while growing by
+    /// doubling would leave the old copies resident (about 90 B per connection at 19k).
+    /// `now` is tick 0.
+    pub fn new(cfg: &Config, parts: ShardParts, now: Instant) -> io::Result<Shard> {
+        let ShardParts { id, capacity, shared, counters, wake, router, inbox, identify, peers } =
+            parts;
+        let p = Params::new(cfg, shared.epoch, router.shards());
+        let home = Home::new(p.home, Streams::new(shared.epoch, p.stream_idle_ttl_ms));
+        let epoll = Epoll::new()?;
+        let tickfd = TimerFd::periodic(cfg.tick)?;
+        epoll.add(wake.raw(), WAKE_TOKEN, EV_IN)?;
+        epoll.add(tickfd.raw(), TICK_TOKEN, EV_IN)?;
+        // Slots for a little over the longest deadline, so most timers fire on first visit.
+        let d = &p.live;
+        let longest = [p.handshake_ticks, d.ping + d.pong, d.idle, p.drain_ticks]
+            .into_iter()
+            .max()
+            .unwrap_or(1);
+        let mut wheel = TimerWheel::new((longest as usize + 2).min(1 << 16), 0);
+        wheel.reserve(capacity);
+        let read_buf = vec![0u8; p.read_buffer].into_boxed_slice();
+        let core = Core {
+            id,
+            wheel,
+            next_stream_sweep: p.minute_ticks,
+            p,
+            shared,
+            counters,
+            epoll,
+            wake,
+            tickfd,
+            listener_fd: -1,
+            conns: Slab::with_capacity(capacity),
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_TURN],
+            ready: Vec::new(),
+            dirty: Vec::new(),
+            fired: Vec::new(),
+            start: now,
+            start_ms: clock::unix_ms(),
+            now: 0,
+            now_ms: 0,
+            gen: 0,
+            open: 0,
+            handshaking: 0,
+            draining: false,
+            drain_deadline: u64::MAX,
+            mesh: Mesh::new(id, router, inbox),
+            identify,
+            channels: ChannelIndex::default(),
+            home,
+            peers,
+            effects: Effects::new(),
+            scratch: Vec::new(),
+        };
+        Ok(Shard { read_buf, core })
+    }
+
+    pub fn id(&self) -> usize {
+        self.core.id
+    }
+
+    /// A duplicate of the epoll fd, for the runtime to poll.
+    pub fn epoll_fd(&self) -> io::Result<OwnedFd> {
+        self.core.epoll.try_clone()
+    }
+
+    pub fn set_listener_fd(&mut self, fd: RawFd) {
+        self.core.listener_fd = fd;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.core.draining
+    }
+
+    /// Takes a freshly accepted socket. Refusing one means dropping `fd`, which closes it.
+    pub fn on_accept(&mut self, fd: OwnedFd, ip: IpAddr, now: Instant) {
+        self.core.clock(now);
+        self.core.on_accept(fd, ip);
+    }
+
+    pub fn count_accept_error(&self) {
+        self.core.counters.accept_errors.inc();
+    }
+
+    /// One turn of the event loop at `now`, each step named:
+    pub fn turn(&mut self, now: Instant) -> Turn {
+        self.core.clock(now);
+        self.read_ready_sockets(); // readiness, then read, decode and handle what arrived
+        let inbox_left = self.core.drain_inbox(); // directory updates, requests, deliveries
+        self.core.mesh.flush_retry(); // updates a full inbox refused earlier, in order
+        self.read_again(); // connections that still had unread bytes (fairness)
+        self.core.expire_timers(); // handshake, ping, pong, idle, slow and close deadlines
+        self.core.sweep_streams(); // once a minute: forget streams idle past their TTL
+        self.core.flush_dirty(); // one gather write per connection with queued frames
+        self.core.next_turn(inbox_left, self.core.ready.is_empty())
+    }
+}
+
+impl Core {
+    /// Sets the tick from the clock, once per turn (and per accept).
+    fn clock(&mut self, now: Instant) {
+        let since = now.saturating_duration_since(self.start);
+        self.now = (since.as_nanos() / self.p.tick_nanos) as u64;
+        self.now_ms = self.start_ms + since.as_millis() as u64;
+    }
+
+    /// The time an input happens at, as the state machines take it.
+    fn at(&self) -> Now {
+        Now { tick: self.now as u32, ms: self.now_ms }
+    }
+
+    fn now32(&self) -> u32 {
+        self.now as u32
+    }
+
+    fn conn_id(&self, key: usize) -> ConnId {
+        ConnId { shard: self.id as u16, slot: key as u32, gen: self.conns[key].gen }
+    }
+
+    /// The slot `id` names on this shard, in whatever phase, if it is still that connection.
+    fn slot_of(&self, id: ConnId) -> Option<usize> {
+        let key = id.slot as usize;
+        (usize::from(id.shard) == self.id)
+            .then(|| self.conns.get(key))
+            .flatten()
+            .filter(|c| c.gen == id.gen)
+            .map(|_| key)
+    }
+
+    /// The slot of a connection of this shard that is open, if `id` still names one.
+    fn local(&self, id: ConnId) -> Option<usize> {
+        self.slot_of(id).filter(|&k| self.conns[k].phase.is_open())
+    }
+
+    fn lookup(&self, tok: u64) -> Option<usize> {
+        let key = (tok & 0xFFFF_FFFF) as usize;
+        let gen = (tok >> 32) as u32;
+        self.conns.get(key).filter(|c| c.gen == gen).map(|_| key)
+    }
+
+    /// Handles up to a turn's worth of inbox messages, each followed by the messages it made
+    /// this shard send itself; returns whether some are left.
+    fn drain_inbox(&mut self) -> bool {
+        self.mesh.woke();
+        self.settle();
+        for _ in 0..INBOX_PER_TURN {
+            let Some(m) = self.mesh.next_inbox() else { return false };
+            self.counters.inbox_messages.inc();
+            self.handle(m);
+            self.settle();
+        }
+        true
+    }
+
+    /// Handles the messages this shard sent itself, until none are left (a message may send
+    /// more; none is handled inside another).
+    fn settle(&mut self) {
+        while let Some(m) = self.mesh.next_local() {
+            self.handle(m);
+        }
+    }
+
+    fn drain_requested(&mut self) {
+        self.wake.drain();
+        if self.shared.draining.load(Relaxed) && !self.draining {
+            self.begin_drain();
+        }
+    }
+
+    fn next_turn(&self, inbox_left: bool, nothing_to_read: bool) -> Turn {
+        if self.draining && self.conns.is_empty() {
+            Turn::Done
+        } else if nothing_to_read && !inbox_left {
+            Turn::Wait
+        } else {
+            Turn::Again
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Time: arming each connection's one timer, and what a fired timer means in each phase (for
+//! an open connection, the pure liveness decision of `conn::liveness`).
+
+use crate::proto::OpCode;
+
+use super::super::conn::{flag, LiveState, Phase, Verdict};
+use super::Core;
+
+impl Core {
+    pub(super) fn arm(&mut self, key: usize, deadline: Option<u64>) {
+        let conn = &mut self.conns[key];
+        if let Some(t) = conn.timer.take() {
+            self.wheel.cancel(t);
+        }
+        if let Some(d) = deadline {
+            conn.timer = Some(self.wheel.insert(d, key as u32));
+        }
+    }
+
+    fn live_state(&self, key: usize) -> LiveState {
+        let conn = &self.conns[key];
+        LiveState { ping_out: conn.has(flag::PING_OUT), slow: conn.has(flag::SLOW) }
+    }
+
+    /// The next instant an open connection needs looking at.
+    pub(super) fn open_deadline(&self, key: usize) -> Option<u64> {
+        self.conns[key].live.next_deadline(self.now, self.live_state(key), &self.p.live)
+    }
+
+    /// Forgets streams idle past `--stream-idle-ttl`, once a minute.
+    pub(super) fn sweep_streams(&mut self) {
+        if self.now >= self.next_stream_sweep {
+            self.next_stream_sweep = self.now + self.p.minute_ticks.max(1);
+            self.home.sweep(self.now_ms);
+        }
+    }
+
+    pub(super) fn expire_timers(&mut self) {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.expire(self.now, &mut fired);
+        for &key in &fired {
+            let key = key as usize;
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.timer = None;
+                self.on_timer(key);
+                self.settle();
+            }
+        }
+        fired.clear();
+        self.fired = fired;
+    }
+
+    fn on_timer(&mut self, key: usize) {
+        match self.conns[key].phase {
+            Phase::Handshake => {
+                self.counters.handshake_timeouts.inc();
+                self.remove(key);
+            }
+            Phase::Closing | Phase::Linger => {
+                if self.draining && self.now >= self.drain_deadline {
+                    self.counters.drain_forced.inc();
+                } else {
+                    self.counters.close_timeouts.inc();
+                }
+                self.remove(key);
+            }
+            Phase::Open => {
+                let state = self.live_state(key);
+                match self.conns[key].live.verdict(self.now, state, &self.p.live) {
+                    Verdict::Close(reason) => {
+                        self.close_for(key, reason);
+                        return;
+                    }
+                    Verdict::Ping => {
+                        let now32 = self.now32();
+                        let conn = &mut self.conns[key];
+                        conn.set(flag::PING_OUT);
+                        conn.live.ping_sent = now32;
+                        self.counters.pings_sent.inc();
+                        self.queue_control(key, OpCode::Ping, &[]);
+                    }
+                    Verdict::Wait => {}
+                }
+                let deadline = self.open_deadline(key);
+                self.arm(key, deadline);
+            }
+        }
+    }
+}
