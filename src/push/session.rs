@@ -231,3 +231,142 @@ fn report_activity(
         msg: ShardMsg::UserActive { user, conn, at_ms: now.ms },
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> SessionParams {
+        SessionParams {
+            max_channels: 2,
+            max_client_errors: 2,
+            minute_ticks: 600,
+            report_ticks: 10,
+            heartbeat: b"hb".to_vec(),
+            heartbeat_frame: Bytes::from_static(b"\x81\x02ok"),
+            epoch: 9,
+            shards: 4,
+        }
+    }
+
+    const C: ConnId = ConnId { shard: 1, slot: 7, gen: 3 };
+
+    fn text(out: &Effects) -> Vec<String> {
+        out.iter()
+            .map(|e| match e {
+                Effect::Reply { body, .. } => String::from_utf8_lossy(body).into_owned(),
+                Effect::Subscribe { channel, .. } => format!("+{channel}"),
+                Effect::Unsubscribe { channel, .. } => format!("-{channel}"),
+                Effect::Update { msg: ShardMsg::UserJoined { .. }, .. } => "joined".into(),
+                Effect::Update { msg: ShardMsg::UserLeft { .. }, .. } => "left".into(),
+                Effect::Update { msg: ShardMsg::UserActive { .. }, .. } => "active".into(),
+                Effect::ClientError => "client-error".into(),
+                Effect::Close { reason, .. } => format!("close {reason:?}"),
+                e => format!("{e:?}"),
+            })
+            .collect()
+    }
+
+    fn open(user: Option<&str>, channels: &[&str], out: &mut Effects) -> Option<Box<Session>> {
+        let id = Identity {
+            user: user.map(Arc::from),
+            device: None,
+            channels: channels.iter().map(|c| Arc::from(*c)).collect(),
+        };
+        Session::open(C, id, Now { tick: 0, ms: 100 }, &params(), out)
+    }
+
+    #[test]
+    fn opening_subscribes_joins_then_welcomes() {
+        let mut out = Effects::new();
+        let s = open(Some("42"), &["a", "b"], &mut out);
+        let t = text(&out);
+        assert_eq!(t[..3], ["+a", "+b", "joined"]);
+        assert!(t[3].starts_with("{\"type\":\"welcome\""), "{t:?}");
+        match &out[2] {
+            Effect::Update { shard, .. } => assert_eq!(*shard, home_of("42", 4)),
+            e => panic!("{e:?}"),
+        }
+        let mut out = Effects::new();
+        s.unwrap().close(C, &params(), &mut out);
+        assert_eq!(text(&out), ["-a", "-b", "left"]);
+    }
+
+    #[test]
+    fn an_anonymous_connection_has_no_session_until_it_needs_one() {
+        let mut out = Effects::new();
+        let mut s = open(None, &[], &mut out);
+        assert!(s.is_none());
+        out.clear();
+        let p = params();
+        Session::on_message(&mut s, C, true, b"hb", Now::default(), &p, &mut out);
+        assert!(s.is_none(), "a heartbeat allocates nothing");
+        assert!(matches!(out.pop_front(), Some(Effect::ReplyFrame { .. })));
+        Session::on_message(
+            &mut s,
+            C,
+            true,
+            br#"{"type":"subscribe","channel":"x"}"#,
+            Now::default(),
+            &p,
+            &mut out,
+        );
+        assert_eq!(text(&out), ["+x", r#"{"type":"subscribed","channel":"x"}"#]);
+        assert!(s.is_some());
+    }
+
+    #[test]
+    fn subscriptions_are_capped_and_unsubscribing_twice_is_an_error() {
+        let p = params();
+        let mut out = Effects::new();
+        let mut s = open(None, &["a", "b"], &mut out);
+        out.clear();
+        let sub = br#"{"type":"subscribe","channel":"c"}"#;
+        Session::on_message(&mut s, C, true, sub, Now::default(), &p, &mut out);
+        let t = text(&out);
+        assert_eq!(t[0], "client-error");
+        assert!(t[1].contains("too_many_channels"), "{t:?}");
+        out.clear();
+        let again = br#"{"type":"subscribe","channel":"a"}"#;
+        Session::on_message(&mut s, C, true, again, Now::default(), &p, &mut out);
+        assert_eq!(text(&out), [r#"{"type":"subscribed","channel":"a"}"#], "already subscribed");
+        out.clear();
+        let unsub = br#"{"type":"unsubscribe","channel":"a"}"#;
+        Session::on_message(&mut s, C, true, unsub, Now::default(), &p, &mut out);
+        Session::on_message(&mut s, C, true, unsub, Now::default(), &p, &mut out);
+        let t = text(&out);
+        assert_eq!(t[..2], ["-a", r#"{"type":"unsubscribed","channel":"a"}"#]);
+        assert_eq!(t[2], "client-error");
+    }
+
+    #[test]
+    fn too_many_bad_messages_in_a_minute_close_and_a_new_minute_forgives() {
+        let p = params();
+        let mut s = None;
+        let mut out = Effects::new();
+        let at = |tick| Now { tick, ms: 0 };
+        for tick in [1, 2] {
+            Session::on_message(&mut s, C, false, b"x", at(tick), &p, &mut out);
+        }
+        assert!(!text(&out).iter().any(|t| t.starts_with("close")));
+        out.clear();
+        Session::on_message(&mut s, C, true, b"{", at(700), &p, &mut out);
+        assert!(!text(&out).iter().any(|t| t.starts_with("close")), "a new minute");
+        Session::on_message(&mut s, C, true, b"{", at(701), &p, &mut out);
+        Session::on_message(&mut s, C, true, b"{", at(702), &p, &mut out);
+        assert_eq!(text(&out).last().map(String::as_str), Some("close TooManyBadMessages"));
+    }
+
+    #[test]
+    fn activity_reaches_the_home_at_most_once_per_report_interval() {
+        let p = params();
+        let mut out = Effects::new();
+        let mut s = open(Some("u"), &[], &mut out);
+        out.clear();
+        for tick in [10, 11, 19, 20] {
+            Session::on_message(&mut s, C, true, b"hb", Now { tick, ms: 0 }, &p, &mut out);
+        }
+        let active = text(&out).iter().filter(|t| *t == "active").count();
+        assert_eq!(active, 2);
+    }
+}

@@ -6,6 +6,7 @@ pub mod inbox;
 pub mod limits;
 pub mod outbox;
 pub mod shard;
+pub mod sim;
 pub mod stats;
 /// The syscall layer (the `ringcast-sys` crate): the one place with `unsafe`.
 pub use ringcast_sys as sys;

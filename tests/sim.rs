@@ -1,0 +1,376 @@
+//! The shard simulated: two shards driven turn by turn with a fake clock, clients on in-memory
+//! sockets (socketpairs) speaking through ringcast's codec in the client role. Protocol and
+//! session behaviour (eviction, heartbeats, both close handshakes, ordering across shards,
+//! kick, replace, slow consumers, drain) without a network, a runtime or a sleep: time moves
+//! only when a test says so, so a 30 s idle timeout takes no time at all.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // reason: a panic is the failure report
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use ringcast::clock;
+use ringcast::config::Config;
+use ringcast::proto::frame::encode_frame;
+use ringcast::proto::{CloseReason, Decoder, Event, Limits, OpCode, Role};
+use ringcast::push::ids::home_of;
+use ringcast::push::msg::{Payload, Priority, ShardMsg};
+use ringcast::push::report::{Report, Totals};
+use ringcast::server::sim::SimNode;
+
+const TICK: Duration = Duration::from_millis(100);
+
+fn node(args: &[&str]) -> SimNode {
+    let mut argv =
+        vec!["ringcast", "--tick", "100ms", "--ping-interval", "0", "--idle-timeout", "0"];
+    argv.extend_from_slice(args);
+    SimNode::new(&Config::parse_from(argv), 2).unwrap()
+}
+
+#[derive(Debug, PartialEq)]
+enum Got {
+    Text(String),
+    Ping,
+    Close(Option<u16>, String),
+}
+
+struct Client {
+    s: UnixStream,
+    dec: Decoder,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl Client {
+    /// Connects to `shard` and upgrades with this query string; asserts the 101.
+    fn open(sim: &mut SimNode, shard: usize, query: &str) -> Client {
+        let mut s = sim.connect(shard).unwrap();
+        let head = format!(
+            "GET /ws?{query} HTTP/1.1\r\nHost: sim\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        sim.run();
+        let mut c = Client { s, dec: Decoder::new(Role::Client), buf: Vec::new(), eof: false };
+        c.fill();
+        let end = c.buf.windows(4).position(|w| w == b"\r\n\r\n").expect("a whole response") + 4;
+        let head: Vec<u8> = c.buf.drain(..end).collect();
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        c
+    }
+
+    /// Reads what the server has written so far (never waits).
+    fn fill(&mut self) {
+        let mut chunk = [0u8; 65536];
+        loop {
+            match self.s.read(&mut chunk) {
+                Ok(0) => {
+                    self.eof = true;
+                    return;
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                    self.eof = true;
+                    return;
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Every frame the server has sent so far.
+    fn recv(&mut self) -> Vec<Got> {
+        self.fill();
+        let limits = Limits { max_frame: 1 << 24, max_message: 1 << 24 };
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while let Some((ev, n)) = self.dec.decode(&mut self.buf[pos..], &limits).unwrap() {
+            pos += n;
+            out.push(match ev {
+                Event::Data { payload, .. } => Got::Text(String::from_utf8_lossy(payload).into()),
+                Event::Ping(_) => Got::Ping,
+                Event::Pong(_) => continue,
+                Event::Close(code, reason) => Got::Close(code.map(|c| c.0), reason.to_string()),
+            });
+        }
+        self.buf.drain(..pos);
+        out
+    }
+
+    /// Every text message so far, as JSON.
+    fn messages(&mut self) -> Vec<serde_json::Value> {
+        self.recv()
+            .into_iter()
+            .filter_map(|g| match g {
+                Got::Text(t) => Some(serde_json::from_str(&t).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn send(&mut self, op: OpCode, payload: &[u8]) {
+        let mut v = Vec::new();
+        encode_frame(&mut v, op, true, Some([7, 1, 8, 2]), payload);
+        self.s.write_all(&v).unwrap();
+    }
+
+    fn close(&mut self, code: u16) {
+        self.send(OpCode::Close, &code.to_be_bytes());
+    }
+
+    /// Whether the server has closed its end (EOF, after any bytes).
+    fn closed(&mut self) -> bool {
+        self.fill();
+        self.eof
+    }
+}
+
+fn json_payload(v: &str) -> Payload {
+    Payload::Json(Arc::from(serde_json::value::RawValue::from_string(v.into()).unwrap()))
+}
+
+/// Publishes as the API does: to the channel's home shard. Returns the report.
+fn publish(sim: &SimNode, channel: &str, data: &str) -> Arc<Report> {
+    let (report, part, _done) = Report::new(clock::now());
+    let m = ShardMsg::Publish {
+        channel: channel.into(),
+        payload: json_payload(data),
+        priority: Priority::Normal,
+        report: part,
+    };
+    sim.send(home_of(channel, sim.shards()), m);
+    report
+}
+
+/// A channel name whose home is `shard`.
+fn homed_on(shard: usize, prefix: &str) -> String {
+    (0..).map(|i| format!("{prefix}{i}")).find(|n| home_of(n, 2) == shard).unwrap()
+}
+
+#[test]
+fn a_silent_connection_is_closed_at_its_idle_timeout() {
+    let mut sim = node(&["--idle-timeout", "30s"]);
+    let mut c = Client::open(&mut sim, 0, "user=1");
+    assert_eq!(c.messages()[0]["type"], "welcome");
+    sim.advance_by_steps(Duration::from_secs(29), TICK);
+    assert_eq!(c.recv(), []);
+    sim.advance_by_steps(Duration::from_secs(2), TICK);
+    assert_eq!(c.recv(), [Got::Close(Some(1000), "idle timeout".into())]);
+    // The close handshake: our answer ends it, and the server lets go.
+    c.close(1000);
+    sim.run();
+    assert!(c.closed());
+    assert_eq!(sim.counters(0).open_connections.get(), 0);
+}
+
+#[test]
+fn a_ping_unanswered_ends_the_connection_and_an_answer_keeps_it() {
+    let mut sim = node(&["--ping-interval", "10s", "--pong-timeout", "5s"]);
+    let mut quiet = Client::open(&mut sim, 0, "");
+    let mut alive = Client::open(&mut sim, 1, "");
+    quiet.messages();
+    alive.messages();
+    sim.advance_by_steps(Duration::from_secs(10), TICK);
+    assert_eq!(quiet.recv(), [Got::Ping]);
+    assert_eq!(alive.recv(), [Got::Ping]);
+    alive.send(OpCode::Pong, b"");
+    sim.advance_by_steps(Duration::from_secs(5), TICK);
+    assert_eq!(quiet.recv(), [Got::Close(Some(1001), "pong timeout".into())]);
+    assert!(quiet.closed(), "a dead peer gets no close handshake");
+    assert_eq!(alive.recv(), []);
+    assert!(!alive.closed());
+    assert_eq!(sim.counters(0).open_connections.get(), 0);
+    assert_eq!(sim.counters(1).open_connections.get(), 1);
+}
+
+#[test]
+fn a_client_close_is_answered_and_the_server_shuts_its_side() {
+    let mut sim = node(&[]);
+    let mut c = Client::open(&mut sim, 1, "user=5&channels=news");
+    c.messages();
+    c.close(4321);
+    sim.run();
+    assert_eq!(c.recv(), [Got::Close(Some(4321), String::new())]);
+    assert!(c.closed(), "the write side is shut once the answer is out");
+    assert_eq!(sim.counters(1).subscriptions.get(), 0, "it left its channel at once");
+    drop(c);
+    sim.run();
+    assert_eq!(sim.counters(1).open_connections.get(), 0);
+}
+
+#[test]
+fn a_server_close_waits_for_the_client_answer_or_its_deadline() {
+    let mut sim = node(&["--idle-timeout", "1s", "--close-timeout", "3s"]);
+    let mut answers = Client::open(&mut sim, 0, "");
+    let mut silent = Client::open(&mut sim, 0, "");
+    answers.messages();
+    silent.messages();
+    sim.advance_by_steps(Duration::from_secs(1), TICK);
+    for c in [&mut answers, &mut silent] {
+        assert_eq!(c.recv(), [Got::Close(Some(1000), "idle timeout".into())]);
+        assert!(!c.closed(), "the server reads on for the answer");
+    }
+    answers.close(1000);
+    sim.run();
+    assert!(answers.closed());
+    assert_eq!(sim.counters(0).open_connections.get(), 1);
+    sim.advance_by_steps(Duration::from_secs(3), TICK);
+    assert!(silent.closed());
+    assert_eq!(sim.counters(0).open_connections.get(), 0);
+    assert_eq!(sim.counters(0).close_timeouts.get(), 1);
+}
+
+#[test]
+fn a_subscription_is_in_place_before_it_is_acknowledged_across_shards() {
+    let mut sim = node(&[]);
+    // The channel is homed on shard 1; the subscribers sit on both shards.
+    let ch = homed_on(1, "prices");
+    let mut a = Client::open(&mut sim, 0, "");
+    let mut b = Client::open(&mut sim, 1, "");
+    a.messages();
+    b.messages();
+    for c in [&mut a, &mut b] {
+        c.send(OpCode::Text, format!(r#"{{"type":"subscribe","channel":"{ch}"}}"#).as_bytes());
+    }
+    sim.run();
+    for c in [&mut a, &mut b] {
+        assert_eq!(c.messages()[0]["type"], "subscribed");
+    }
+    // Published only after the acks: each must reach both, in order, numbered from 1.
+    let reports: Vec<_> = (1..=5).map(|i| publish(&sim, &ch, &i.to_string())).collect();
+    sim.run();
+    for c in [&mut a, &mut b] {
+        let got: Vec<(u64, u64)> = c
+            .messages()
+            .iter()
+            .map(|m| (m["seq"].as_u64().unwrap(), m["data"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(got, [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]);
+    }
+    for r in reports {
+        assert_eq!(r.totals(), Totals { recipients: 2, queued: 2, dropped: 0, offline: 0 });
+    }
+}
+
+#[test]
+fn a_channel_seq_continues_after_its_last_subscriber_leaves() {
+    let mut sim = node(&[]);
+    let ch = homed_on(0, "news");
+    let mut a = Client::open(&mut sim, 1, &format!("channels={ch}"));
+    a.messages();
+    publish(&sim, &ch, "1");
+    sim.run();
+    assert_eq!(a.messages()[0]["seq"], 1);
+    let epoch = |c: &mut Client| c.messages()[0]["epoch"].clone();
+    a.close(1000);
+    sim.run();
+    drop(a);
+    let mut b = Client::open(&mut sim, 0, &format!("channels={ch}"));
+    let e = epoch(&mut b);
+    publish(&sim, &ch, "2");
+    sim.run();
+    let m = b.messages();
+    assert_eq!((m[0]["seq"].as_u64(), &e), (Some(2), &e), "same epoch, next seq");
+}
+
+#[test]
+fn a_kick_closes_every_connection_of_the_user_with_its_code() {
+    let mut sim = node(&[]);
+    let mut phone = Client::open(&mut sim, 0, "user=9&device=phone");
+    let mut laptop = Client::open(&mut sim, 1, "user=9&device=laptop");
+    phone.messages();
+    laptop.messages();
+    let (report, part, _done) = Report::new(clock::now());
+    let reason = CloseReason::kicked(None, None);
+    sim.send(home_of("9", 2), ShardMsg::KickUser { user: "9".into(), reason, report: part });
+    sim.run();
+    for c in [&mut phone, &mut laptop] {
+        assert_eq!(c.recv(), [Got::Close(Some(4001), "kicked".into())]);
+    }
+    assert_eq!(report.totals().recipients, 2);
+}
+
+#[test]
+fn a_second_connection_of_a_device_replaces_the_first() {
+    let mut sim = node(&["--replace-same-device", "true"]);
+    let mut old = Client::open(&mut sim, 0, "user=3&device=tab");
+    old.messages();
+    let mut new = Client::open(&mut sim, 1, "user=3&device=tab");
+    assert_eq!(new.messages()[0]["type"], "welcome");
+    assert_eq!(old.recv(), [Got::Close(Some(4000), "replaced".into())]);
+    assert!(!new.closed());
+}
+
+#[test]
+fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
+    let mut sim = node(&[
+        "--outbox-max-bytes",
+        "64KiB",
+        "--slow-consumer-timeout",
+        "2s",
+        "--close-timeout",
+        "1s",
+    ]);
+    let ch = homed_on(0, "firehose");
+    let mut slow = Client::open(&mut sim, 1, &format!("channels={ch}"));
+    slow.messages();
+    let data = format!("\"{}\"", "x".repeat(4000));
+    // Far more than the socket buffer and the outbox hold together; the client reads nothing.
+    let mut dropped = 0;
+    for _ in 0..40 {
+        let reports: Vec<_> = (0..25).map(|_| publish(&sim, &ch, &data)).collect();
+        sim.run();
+        dropped += reports.iter().map(|r| r.totals().dropped).sum::<u64>();
+    }
+    assert!(dropped > 0, "the outbox cap was never reached");
+    sim.advance_by_steps(Duration::from_secs(2), TICK);
+    assert_eq!(sim.counters(1).slow_consumers_closed.get(), 1);
+    // The close handshake gets --close-timeout, which a client that reads nothing misses.
+    sim.advance_by_steps(Duration::from_secs(1), TICK);
+    assert_eq!(sim.counters(1).open_connections.get(), 0);
+    assert_eq!(sim.counters(1).close_timeouts.get(), 1);
+    // What the socket still held arrives, then the end. The close frame comes last if the
+    // full socket took it.
+    let got = slow.recv();
+    assert!(slow.closed());
+    let texts = got.iter().filter(|g| matches!(g, Got::Text(_))).count();
+    assert!(texts < 1000, "pushes past the cap were dropped, not queued");
+    for (i, g) in got.iter().enumerate() {
+        if let Got::Close(code, _) = g {
+            assert_eq!((*code, i), (Some(4002), got.len() - 1));
+        }
+    }
+}
+
+#[test]
+fn a_drain_closes_with_1001_and_ends_when_every_client_is_gone() {
+    let mut sim = node(&["--drain-timeout", "5s"]);
+    let mut a = Client::open(&mut sim, 0, "user=1");
+    let mut b = Client::open(&mut sim, 1, "channels=x");
+    let mut quiet = Client::open(&mut sim, 1, "");
+    for c in [&mut a, &mut b, &mut quiet] {
+        c.messages();
+    }
+    sim.shut_down();
+    sim.run();
+    for c in [&mut a, &mut b, &mut quiet] {
+        assert_eq!(c.recv(), [Got::Close(Some(1001), "server shutting down".into())]);
+    }
+    a.close(1001);
+    b.close(1001);
+    sim.run();
+    assert!(a.closed() && b.closed());
+    assert!(!sim.drained(), "one client has not answered");
+    sim.advance_by_steps(Duration::from_secs(5), TICK);
+    assert!(quiet.closed());
+    assert!(sim.drained());
+    assert_eq!(sim.counters(1).drain_forced.get(), 1);
+    // A connection arriving during the drain is turned away at the upgrade.
+    let mut late = sim.connect(0).unwrap();
+    sim.run();
+    let mut buf = [0u8; 16];
+    assert!(matches!(late.read(&mut buf), Ok(0) | Err(_)));
+}
