@@ -1,0 +1,122 @@
+//! Routing: which endpoint a request names, whether its method fits, and who answers it.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+use serde_json::json;
+
+use super::error::{ApiError, Reply};
+use super::fields::Fields;
+use super::ops::{dispatch, Op};
+use super::{batch, metrics, query, ApiContext};
+
+/// What a path names.
+#[derive(Debug, PartialEq, Eq)]
+enum Endpoint<'a> {
+    Health,
+    Ready,
+    Metrics,
+    Op(Op),
+    Batch,
+    Stats,
+    User(&'a str),
+    Channel(&'a str),
+}
+
+impl Endpoint<'_> {
+    fn of(path: &str) -> Option<Endpoint<'_>> {
+        Some(match path {
+            "/healthz" => Endpoint::Health,
+            "/readyz" => Endpoint::Ready,
+            "/metrics" => Endpoint::Metrics,
+            "/v1/batch" => Endpoint::Batch,
+            "/v1/stats" => Endpoint::Stats,
+            p => {
+                if let Some(user) = p.strip_prefix("/v1/users/") {
+                    Endpoint::User(user)
+                } else if let Some(channel) = p.strip_prefix("/v1/channels/") {
+                    Endpoint::Channel(channel)
+                } else {
+                    Endpoint::Op(Op::parse(p.strip_prefix("/v1/")?)?)
+                }
+            }
+        })
+    }
+
+    /// The one method the endpoint takes (probes and metrics take any).
+    fn method(&self) -> Option<http::Method> {
+        match self {
+            Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => None,
+            Endpoint::Op(_) | Endpoint::Batch => Some(http::Method::POST),
+            Endpoint::Stats | Endpoint::User(_) | Endpoint::Channel(_) => Some(http::Method::GET),
+        }
+    }
+}
+
+/// Answers a request whose key (where one is needed) was checked at its head.
+pub async fn handle(ctx: &ApiContext, head: &http::request::Parts, body: Bytes) -> Reply {
+    match route(ctx, head, body).await {
+        Ok(r) => r,
+        Err(e) => e.reply(),
+    }
+}
+
+async fn route(
+    ctx: &ApiContext,
+    head: &http::request::Parts,
+    body: Bytes,
+) -> Result<Reply, ApiError> {
+    let endpoint = Endpoint::of(head.uri.path()).ok_or(ApiError::NotFound)?;
+    if let Some(m) = endpoint.method() {
+        if head.method != m {
+            return Err(ApiError::Method(m));
+        }
+    }
+    match endpoint {
+        Endpoint::Health => Ok(Reply::json(200, &json!({"status": "alive"}))),
+        Endpoint::Ready => Ok(if ctx.shared.draining.load(Relaxed) {
+            Reply::json(503, &json!({"ready": false, "reason": "draining"}))
+        } else {
+            Reply::json(200, &json!({"ready": true}))
+        }),
+        Endpoint::Metrics => {
+            let text = metrics::render(&ctx.counters, &ctx.router, &ctx.shared, ctx.driver);
+            Ok(Reply {
+                status: 200,
+                body: text.into_bytes(),
+                extra: "",
+                content_type: "text/plain; version=0.0.4",
+            })
+        }
+        Endpoint::Op(op) => {
+            let done = dispatch(ctx, op, Fields::parse_any(&body)?)?.finish().await?;
+            Ok(Reply::json(200, &done.json()))
+        }
+        Endpoint::Batch => Ok(batch::batch(ctx, &body).await),
+        Endpoint::Stats => Ok(query::stats(ctx)),
+        Endpoint::User(user) => query::user(ctx, user).await,
+        Endpoint::Channel(channel) => query::channel(ctx, channel).await,
+    }
+}
+
+/// Whether a path answers without the API key (health probes, for load balancers).
+pub fn is_probe(path: &str) -> bool {
+    matches!(Endpoint::of(path), Some(Endpoint::Health | Endpoint::Ready))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_their_endpoints() {
+        assert_eq!(Endpoint::of("/v1/publish"), Some(Endpoint::Op(Op::Publish)));
+        assert_eq!(Endpoint::of("/v1/kick"), Some(Endpoint::Op(Op::Kick)));
+        assert_eq!(Endpoint::of("/v1/users/42"), Some(Endpoint::User("42")));
+        assert_eq!(Endpoint::of("/v1/channels/"), Some(Endpoint::Channel("")));
+        for missing in ["/", "/v1", "/v1/", "/v1/nope", "/v2/publish", "/v1/publish/x"] {
+            assert_eq!(Endpoint::of(missing), None, "{missing}");
+        }
+        assert!(is_probe("/readyz") && !is_probe("/metrics"));
+    }
+}
