@@ -21,7 +21,30 @@ pub struct Config {
     /// `max_frame_size`).
     #[arg(long, env = "RINGCAST_CONFIG")]
     pub config: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub listen: Listen,
+    #[command(flatten)]
+    pub limits: Limits,
+    #[command(flatten)]
+    pub frames: Frames,
+    #[command(flatten)]
+    pub timeouts: Timeouts,
+    #[command(flatten)]
+    pub outbox: OutboxConfig,
+    #[command(flatten)]
+    pub routes: Routes,
+    #[command(flatten)]
+    pub api: Api,
+    #[command(flatten)]
+    pub delivery: Delivery,
+    #[command(flatten)]
+    pub log: Logging,
+}
 
+/// Listening and threads.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Listening and threads")]
+pub struct Listen {
     /// WebSocket listen address.
     #[arg(long, env = "RINGCAST_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -44,7 +67,12 @@ pub struct Config {
     /// io_uring submission queue entries per shard.
     #[arg(long, env = "RINGCAST_URING_ENTRIES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(8..=32768))]
     pub uring_entries: u32,
+}
 
+/// Connection limits.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Connection limits")]
+pub struct Limits {
     /// Maximum open WebSocket connections, all shards together; 0 derives it from the
     /// open-file limit (less a reserve for listeners and handshakes in progress).
     #[arg(long, env = "RINGCAST_MAX_CONNECTIONS", default_value_t = 0)]
@@ -58,7 +86,12 @@ pub struct Config {
     /// Maximum connections per shard still in the handshake; more are closed at accept.
     #[arg(long, env = "RINGCAST_MAX_PENDING_HANDSHAKES", default_value_t = 4096)]
     pub max_pending_handshakes: usize,
+}
 
+/// Handshake and frames.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Handshake and frames")]
+pub struct Frames {
     /// Time a client has to complete the upgrade request.
     #[arg(long, env = "RINGCAST_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
@@ -71,7 +104,12 @@ pub struct Config {
     /// Largest message a client may send, all fragments together (1009 beyond).
     #[arg(long, env = "RINGCAST_MAX_MESSAGE_SIZE", default_value = "64KiB", value_parser = parse_size)]
     pub max_message_size: u64,
+}
 
+/// Heartbeats and deadlines.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Heartbeats and deadlines")]
+pub struct Timeouts {
     /// Send a ping after this long without hearing from the client; 0 disables pings.
     #[arg(long, env = "RINGCAST_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub ping_interval: Duration,
@@ -97,7 +135,12 @@ pub struct Config {
     /// Timer wheel tick: the resolution of every deadline above.
     #[arg(long, env = "RINGCAST_TICK", default_value = "100ms", value_parser = parse_duration)]
     pub tick: Duration,
+}
 
+/// Outbox and reading.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Outbox and reading")]
+pub struct OutboxConfig {
     /// Bytes queued for one connection before it stops being read (echo) or is shed.
     #[arg(long, env = "RINGCAST_OUTBOX_MAX_BYTES", default_value = "1MiB", value_parser = parse_size)]
     pub outbox_max_bytes: u64,
@@ -107,7 +150,12 @@ pub struct Config {
     /// Per-shard read buffer.
     #[arg(long, env = "RINGCAST_READ_BUFFER", default_value = "64KiB", value_parser = parse_size)]
     pub read_buffer: u64,
+}
 
+/// Endpoints.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Endpoints")]
+pub struct Routes {
     /// Path of the push endpoint.
     #[arg(long, env = "RINGCAST_WS_PATH", default_value = "/ws")]
     pub ws_path: String,
@@ -123,7 +171,12 @@ pub struct Config {
     /// Subprotocols spoken, comma-separated, in order of preference.
     #[arg(long, env = "RINGCAST_SUBPROTOCOLS", value_delimiter = ',')]
     pub subprotocols: Vec<String>,
+}
 
+/// HTTP API.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "HTTP API")]
+pub struct Api {
     /// HTTP API listen address (publish, push, kick, queries).
     #[arg(long, env = "RINGCAST_API_LISTEN", default_value = "127.0.0.1:8081")]
     pub api_listen: SocketAddr,
@@ -137,6 +190,12 @@ pub struct Config {
     /// Concurrent API connections; more are answered 503 and closed.
     #[arg(long, env = "RINGCAST_API_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub api_max_connections: u32,
+}
+
+/// Delivery.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Delivery")]
+pub struct Delivery {
     /// Channels one connection may subscribe to.
     #[arg(long, env = "RINGCAST_MAX_CHANNELS_PER_CONN", default_value_t = 64)]
     pub max_channels_per_conn: usize,
@@ -159,7 +218,12 @@ pub struct Config {
     /// Bad client messages tolerated per minute before the connection is closed with 1008.
     #[arg(long, env = "RINGCAST_MAX_CLIENT_ERRORS", default_value_t = 10)]
     pub max_client_errors: u32,
+}
 
+/// Logging.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Logging")]
+pub struct Logging {
     /// Log format: human-readable text, or one JSON object per line.
     #[arg(long, env = "RINGCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -356,73 +420,85 @@ impl Default for Config {
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |s: String| Err(ConfigError(s));
-        if self.tick < Duration::from_millis(1) || self.tick > Duration::from_secs(1) {
-            return err(format!("--tick must be between 1ms and 1s, got {:?}", self.tick));
+        if self.timeouts.tick < Duration::from_millis(1)
+            || self.timeouts.tick > Duration::from_secs(1)
+        {
+            return err(format!("--tick must be between 1ms and 1s, got {:?}", self.timeouts.tick));
         }
-        if self.handshake_timeout < self.tick {
+        if self.frames.handshake_timeout < self.timeouts.tick {
             return err("--handshake-timeout must be at least one --tick".into());
         }
-        if !self.ping_interval.is_zero() && self.pong_timeout < self.tick {
+        if !self.timeouts.ping_interval.is_zero() && self.timeouts.pong_timeout < self.timeouts.tick
+        {
             return err("--pong-timeout must be at least one --tick when pings are on".into());
         }
-        if self.close_timeout < self.tick || self.drain_timeout < self.tick {
+        if self.timeouts.close_timeout < self.timeouts.tick
+            || self.timeouts.drain_timeout < self.timeouts.tick
+        {
             return err("--close-timeout and --drain-timeout must be at least one --tick".into());
         }
-        if !(4096..=1 << 30).contains(&self.read_buffer) {
-            return err(format!("--read-buffer must be 4KiB..1GiB, got {}", self.read_buffer));
+        if !(4096..=1 << 30).contains(&self.outbox.read_buffer) {
+            return err(format!(
+                "--read-buffer must be 4KiB..1GiB, got {}",
+                self.outbox.read_buffer
+            ));
         }
-        if !(256..=self.read_buffer / 2).contains(&self.max_header_bytes) {
+        if !(256..=self.outbox.read_buffer / 2).contains(&self.frames.max_header_bytes) {
             return err(format!(
                 "--max-header-bytes must be between 256 and half of --read-buffer ({}), got {}",
-                self.read_buffer / 2,
-                self.max_header_bytes
+                self.outbox.read_buffer / 2,
+                self.frames.max_header_bytes
             ));
         }
-        if self.max_frame_size == 0 || self.max_message_size == 0 {
+        if self.frames.max_frame_size == 0 || self.frames.max_message_size == 0 {
             return err("--max-frame-size and --max-message-size must be positive".into());
         }
-        if self.max_frame_size > 1 << 40 || self.max_message_size > 1 << 40 {
+        if self.frames.max_frame_size > 1 << 40 || self.frames.max_message_size > 1 << 40 {
             return err("--max-frame-size and --max-message-size must be at most 1TiB".into());
         }
-        if self.max_pending_handshakes == 0 {
+        if self.limits.max_pending_handshakes == 0 {
             return err("--max-pending-handshakes must be positive".into());
         }
-        if self.stream_idle_ttl < Duration::from_secs(1) {
+        if self.delivery.stream_idle_ttl < Duration::from_secs(1) {
             return err(format!(
                 "--stream-idle-ttl must be at least 1s (idle streams are forgotten after it), got {:?}",
-                self.stream_idle_ttl
+                self.delivery.stream_idle_ttl
             ));
         }
-        if self.outbox_max_bytes < 1024 || self.outbox_max_frames < 8 {
+        if self.outbox.outbox_max_bytes < 1024 || self.outbox.outbox_max_frames < 8 {
             return err(
                 "--outbox-max-bytes must be at least 1KiB and --outbox-max-frames at least 8"
                     .into(),
             );
         }
-        for (flag, path) in [("--ws-path", &self.ws_path), ("--echo-path", &self.echo_path)] {
+        for (flag, path) in
+            [("--ws-path", &self.routes.ws_path), ("--echo-path", &self.routes.echo_path)]
+        {
             if !path.starts_with('/') || path.contains(['?', ' ', '#']) {
                 return err(format!("{flag} must be a path starting with '/', got {path:?}"));
             }
         }
-        if self.echo && self.ws_path == self.echo_path {
+        if self.routes.echo && self.routes.ws_path == self.routes.echo_path {
             return err("--ws-path and --echo-path must differ".into());
         }
-        if !self.api_listen.ip().is_loopback() && self.api_key.as_deref().unwrap_or("").is_empty() {
+        if !self.api.api_listen.ip().is_loopback()
+            && self.api.api_key.as_deref().unwrap_or("").is_empty()
+        {
             return err(format!(
                 "--api-key is required when --api-listen ({}) is not a loopback address",
-                self.api_listen
+                self.api.api_listen
             ));
         }
-        if self.api_listen == self.listen && self.listen.port() != 0 {
+        if self.api.api_listen == self.listen.listen && self.listen.listen.port() != 0 {
             return err("--api-listen and --listen must differ".into());
         }
-        if self.inbox_capacity < 16 {
+        if self.delivery.inbox_capacity < 16 {
             return err("--inbox-capacity must be at least 16".into());
         }
-        if self.api_max_body < 1024 {
+        if self.api.api_max_body < 1024 {
             return err("--api-max-body must be at least 1KiB".into());
         }
-        if self.heartbeat_reply.len() > 125 * 1024 {
+        if self.timeouts.heartbeat_reply.len() > 125 * 1024 {
             return err("--heartbeat-reply is too long".into());
         }
         Ok(())
@@ -430,7 +506,7 @@ impl Config {
 
     /// Timer ticks in `d`, rounded up so a deadline never fires early.
     pub fn ticks(&self, d: Duration) -> u64 {
-        let t = self.tick.as_nanos().max(1);
+        let t = self.timeouts.tick.as_nanos().max(1);
         d.as_nanos().div_ceil(t) as u64
     }
 }

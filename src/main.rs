@@ -39,23 +39,23 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let cfg = loaded.config;
-    if !cfg.transparent_huge_pages {
+    if !cfg.listen.transparent_huge_pages {
         if let Err(e) = sys::disable_transparent_huge_pages() {
             eprintln!("ringcast: cannot turn transparent huge pages off: {e}");
         }
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log_level));
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log.log_level));
     let filter = match filter {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("ringcast: --log-level {:?} is not a valid filter: {e}", cfg.log_level);
+            eprintln!("ringcast: --log-level {:?} is not a valid filter: {e}", cfg.log.log_level);
             return ExitCode::from(2);
         }
     };
     use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match cfg.log_format {
+    match cfg.log.log_format {
         ringcast::config::LogFormat::Json => builder.json().init(),
         ringcast::config::LogFormat::Text => {
             builder.with_ansi(std::io::stderr().is_terminal()).init()
@@ -69,18 +69,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let api_listener = match ringcast::api::bind(cfg.api_listen) {
+    let api_listener = match ringcast::api::bind(cfg.api.api_listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("ringcast: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let api_key = cfg.api_key.clone();
-    let api_max_body = cfg.api_max_body as usize;
-    let api_max_connections = cfg.api_max_connections as usize;
-    let api_addr = cfg.api_listen;
-    let backlog = cfg.backlog;
+    let api_key = cfg.api.api_key.clone();
+    let api_max_body = cfg.api.api_max_body as usize;
+    let api_max_connections = cfg.api.api_max_connections as usize;
+    let api_addr = cfg.api.api_listen;
+    let backlog = cfg.listen.backlog;
     let server = match Server::start(cfg) {
         Ok(s) => s,
         Err(e) => {

@@ -153,23 +153,24 @@ impl Server {
     pub fn start(cfg: Config) -> Result<Server, StartError> {
         cfg.validate().map_err(|e| StartError(e.0))?;
         let cpus = sys::allowed_cpus();
-        let n = if cfg.shards == 0 { cpus.len().max(1) } else { cfg.shards };
-        let listeners = bind_listeners(cfg.listen, n, cfg.backlog)?;
+        let n = if cfg.listen.shards == 0 { cpus.len().max(1) } else { cfg.listen.shards };
+        let listeners = bind_listeners(cfg.listen.listen, n, cfg.listen.backlog)?;
         let addr = listeners[0].local_addr().map_err(|e| StartError(e.to_string()))?;
-        let driver = match cfg.io_driver {
+        let driver = match cfg.listen.io_driver {
             IoDriver::Epoll => "epoll",
             IoDriver::IoUring => "io_uring",
             IoDriver::Auto if monoio::utils::detect_uring() => "io_uring",
             IoDriver::Auto => "epoll",
         };
-        if cfg.io_driver == IoDriver::IoUring && !monoio::utils::detect_uring() {
+        if cfg.listen.io_driver == IoDriver::IoUring && !monoio::utils::detect_uring() {
             return Err(StartError(
                 "--io-driver io-uring: io_uring is not available on this kernel".into(),
             ));
         }
         let nofile = sys::raise_nofile_limit();
         let fd_budget = fd_budget(nofile, n);
-        let max_total = if cfg.max_connections == 0 { fd_budget } else { cfg.max_connections };
+        let max_total =
+            if cfg.limits.max_connections == 0 { fd_budget } else { cfg.limits.max_connections };
         if max_total > fd_budget {
             tracing::warn!(
                 "--max-connections {max_total} is above what the open-file limit ({nofile}) allows \
@@ -180,8 +181,8 @@ impl Server {
             total: AtomicUsize::new(0),
             max_total,
             draining: AtomicBool::new(false),
-            limiter: (cfg.max_connections_per_ip > 0)
-                .then(|| IpLimiter::new(cfg.max_connections_per_ip)),
+            limiter: (cfg.limits.max_connections_per_ip > 0)
+                .then(|| IpLimiter::new(cfg.limits.max_connections_per_ip)),
             epoch: crate::clock::unix_ms(),
         });
         let cfg = Arc::new(cfg);
@@ -192,13 +193,13 @@ impl Server {
             .map(|_| EventFd::new().map(Arc::new))
             .collect::<io::Result<Vec<_>>>()
             .map_err(|e| StartError(format!("eventfd: {e}")))?;
-        let (router, inboxes) = Router::new(&wakes, cfg.inbox_capacity);
+        let (router, inboxes) = Router::new(&wakes, cfg.delivery.inbox_capacity);
         let identify: Arc<dyn Identify> =
-            Arc::new(OpenMode { max_channels: cfg.max_channels_per_conn });
+            Arc::new(OpenMode { max_channels: cfg.delivery.max_channels_per_conn });
         for (i, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
             let wake = wakes[i].clone();
             let ctr = counters[i].clone();
-            let capacity = match cfg.max_connections_per_shard {
+            let capacity = match cfg.limits.max_connections_per_shard {
                 0 => max_total,
                 m => m.min(max_total),
             };
@@ -215,8 +216,8 @@ impl Server {
             };
             let shard = Shard::new(&cfg, parts, crate::clock::now())
                 .map_err(|e| StartError(format!("shard {i}: {e}")))?;
-            let cpu = cfg.pin.then(|| cpus.get(i % cpus.len().max(1)).copied()).flatten();
-            let entries = cfg.uring_entries;
+            let cpu = cfg.listen.pin.then(|| cpus.get(i % cpus.len().max(1)).copied()).flatten();
+            let entries = cfg.listen.uring_entries;
             let use_uring = driver == "io_uring";
             let t = std::thread::Builder::new()
                 .name(format!("ringcast-shard-{i}"))

@@ -45,18 +45,22 @@ impl SimNode {
         let start = clock::now();
         let shared = Arc::new(Shared {
             total: AtomicUsize::new(0),
-            max_total: if cfg.max_connections == 0 { usize::MAX } else { cfg.max_connections },
+            max_total: if cfg.limits.max_connections == 0 {
+                usize::MAX
+            } else {
+                cfg.limits.max_connections
+            },
             draining: AtomicBool::new(false),
-            limiter: (cfg.max_connections_per_ip > 0)
-                .then(|| IpLimiter::new(cfg.max_connections_per_ip)),
+            limiter: (cfg.limits.max_connections_per_ip > 0)
+                .then(|| IpLimiter::new(cfg.limits.max_connections_per_ip)),
             epoch: clock::unix_ms(),
         });
         let counters: Vec<Arc<Counters>> = (0..n).map(|_| Arc::new(Counters::default())).collect();
         let peers: Arc<[Arc<Counters>]> = counters.clone().into();
         let wakes = (0..n).map(|_| EventFd::new().map(Arc::new)).collect::<io::Result<Vec<_>>>()?;
-        let (router, inboxes) = Router::new(&wakes, cfg.inbox_capacity);
+        let (router, inboxes) = Router::new(&wakes, cfg.delivery.inbox_capacity);
         let identify: Arc<dyn Identify> =
-            Arc::new(OpenMode { max_channels: cfg.max_channels_per_conn });
+            Arc::new(OpenMode { max_channels: cfg.delivery.max_channels_per_conn });
         let mut shards = Vec::with_capacity(n);
         for (i, inbox) in inboxes.into_iter().enumerate() {
             let parts = ShardParts {

@@ -87,56 +87,59 @@ pub struct Params {
 impl Params {
     pub fn new(cfg: &Config, epoch: u64, shards: usize) -> Params {
         let mut routes = vec![Route::Ws];
-        let mut paths = vec![cfg.ws_path.clone()];
-        if cfg.echo {
+        let mut paths = vec![cfg.routes.ws_path.clone()];
+        if cfg.routes.echo {
             routes.push(Route::Echo);
-            paths.push(cfg.echo_path.clone());
+            paths.push(cfg.routes.echo_path.clone());
         }
         let mut heartbeat_frame = Vec::new();
-        let reply = cfg.heartbeat_reply.as_bytes();
+        let reply = cfg.timeouts.heartbeat_reply.as_bytes();
         encode_frame(&mut heartbeat_frame, OpCode::Text, true, None, reply);
         let minute_ticks = cfg.ticks(std::time::Duration::from_secs(60));
         Params {
             policy: HandshakePolicy {
                 routes: paths,
-                allowed_origins: cfg.allowed_origins.clone(),
-                subprotocols: cfg.subprotocols.clone(),
-                max_header_bytes: cfg.max_header_bytes as usize,
+                allowed_origins: cfg.routes.allowed_origins.clone(),
+                subprotocols: cfg.routes.subprotocols.clone(),
+                max_header_bytes: cfg.frames.max_header_bytes as usize,
             },
             routes,
-            limits: Limits { max_frame: cfg.max_frame_size, max_message: cfg.max_message_size },
-            handshake_ticks: cfg.ticks(cfg.handshake_timeout),
-            close_ticks: cfg.ticks(cfg.close_timeout),
-            drain_ticks: cfg.ticks(cfg.drain_timeout),
-            live: Deadlines {
-                ping: cfg.ticks(cfg.ping_interval),
-                pong: cfg.ticks(cfg.pong_timeout),
-                idle: cfg.ticks(cfg.idle_timeout),
-                slow: cfg.ticks(cfg.slow_consumer_timeout).max(1),
+            limits: Limits {
+                max_frame: cfg.frames.max_frame_size,
+                max_message: cfg.frames.max_message_size,
             },
-            tick_nanos: cfg.tick.as_nanos().max(1),
-            max_per_shard: cfg.max_connections_per_shard,
-            max_pending: cfg.max_pending_handshakes,
-            outbox_max_bytes: cfg.outbox_max_bytes as usize,
-            outbox_max_frames: cfg.outbox_max_frames,
-            read_buffer: cfg.read_buffer as usize,
+            handshake_ticks: cfg.ticks(cfg.frames.handshake_timeout),
+            close_ticks: cfg.ticks(cfg.timeouts.close_timeout),
+            drain_ticks: cfg.ticks(cfg.timeouts.drain_timeout),
+            live: Deadlines {
+                ping: cfg.ticks(cfg.timeouts.ping_interval),
+                pong: cfg.ticks(cfg.timeouts.pong_timeout),
+                idle: cfg.ticks(cfg.timeouts.idle_timeout),
+                slow: cfg.ticks(cfg.delivery.slow_consumer_timeout).max(1),
+            },
+            tick_nanos: cfg.timeouts.tick.as_nanos().max(1),
+            max_per_shard: cfg.limits.max_connections_per_shard,
+            max_pending: cfg.limits.max_pending_handshakes,
+            outbox_max_bytes: cfg.outbox.outbox_max_bytes as usize,
+            outbox_max_frames: cfg.outbox.outbox_max_frames,
+            read_buffer: cfg.outbox.read_buffer as usize,
             minute_ticks,
             session: SessionParams {
-                max_channels: cfg.max_channels_per_conn,
-                max_client_errors: cfg.max_client_errors,
+                max_channels: cfg.delivery.max_channels_per_conn,
+                max_client_errors: cfg.delivery.max_client_errors,
                 minute_ticks,
                 report_ticks: cfg.ticks(std::time::Duration::from_secs(1)),
-                heartbeat: cfg.heartbeat_text.as_bytes().to_vec(),
+                heartbeat: cfg.timeouts.heartbeat_text.as_bytes().to_vec(),
                 heartbeat_frame: Bytes::from(heartbeat_frame),
                 epoch,
                 shards,
             },
             home: HomeParams {
-                replace: cfg.replace_same_device,
-                active_window_ms: cfg.active_window.as_millis() as u64,
+                replace: cfg.delivery.replace_same_device,
+                active_window_ms: cfg.delivery.active_window.as_millis() as u64,
                 shards,
             },
-            stream_idle_ttl_ms: cfg.stream_idle_ttl.as_millis() as u64,
+            stream_idle_ttl_ms: cfg.delivery.stream_idle_ttl.as_millis() as u64,
         }
     }
 }
@@ -232,7 +235,7 @@ impl Shard {
         let p = Params::new(cfg, shared.epoch, router.shards());
         let home = Home::new(p.home, Streams::new(shared.epoch, p.stream_idle_ttl_ms));
         let epoll = Epoll::new()?;
-        let tickfd = TimerFd::periodic(cfg.tick)?;
+        let tickfd = TimerFd::periodic(cfg.timeouts.tick)?;
         epoll.add(wake.raw(), WAKE_TOKEN, EV_IN)?;
         epoll.add(tickfd.raw(), TICK_TOKEN, EV_IN)?;
         // Slots for a little over the longest deadline, so most timers fire on first visit.
