@@ -12,6 +12,6 @@ pub fn now() -> Instant {
 
 /// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
 #[expect(clippy::disallowed_methods, reason = "the one wall-clock read")]
-pub fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -20,23 +20,23 @@ pub struct Config {
     /// TOML configuration file; its keys are the flag names (`max-frame-size` or
     /// `max_frame_size`).
     #[arg(long, env = "RINGCAST_CONFIG")]
-    pub config: Option<std::path::PathBuf>,
+    pub(crate) config: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub listen: Listen,
     #[command(flatten)]
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     #[command(flatten)]
-    pub frames: Frames,
+    pub(crate) frames: Frames,
     #[command(flatten)]
-    pub timeouts: Timeouts,
+    pub(crate) timeouts: Timeouts,
     #[command(flatten)]
-    pub outbox: OutboxConfig,
+    pub(crate) outbox: OutboxConfig,
     #[command(flatten)]
-    pub routes: Routes,
+    pub(crate) routes: Routes,
     #[command(flatten)]
     pub api: Api,
     #[command(flatten)]
-    pub delivery: Delivery,
+    pub(crate) delivery: Delivery,
     #[command(flatten)]
     pub log: Logging,
 }
@@ -47,130 +47,130 @@ pub struct Config {
 pub struct Listen {
     /// WebSocket listen address.
     #[arg(long, env = "RINGCAST_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Shard threads, one per core; 0 means one per CPU available to the process.
     #[arg(long, env = "RINGCAST_SHARDS", default_value_t = 0)]
-    pub shards: usize,
+    pub(crate) shards: usize,
     /// Pin shard i to the i-th available CPU.
     #[arg(long, env = "RINGCAST_PIN", default_value_t = true, action = clap::ArgAction::Set)]
-    pub pin: bool,
+    pub(crate) pin: bool,
     /// Listen backlog of each shard's socket (the kernel caps it at net.core.somaxconn).
     #[arg(long, env = "RINGCAST_BACKLOG", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub backlog: u32,
     /// I/O driver: io-uring, epoll, or auto (io_uring where the kernel allows it).
     #[arg(long, env = "RINGCAST_IO_DRIVER", value_enum, default_value_t = IoDriver::Auto)]
-    pub io_driver: IoDriver,
+    pub(crate) io_driver: IoDriver,
     /// Allow transparent huge pages (off by default: they multiply resident memory per idle
     /// connection; see docs/benchmarks.md).
     #[arg(long, env = "RINGCAST_TRANSPARENT_HUGE_PAGES", default_value_t = false, action = clap::ArgAction::Set)]
     pub transparent_huge_pages: bool,
     /// io_uring submission queue entries per shard.
     #[arg(long, env = "RINGCAST_URING_ENTRIES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(8..=32768))]
-    pub uring_entries: u32,
+    pub(crate) uring_entries: u32,
 }
 
 /// Connection limits.
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Connection limits")]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Maximum open WebSocket connections, all shards together; 0 derives it from the
     /// open-file limit (less a reserve for listeners and handshakes in progress).
     #[arg(long, env = "RINGCAST_MAX_CONNECTIONS", default_value_t = 0)]
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Maximum open WebSocket connections per shard; 0 means no per-shard cap.
     #[arg(long, env = "RINGCAST_MAX_CONNECTIONS_PER_SHARD", default_value_t = 0)]
-    pub max_connections_per_shard: usize,
+    pub(crate) max_connections_per_shard: usize,
     /// Maximum open WebSocket connections from one source IP; 0 means no cap.
     #[arg(long, env = "RINGCAST_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
-    pub max_connections_per_ip: u32,
+    pub(crate) max_connections_per_ip: u32,
     /// Maximum connections per shard still in the handshake; more are closed at accept.
     #[arg(long, env = "RINGCAST_MAX_PENDING_HANDSHAKES", default_value_t = 4096)]
-    pub max_pending_handshakes: usize,
+    pub(crate) max_pending_handshakes: usize,
 }
 
 /// Handshake and frames.
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Handshake and frames")]
-pub struct Frames {
+pub(crate) struct Frames {
     /// Time a client has to complete the upgrade request.
     #[arg(long, env = "RINGCAST_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// Cap on the upgrade request head.
     #[arg(long, env = "RINGCAST_MAX_HEADER_BYTES", default_value = "8KiB", value_parser = parse_size)]
-    pub max_header_bytes: u64,
+    pub(crate) max_header_bytes: u64,
     /// Largest frame a client may send (1009 beyond).
     #[arg(long, env = "RINGCAST_MAX_FRAME_SIZE", default_value = "64KiB", value_parser = parse_size)]
-    pub max_frame_size: u64,
+    pub(crate) max_frame_size: u64,
     /// Largest message a client may send, all fragments together (1009 beyond).
     #[arg(long, env = "RINGCAST_MAX_MESSAGE_SIZE", default_value = "64KiB", value_parser = parse_size)]
-    pub max_message_size: u64,
+    pub(crate) max_message_size: u64,
 }
 
 /// Heartbeats and deadlines.
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Heartbeats and deadlines")]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     /// Send a ping after this long without hearing from the client; 0 disables pings.
     #[arg(long, env = "RINGCAST_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
-    pub ping_interval: Duration,
+    pub(crate) ping_interval: Duration,
     /// Evict a client that sends nothing for this long after a ping.
     #[arg(long, env = "RINGCAST_PONG_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub pong_timeout: Duration,
+    pub(crate) pong_timeout: Duration,
     /// Close a connection that sends no message (heartbeats count) for this long; 0 disables.
     #[arg(long, env = "RINGCAST_IDLE_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Time the peer has to answer our close frame before the socket is closed.
     #[arg(long, env = "RINGCAST_CLOSE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
-    pub close_timeout: Duration,
+    pub(crate) close_timeout: Duration,
     /// On SIGTERM/SIGINT, time connections have to finish the close handshake.
     #[arg(long, env = "RINGCAST_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
     /// Application heartbeat: a text message equal to this is answered with --heartbeat-reply
     /// on the push endpoint. Empty disables it.
     #[arg(long, env = "RINGCAST_HEARTBEAT_TEXT", default_value = "ping")]
-    pub heartbeat_text: String,
+    pub(crate) heartbeat_text: String,
     /// The answer to an application heartbeat.
     #[arg(long, env = "RINGCAST_HEARTBEAT_REPLY", default_value = "pong")]
-    pub heartbeat_reply: String,
+    pub(crate) heartbeat_reply: String,
     /// Timer wheel tick: the resolution of every deadline above.
     #[arg(long, env = "RINGCAST_TICK", default_value = "100ms", value_parser = parse_duration)]
-    pub tick: Duration,
+    pub(crate) tick: Duration,
 }
 
 /// Outbox and reading.
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Outbox and reading")]
-pub struct OutboxConfig {
+pub(crate) struct OutboxConfig {
     /// Bytes queued for one connection before it stops being read (echo) or is shed.
     #[arg(long, env = "RINGCAST_OUTBOX_MAX_BYTES", default_value = "1MiB", value_parser = parse_size)]
-    pub outbox_max_bytes: u64,
+    pub(crate) outbox_max_bytes: u64,
     /// Frames queued for one connection before the same happens.
     #[arg(long, env = "RINGCAST_OUTBOX_MAX_FRAMES", default_value_t = 4096)]
-    pub outbox_max_frames: usize,
+    pub(crate) outbox_max_frames: usize,
     /// Per-shard read buffer.
     #[arg(long, env = "RINGCAST_READ_BUFFER", default_value = "64KiB", value_parser = parse_size)]
-    pub read_buffer: u64,
+    pub(crate) read_buffer: u64,
 }
 
 /// Endpoints.
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Endpoints")]
-pub struct Routes {
+pub(crate) struct Routes {
     /// Path of the push endpoint.
     #[arg(long, env = "RINGCAST_WS_PATH", default_value = "/ws")]
-    pub ws_path: String,
+    pub(crate) ws_path: String,
     /// Serve the echo endpoint (a conformance and test aid; turn it off in production).
     #[arg(long, env = "RINGCAST_ECHO", default_value_t = true, action = clap::ArgAction::Set)]
-    pub echo: bool,
+    pub(crate) echo: bool,
     /// Path of the echo endpoint.
     #[arg(long, env = "RINGCAST_ECHO_PATH", default_value = "/echo")]
-    pub echo_path: String,
+    pub(crate) echo_path: String,
     /// Allowed Origin values, comma-separated (`https://app.example`); empty allows any.
     #[arg(long, env = "RINGCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
-    pub allowed_origins: Vec<String>,
+    pub(crate) allowed_origins: Vec<String>,
     /// Subprotocols spoken, comma-separated, in order of preference.
     #[arg(long, env = "RINGCAST_SUBPROTOCOLS", value_delimiter = ',')]
-    pub subprotocols: Vec<String>,
+    pub(crate) subprotocols: Vec<String>,
 }
 
 /// HTTP API.
@@ -195,29 +195,29 @@ pub struct Api {
 /// Delivery.
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Delivery")]
-pub struct Delivery {
+pub(crate) struct Delivery {
     /// Channels one connection may subscribe to.
     #[arg(long, env = "RINGCAST_MAX_CHANNELS_PER_CONN", default_value_t = 64)]
-    pub max_channels_per_conn: usize,
+    pub(crate) max_channels_per_conn: usize,
     /// A device counts as active for the `active` push policy if it sent a message this recently.
     #[arg(long, env = "RINGCAST_ACTIVE_WINDOW", default_value = "60s", value_parser = parse_duration)]
-    pub active_window: Duration,
+    pub(crate) active_window: Duration,
     /// Close the older connection (code 4000, "replaced") when the same user and device connect again.
     #[arg(long, env = "RINGCAST_REPLACE_SAME_DEVICE", default_value_t = false, action = clap::ArgAction::Set)]
-    pub replace_same_device: bool,
+    pub(crate) replace_same_device: bool,
     /// A connection that keeps losing pushes to a full outbox this long is closed (4002, "slow consumer").
     #[arg(long, env = "RINGCAST_SLOW_CONSUMER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
-    pub slow_consumer_timeout: Duration,
+    pub(crate) slow_consumer_timeout: Duration,
     /// A stream (channel, user, broadcast) with no message for this long is forgotten; its
     /// numbering starts again at 1 under a new epoch if it comes back.
     #[arg(long, env = "RINGCAST_STREAM_IDLE_TTL", default_value = "1h", value_parser = parse_duration)]
-    pub stream_idle_ttl: Duration,
+    pub(crate) stream_idle_ttl: Duration,
     /// Messages each shard inbox holds; a full inbox refuses requests (503) and drops deliveries.
     #[arg(long, env = "RINGCAST_INBOX_CAPACITY", default_value_t = 65536)]
-    pub inbox_capacity: usize,
+    pub(crate) inbox_capacity: usize,
     /// Bad client messages tolerated per minute before the connection is closed with 1008.
     #[arg(long, env = "RINGCAST_MAX_CLIENT_ERRORS", default_value_t = 10)]
-    pub max_client_errors: u32,
+    pub(crate) max_client_errors: u32,
 }
 
 /// Logging.
@@ -241,7 +241,7 @@ pub enum LogFormat {
 
 /// Which monoio driver the shards run on.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IoDriver {
+pub(crate) enum IoDriver {
     Auto,
     IoUring,
     Epoll,
@@ -269,7 +269,7 @@ pub enum Source {
 }
 
 impl Source {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Source::Default => "default",
             Source::File => "file",
@@ -418,7 +418,7 @@ impl Default for Config {
 }
 
 impl Config {
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let err = |s: String| Err(ConfigError(s));
         if self.timeouts.tick < Duration::from_millis(1)
             || self.timeouts.tick > Duration::from_secs(1)
@@ -505,14 +505,14 @@ impl Config {
     }
 
     /// Timer ticks in `d`, rounded up so a deadline never fires early.
-    pub fn ticks(&self, d: Duration) -> u64 {
+    pub(crate) fn ticks(&self, d: Duration) -> u64 {
         let t = self.timeouts.tick.as_nanos().max(1);
         d.as_nanos().div_ceil(t) as u64
     }
 }
 
 /// Parses `250ms`, `10s`, `2m`, `1h` (or a bare number of seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -532,7 +532,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Parses `512`, `512B`, `64KiB`, `1MiB`, `1GiB` (also `K`, `KB`, `M`, `MB`, `G`, `GB` as
 /// binary units).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);

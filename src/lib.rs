@@ -15,7 +15,7 @@ pub use ringcast_proto as proto;
 
 pub mod api;
 pub mod clock;
-pub mod cluster;
+pub(crate) mod cluster;
 pub mod config;
 pub mod push;
 pub mod server;

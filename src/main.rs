@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 use ringcast::config::Config;
-use ringcast::server::{sys, Server};
+use ringcast::server::Server;
+use ringcast_sys as sys;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -48,15 +48,6 @@ impl<T: Copy + Default> TimerWheel<T> {
         }
     }
 
-    /// Pending timers.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Reserves room for `n` more timers, so inserts do not reallocate.
     pub fn reserve(&mut self, n: usize) {
         self.nodes.reserve(n);
@@ -102,7 +93,7 @@ impl<T: Copy + Default> TimerWheel<T> {
     }
 
     /// The tick a pending timer fires at.
-    pub fn deadline(&self, key: TimerKey) -> Option<u64> {
+    pub(crate) fn deadline(&self, key: TimerKey) -> Option<u64> {
         self.nodes.get(key.0 as usize).filter(|n| n.live).map(|n| n.deadline)
     }
 
@@ -145,6 +136,19 @@ impl<T: Copy + Default> TimerWheel<T> {
             }
         }
         self.now = now;
+    }
+}
+
+impl<T: Copy + Default> TimerWheel<T> {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[cfg(test)]
+    /// Pending timers.
+    pub(crate) fn len(&self) -> usize {
+        self.len
     }
 }
 

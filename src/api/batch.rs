@@ -11,7 +11,7 @@ use super::ApiContext;
 
 const OPS: &str = "\"op\" must be \"publish\", \"push\", \"send\", \"broadcast\" or \"kick\"";
 
-pub async fn batch(ctx: &ApiContext, body: &[u8]) -> Reply {
+pub(crate) async fn batch(ctx: &ApiContext, body: &[u8]) -> Reply {
     let mut pending = Vec::new();
     for line in body.split(|&b| b == b'\n') {
         let line = line.trim_ascii();

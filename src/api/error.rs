@@ -10,7 +10,7 @@ use super::fields::BadRequest;
 
 /// An API answer: status, body and its type, and any extra header lines.
 #[derive(Debug)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub(super) status: u16,
     pub(super) body: Vec<u8>,
     pub(super) extra: &'static str,
@@ -30,7 +30,7 @@ impl Reply {
 
 /// Why a request was not done.
 #[derive(Debug)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// 400: a body field (or the body itself) is wrong.
     Bad(BadRequest),
     /// 400: the request cannot be read as HTTP/1.1 (malformed head, Content-Length rules).
@@ -62,7 +62,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             ApiError::Bad(_) | ApiError::Malformed(_) | ApiError::BadName(_) => 400,
             ApiError::Unauthorized => 401,
@@ -78,7 +78,7 @@ impl ApiError {
         }
     }
 
-    pub fn message(&self) -> Cow<'_, str> {
+    pub(crate) fn message(&self) -> Cow<'_, str> {
         match self {
             ApiError::Bad(e) => Cow::Borrowed(&e.message),
             ApiError::Malformed(m) | ApiError::BadName(m) | ApiError::NoAnswer(m) => {
@@ -104,7 +104,7 @@ impl ApiError {
     }
 
     /// The body field at fault, if one is.
-    pub fn field(&self) -> Option<&str> {
+    pub(crate) fn field(&self) -> Option<&str> {
         match self {
             ApiError::Bad(e) => e.field.as_deref(),
             _ => None,
@@ -121,7 +121,7 @@ impl ApiError {
     }
 
     /// The error as a JSON object; a batch line adds its status.
-    pub fn json(&self, with_status: bool) -> Value {
+    pub(crate) fn json(&self, with_status: bool) -> Value {
         let (error, field) = (self.message(), self.field());
         if with_status {
             json!({ "status": self.status(), "error": error, "field": field })
@@ -130,7 +130,7 @@ impl ApiError {
         }
     }
 
-    pub fn reply(&self) -> Reply {
+    pub(crate) fn reply(&self) -> Reply {
         let mut r = Reply::json(self.status(), &self.json(false));
         r.extra = self.header();
         r

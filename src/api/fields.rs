@@ -16,25 +16,25 @@ use crate::push::msg::{Payload, Priority};
 
 /// A bad request: the message and the field it is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BadRequest {
+pub(crate) struct BadRequest {
     /// The field at fault: a known one, or an unknown one the client sent.
-    pub field: Option<Cow<'static, str>>,
-    pub message: String,
+    pub(crate) field: Option<Cow<'static, str>>,
+    pub(crate) message: String,
 }
 
 impl BadRequest {
-    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &'static str, message: impl Into<String>) -> Self {
         BadRequest { field: Some(Cow::Borrowed(field)), message: message.into() }
     }
 
-    pub fn body(message: impl Into<String>) -> Self {
+    pub(crate) fn body(message: impl Into<String>) -> Self {
         BadRequest { field: None, message: message.into() }
     }
 }
 
 /// A request body's fields, not yet interpreted.
 #[derive(Debug)]
-pub struct Fields {
+pub(crate) struct Fields {
     map: HashMap<String, Box<RawValue>>,
 }
 
@@ -42,11 +42,12 @@ const NAME_RULE: &str = "1-128 bytes of A-Z a-z 0-9 _ - . : @ /";
 
 /// How deeply `data` may nest arrays and objects, on every endpoint (batch lines included).
 /// Deeper payloads are refused with 400: clients' JSON parsers are not all built for more.
-pub const MAX_DATA_DEPTH: usize = 64;
+pub(crate) const MAX_DATA_DEPTH: usize = 64;
 
 impl Fields {
+    #[cfg(test)]
     /// Parses a JSON object; `allowed` lists the fields this operation takes.
-    pub fn parse(body: &[u8], allowed: &[&str]) -> Result<Fields, BadRequest> {
+    pub(crate) fn parse(body: &[u8], allowed: &[&str]) -> Result<Fields, BadRequest> {
         let f = Fields::parse_any(body)?;
         f.only(allowed)?;
         Ok(f)
@@ -54,14 +55,14 @@ impl Fields {
 
     /// Parses a JSON object with any fields. Values stay raw, so nesting costs no recursion
     /// here; `payload` bounds the depth of `data`.
-    pub fn parse_any(body: &[u8]) -> Result<Fields, BadRequest> {
+    pub(crate) fn parse_any(body: &[u8]) -> Result<Fields, BadRequest> {
         let map: HashMap<String, Box<RawValue>> = serde_json::from_slice(body)
             .map_err(|e| BadRequest::body(format!("body must be a JSON object: {e}")))?;
         Ok(Fields { map })
     }
 
     /// Refuses a field this operation does not take.
-    pub fn only(&self, allowed: &[&str]) -> Result<(), BadRequest> {
+    pub(crate) fn only(&self, allowed: &[&str]) -> Result<(), BadRequest> {
         match self.map.keys().find(|k| !allowed.contains(&k.as_str())) {
             None => Ok(()),
             Some(unknown) => Err(BadRequest {
@@ -75,14 +76,10 @@ impl Fields {
     }
 
     /// Takes a string field out (a batch line's `op`).
-    pub fn take_str(&mut self, f: &'static str) -> Result<Option<String>, BadRequest> {
+    pub(crate) fn take_str(&mut self, f: &'static str) -> Result<Option<String>, BadRequest> {
         let v = self.opt_str(f)?;
         self.map.remove(f);
         Ok(v)
-    }
-
-    pub fn has(&self, f: &str) -> bool {
-        self.map.contains_key(f)
     }
 
     fn opt_str(&self, f: &'static str) -> Result<Option<String>, BadRequest> {
@@ -95,11 +92,11 @@ impl Fields {
     }
 
     /// A required name (user, channel, device).
-    pub fn name(&self, f: &'static str) -> Result<Arc<str>, BadRequest> {
+    pub(crate) fn name(&self, f: &'static str) -> Result<Arc<str>, BadRequest> {
         self.opt_name(f)?.ok_or_else(|| BadRequest::new(f, format!("{f:?} is required")))
     }
 
-    pub fn opt_name(&self, f: &'static str) -> Result<Option<Arc<str>>, BadRequest> {
+    pub(crate) fn opt_name(&self, f: &'static str) -> Result<Option<Arc<str>>, BadRequest> {
         match self.opt_str(f)? {
             None => Ok(None),
             Some(s) if valid_name(&s) => Ok(Some(s.into())),
@@ -107,7 +104,7 @@ impl Fields {
         }
     }
 
-    pub fn conn(&self, f: &'static str) -> Result<Option<ConnId>, BadRequest> {
+    pub(crate) fn conn(&self, f: &'static str) -> Result<Option<ConnId>, BadRequest> {
         match self.opt_str(f)? {
             None => Ok(None),
             Some(s) => s.parse().map(Some).map_err(|_| {
@@ -117,7 +114,7 @@ impl Fields {
     }
 
     /// `data` (any JSON) or `data_base64` (a binary payload): exactly one.
-    pub fn payload(&self) -> Result<Payload, BadRequest> {
+    pub(crate) fn payload(&self) -> Result<Payload, BadRequest> {
         match (self.map.get("data"), self.opt_str("data_base64")?) {
             (Some(_), Some(_)) => {
                 Err(BadRequest::new("data", "give \"data\" or \"data_base64\", not both"))
@@ -144,7 +141,7 @@ impl Fields {
         }
     }
 
-    pub fn priority(&self) -> Result<Priority, BadRequest> {
+    pub(crate) fn priority(&self) -> Result<Priority, BadRequest> {
         match self.opt_str("priority")? {
             None => Ok(Priority::Normal),
             Some(p) => Priority::parse(&p).ok_or_else(|| {
@@ -153,7 +150,7 @@ impl Fields {
         }
     }
 
-    pub fn policy(&self) -> Result<Policy, BadRequest> {
+    pub(crate) fn policy(&self) -> Result<Policy, BadRequest> {
         match self.opt_str("policy")?.as_deref() {
             None | Some("all") => Ok(Policy::All),
             Some("active") => Ok(Policy::Active),
@@ -165,7 +162,7 @@ impl Fields {
     }
 
     /// A close code a kick may use: 1000, 1001, 1008, 1011, 1013, or 3000-4999.
-    pub fn close_code(&self) -> Result<Option<CloseCode>, BadRequest> {
+    pub(crate) fn close_code(&self) -> Result<Option<CloseCode>, BadRequest> {
         match self.map.get("code") {
             None => Ok(None),
             Some(raw) => match serde_json::from_str::<u16>(raw.get()).map(CloseCode) {
@@ -179,7 +176,7 @@ impl Fields {
     }
 
     /// A close reason: at most 123 bytes (a close frame carries 125, two for the code).
-    pub fn reason(&self) -> Result<Option<Arc<str>>, BadRequest> {
+    pub(crate) fn reason(&self) -> Result<Option<Arc<str>>, BadRequest> {
         match self.opt_str("reason")? {
             None => Ok(None),
             Some(r) if r.len() <= 123 => Ok(Some(r.into())),

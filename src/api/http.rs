@@ -44,12 +44,14 @@ fn phrase(status: u16) -> &'static str {
 
 /// A request head that is not HTTP/1.x.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MalformedHead;
+pub(crate) struct MalformedHead;
 
 /// Decodes a request head from the start of `buf` with monoio-http's decoder: `Ok(None)` needs
 /// more bytes, `Err(MalformedHead)` is malformed. The decoder unwraps internally where it trusts
 /// httparse's validation; a panic there must cost one request a 400, not the API thread.
-pub fn decode_head(buf: &mut BytesMut) -> Result<Option<http::request::Parts>, MalformedHead> {
+pub(crate) fn decode_head(
+    buf: &mut BytesMut,
+) -> Result<Option<http::request::Parts>, MalformedHead> {
     let r =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| RequestHeadDecoder.decode(buf)));
     match r {
@@ -168,7 +170,7 @@ fn body_length(head: &http::request::Parts) -> Result<usize, ApiError> {
 /// whole within [`REQUEST_TIMEOUT`] of its first byte (408 otherwise), its head within
 /// [`MAX_HEAD`] bytes (431); its key is checked as soon as its head is complete, before any of
 /// its body is read.
-pub async fn serve(mut stream: TcpStream, ctx: Rc<ApiContext>) {
+pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<ApiContext>) {
     let mut buf = BytesMut::with_capacity(8192);
     loop {
         // An idle keep-alive connection waits for the first byte of its next request.

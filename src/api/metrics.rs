@@ -50,7 +50,12 @@ impl Out {
 }
 
 /// Renders the metrics exposition.
-pub fn render(c: &[Arc<Counters>], router: &Router, shared: &Shared, driver: &str) -> String {
+pub(crate) fn render(
+    c: &[Arc<Counters>],
+    router: &Router,
+    shared: &Shared,
+    driver: &str,
+) -> String {
     let mut o = Out(String::with_capacity(8192));
     o.family("ringcast_info", "gauge", "Build and runtime information.");
     o.sample(

@@ -8,11 +8,11 @@
 //! shard involved has done its part (docs/api.md).
 
 mod batch;
-pub mod error;
-pub mod fields;
-pub mod http;
-pub mod metrics;
-pub mod ops;
+pub(crate) mod error;
+pub(crate) mod fields;
+pub(crate) mod http;
+pub(crate) mod metrics;
+pub(crate) mod ops;
 mod query;
 mod router;
 
@@ -29,8 +29,6 @@ use crate::server::inbox::Router;
 use crate::server::stats::Counters;
 use crate::server::Shared;
 use error::ApiError;
-
-pub use http::{decode_head, MalformedHead};
 
 /// Longest wait for a delivery report (a shard would have to be stuck).
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -20,7 +20,7 @@ use super::{ApiContext, REPORT_TIMEOUT};
 
 /// An operation, as `/v1/<name>` and a batch line's `op` name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     Publish,
     Push,
     Send,
@@ -29,9 +29,9 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 5] = [Op::Publish, Op::Push, Op::Send, Op::Broadcast, Op::Kick];
+    pub(crate) const ALL: [Op; 5] = [Op::Publish, Op::Push, Op::Send, Op::Broadcast, Op::Kick];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Op::Publish => "publish",
             Op::Push => "push",
@@ -41,7 +41,7 @@ impl Op {
         }
     }
 
-    pub fn parse(name: &str) -> Option<Op> {
+    pub(crate) fn parse(name: &str) -> Option<Op> {
         Op::ALL.into_iter().find(|op| op.name() == name)
     }
 
@@ -59,13 +59,13 @@ impl Op {
 
 /// What a done operation reports.
 #[derive(Debug)]
-pub struct Done {
+pub(crate) struct Done {
     totals: Totals,
     kick: bool,
 }
 
 impl Done {
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         let t = self.totals;
         if self.kick {
             json!({ "kicked": t.recipients, "offline": t.offline, "discarded": t.dropped })
@@ -77,14 +77,14 @@ impl Done {
 
 /// An operation handed to the shards, waiting for its report.
 #[derive(Debug)]
-pub struct Pending {
+pub(crate) struct Pending {
     report: Arc<Report>,
     done: oneshot::Receiver<()>,
     kick: bool,
 }
 
 impl Pending {
-    pub async fn finish(self) -> Result<Done, ApiError> {
+    pub(crate) async fn finish(self) -> Result<Done, ApiError> {
         if monoio::time::timeout(REPORT_TIMEOUT, self.done).await.is_err() {
             return Err(ApiError::NoAnswer("the delivery report did not complete in 10 s"));
         }
@@ -93,7 +93,7 @@ impl Pending {
 }
 
 /// Checks an operation's fields and hands it to the shards.
-pub fn dispatch(ctx: &ApiContext, op: Op, f: Fields) -> Result<Pending, ApiError> {
+pub(crate) fn dispatch(ctx: &ApiContext, op: Op, f: Fields) -> Result<Pending, ApiError> {
     f.only(op.fields())?;
     let n = ctx.router.shards();
     let (report, part, done) = Report::new(clock::now());

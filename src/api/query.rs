@@ -18,7 +18,7 @@ fn name_in_path(s: &str) -> Option<Arc<str>> {
     crate::push::ids::valid_name(s).then(|| Arc::from(s))
 }
 
-pub async fn user(ctx: &ApiContext, user: &str) -> Result<Reply, ApiError> {
+pub(crate) async fn user(ctx: &ApiContext, user: &str) -> Result<Reply, ApiError> {
     let user = name_in_path(user).ok_or(ApiError::BadName("invalid user name"))?;
     let home = home_of(&user, ctx.router.shards());
     let (tx, rx) = oneshot::channel();
@@ -48,7 +48,7 @@ pub async fn user(ctx: &ApiContext, user: &str) -> Result<Reply, ApiError> {
     ))
 }
 
-pub async fn channel(ctx: &ApiContext, channel: &str) -> Result<Reply, ApiError> {
+pub(crate) async fn channel(ctx: &ApiContext, channel: &str) -> Result<Reply, ApiError> {
     let channel = name_in_path(channel).ok_or(ApiError::BadName("invalid channel name"))?;
     let home = home_of(&channel, ctx.router.shards());
     let (tx, rx) = oneshot::channel();
@@ -60,7 +60,7 @@ pub async fn channel(ctx: &ApiContext, channel: &str) -> Result<Reply, ApiError>
     Ok(Reply::json(200, &json!({ "channel": &*channel, "subscribers": n })))
 }
 
-pub fn stats(ctx: &ApiContext) -> Reply {
+pub(crate) fn stats(ctx: &ApiContext) -> Reply {
     let totals: serde_json::Map<String, Value> =
         stats::sum(&ctx.counters).into_iter().map(|(k, v)| (k, json!(v))).collect();
     let shards: Vec<Value> = ctx

@@ -54,7 +54,7 @@ impl Endpoint<'_> {
 }
 
 /// Answers a request whose key (where one is needed) was checked at its head.
-pub async fn handle(ctx: &ApiContext, head: &http::request::Parts, body: Bytes) -> Reply {
+pub(crate) async fn handle(ctx: &ApiContext, head: &http::request::Parts, body: Bytes) -> Reply {
     match route(ctx, head, body).await {
         Ok(r) => r,
         Err(e) => e.reply(),
@@ -100,7 +100,7 @@ async fn route(
 }
 
 /// Whether a path answers without the API key (health probes, for load balancers).
-pub fn is_probe(path: &str) -> bool {
+pub(crate) fn is_probe(path: &str) -> bool {
     matches!(Endpoint::of(path), Some(Endpoint::Health | Endpoint::Ready))
 }
 

@@ -4,7 +4,7 @@
 //! every node agree on which shard owns a user's or channel's stream.
 
 /// Slots a name can hash to (the Redis Cluster slot count).
-pub const SLOTS: u16 = 16384;
+pub(crate) const SLOTS: u16 = 16384;
 
 /// CRC16-XMODEM: polynomial 0x1021, initial value 0, no reflection.
 const TABLE: [u16; 256] = {
@@ -23,17 +23,17 @@ const TABLE: [u16; 256] = {
     table
 };
 
-pub fn crc16(bytes: &[u8]) -> u16 {
+pub(crate) fn crc16(bytes: &[u8]) -> u16 {
     bytes.iter().fold(0u16, |crc, &b| (crc << 8) ^ TABLE[usize::from((crc >> 8) as u8 ^ b)])
 }
 
 /// The slot of a name, in `0..SLOTS`.
-pub fn slot(name: &str) -> u16 {
+pub(crate) fn slot(name: &str) -> u16 {
     crc16(name.as_bytes()) % SLOTS
 }
 
 /// The shard, of `shards`, that owns `slot`: contiguous ranges of slots per shard.
-pub fn shard_of_slot(slot: u16, shards: usize) -> usize {
+pub(crate) fn shard_of_slot(slot: u16, shards: usize) -> usize {
     let shards = shards.max(1);
     usize::from(slot) * shards / usize::from(SLOTS)
 }

@@ -20,27 +20,27 @@ pub enum Policy {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UserConn {
-    pub conn: ConnId,
-    pub device: Option<Arc<str>>,
-    pub connected_ms: u64,
-    pub active_ms: u64,
+pub(crate) struct UserConn {
+    pub(crate) conn: ConnId,
+    pub(crate) device: Option<Arc<str>>,
+    pub(crate) connected_ms: u64,
+    pub(crate) active_ms: u64,
 }
 
 #[derive(Debug, Default)]
-pub struct UserEntry {
-    pub conns: Vec<UserConn>,
+pub(crate) struct UserEntry {
+    pub(crate) conns: Vec<UserConn>,
 }
 
 #[derive(Debug, Default)]
-pub struct UserDirectory {
+pub(crate) struct UserDirectory {
     users: HashMap<Arc<str>, UserEntry>,
 }
 
 impl UserDirectory {
     /// Records a connection. With `replace`, returns the user's other connections on the same
     /// device (to be closed as replaced).
-    pub fn join(&mut self, user: &Arc<str>, c: UserConn, replace: bool) -> Vec<ConnId> {
+    pub(crate) fn join(&mut self, user: &Arc<str>, c: UserConn, replace: bool) -> Vec<ConnId> {
         let e = self.users.entry(user.clone()).or_default();
         let mut replaced = Vec::new();
         if replace && c.device.is_some() {
@@ -57,7 +57,7 @@ impl UserDirectory {
         replaced
     }
 
-    pub fn leave(&mut self, user: &str, conn: ConnId) {
+    pub(crate) fn leave(&mut self, user: &str, conn: ConnId) {
         if let Some(e) = self.users.get_mut(user) {
             e.conns.retain(|o| o.conn != conn);
             if e.conns.is_empty() {
@@ -66,7 +66,7 @@ impl UserDirectory {
         }
     }
 
-    pub fn active(&mut self, user: &str, conn: ConnId, at_ms: u64) {
+    pub(crate) fn active(&mut self, user: &str, conn: ConnId, at_ms: u64) {
         if let Some(c) =
             self.users.get_mut(user).and_then(|e| e.conns.iter_mut().find(|o| o.conn == conn))
         {
@@ -74,12 +74,12 @@ impl UserDirectory {
         }
     }
 
-    pub fn get(&self, user: &str) -> Option<&UserEntry> {
+    pub(crate) fn get(&self, user: &str) -> Option<&UserEntry> {
         self.users.get(user)
     }
 
     /// The connections a push reaches (None: nothing matches).
-    pub fn targets(
+    pub(crate) fn targets(
         &mut self,
         user: &str,
         device: Option<&str>,
@@ -104,30 +104,22 @@ impl UserDirectory {
         };
         (!conns.is_empty()).then_some(conns)
     }
-
-    pub fn len(&self) -> usize {
-        self.users.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
-    }
 }
 
 #[derive(Debug, Default)]
-pub struct ChannelEntry {
+pub(crate) struct ChannelEntry {
     /// Subscribers per shard.
-    pub counts: Vec<u32>,
+    pub(crate) counts: Vec<u32>,
 }
 
 #[derive(Debug, Default)]
-pub struct ChannelDirectory {
+pub(crate) struct ChannelDirectory {
     channels: HashMap<Arc<str>, ChannelEntry>,
 }
 
 impl ChannelDirectory {
     /// Applies a subscriber count change from `shard`.
-    pub fn count(&mut self, channel: &Arc<str>, shard: usize, delta: i32, shards: usize) {
+    pub(crate) fn count(&mut self, channel: &Arc<str>, shard: usize, delta: i32, shards: usize) {
         let e = self
             .channels
             .entry(channel.clone())
@@ -141,18 +133,25 @@ impl ChannelDirectory {
     }
 
     /// Subscribers on one shard.
-    pub fn count_on(&self, channel: &str, shard: usize) -> u64 {
+    pub(crate) fn count_on(&self, channel: &str, shard: usize) -> u64 {
         self.channels.get(channel).and_then(|e| e.counts.get(shard)).map_or(0, |&c| u64::from(c))
     }
 
-    pub fn subscribers(&self, channel: &str) -> u64 {
+    pub(crate) fn subscribers(&self, channel: &str) -> u64 {
         self.channels.get(channel).map_or(0, |e| e.counts.iter().map(|&c| u64::from(c)).sum())
     }
 
     /// The shards with subscribers (None: no subscribers).
-    pub fn publish(&self, channel: &str) -> Option<Vec<usize>> {
+    pub(crate) fn publish(&self, channel: &str) -> Option<Vec<usize>> {
         let e = self.channels.get(channel)?;
         Some(e.counts.iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, _)| i).collect())
+    }
+}
+
+impl UserDirectory {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.users.is_empty()
     }
 }
 

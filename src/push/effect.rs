@@ -15,7 +15,7 @@ use super::msg::ShardMsg;
 
 /// One thing the shard must do.
 #[derive(Debug)]
-pub enum Effect {
+pub(crate) enum Effect {
     /// A text frame to `conn` in the high lane, outside the push caps (welcome, acks, errors,
     /// the protocol pong). Dropped if the connection is no longer open.
     Reply { conn: ConnId, body: Vec<u8> },
@@ -39,19 +39,19 @@ pub enum Effect {
 
 /// How many recipients a refused delivery loses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Expected {
+pub(crate) enum Expected {
     Recipients(u64),
     /// Every open connection of the target shard (a broadcast); the shard reads its gauge.
     OpenConnections,
 }
 
 /// The effects of one input, applied front to back.
-pub type Effects = VecDeque<Effect>;
+pub(crate) type Effects = VecDeque<Effect>;
 
 /// When an input happens: the shard's tick (wrapping) for its own deadlines, and wall-clock
 /// milliseconds for what other shards and the API see. Converted from the clock once per turn.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Now {
-    pub tick: u32,
-    pub ms: u64,
+pub(crate) struct Now {
+    pub(crate) tick: u32,
+    pub(crate) ms: u64,
 }

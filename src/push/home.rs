@@ -17,17 +17,17 @@ use super::streams::{StreamKey, Streams};
 
 /// How the home service behaves, from the configuration.
 #[derive(Debug, Clone, Copy)]
-pub struct HomeParams {
+pub(crate) struct HomeParams {
     /// A new connection of a user's device replaces the device's older ones.
-    pub replace: bool,
+    pub(crate) replace: bool,
     /// `policy: active` reaches connections active within this window.
-    pub active_window_ms: u64,
+    pub(crate) active_window_ms: u64,
     /// Shards on this node.
-    pub shards: usize,
+    pub(crate) shards: usize,
 }
 
 #[derive(Debug)]
-pub struct Home {
+pub(crate) struct Home {
     users: UserDirectory,
     channels: ChannelDirectory,
     /// Numbering of the streams homed here: the one owner of their positions.
@@ -36,17 +36,17 @@ pub struct Home {
 }
 
 impl Home {
-    pub fn new(p: HomeParams, streams: Streams) -> Home {
+    pub(crate) fn new(p: HomeParams, streams: Streams) -> Home {
         Home { users: UserDirectory::default(), channels: ChannelDirectory::default(), streams, p }
     }
 
     /// Whether a message is for the home service (rather than for local connections).
-    pub fn takes(m: &ShardMsg) -> bool {
+    pub(crate) fn takes(m: &ShardMsg) -> bool {
         !matches!(m, ShardMsg::Deliver { .. } | ShardMsg::SendConn { .. } | ShardMsg::Kick { .. })
     }
 
     /// Handles a message for the home service ([`Home::takes`]); others are ignored.
-    pub fn on_msg(&mut self, m: ShardMsg, now_ms: u64, out: &mut Effects) {
+    pub(crate) fn on_msg(&mut self, m: ShardMsg, now_ms: u64, out: &mut Effects) {
         match m {
             ShardMsg::UserJoined { user, device, conn, at_ms } => {
                 let c = UserConn { conn, device, connected_ms: at_ms, active_ms: at_ms };
@@ -162,7 +162,7 @@ impl Home {
     }
 
     /// Forgets streams idle past their time to live.
-    pub fn sweep(&mut self, now_ms: u64) {
+    pub(crate) fn sweep(&mut self, now_ms: u64) {
         self.streams.expire(now_ms);
     }
 }

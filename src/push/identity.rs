@@ -9,25 +9,25 @@ use super::ids::valid_name;
 
 /// What the upgrade established.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Identity {
-    pub user: Option<Arc<str>>,
-    pub device: Option<Arc<str>>,
-    pub channels: Vec<Arc<str>>,
+pub(crate) struct Identity {
+    pub(crate) user: Option<Arc<str>>,
+    pub(crate) device: Option<Arc<str>>,
+    pub(crate) channels: Vec<Arc<str>>,
 }
 
 /// Why an identity was refused: the reason goes into the 400 response body.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IdentityError(pub String);
+pub(crate) struct IdentityError(pub String);
 
-pub trait Identify: Send + Sync + std::fmt::Debug {
+pub(crate) trait Identify: Send + Sync + std::fmt::Debug {
     /// Decides who an upgrade request is, from its query string.
     fn identify(&self, query: Option<&str>) -> Result<Identity, IdentityError>;
 }
 
 /// Trusts the query string: for backends that authenticate before the gateway, and tests.
 #[derive(Debug)]
-pub struct OpenMode {
-    pub max_channels: usize,
+pub(crate) struct OpenMode {
+    pub(crate) max_channels: usize,
 }
 
 fn percent_decode(s: &str) -> Option<String> {

@@ -10,8 +10,8 @@ use std::str::FromStr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId {
     pub shard: u16,
-    pub slot: u32,
-    pub gen: u32,
+    pub(crate) slot: u32,
+    pub(crate) gen: u32,
 }
 
 impl fmt::Display for ConnId {
@@ -36,7 +36,7 @@ impl FromStr for ConnId {
 }
 
 // The name rule is part of the client protocol; kept reachable here for the API and tests.
-pub use crate::proto::client::{valid_name, MAX_NAME};
+pub(crate) use crate::proto::client::valid_name;
 
 /// The shard that owns a user's or channel's stream (its sequence numbers and directory):
 /// from the name's stable slot, so every thread, build and node agrees (`cluster::slot`).

@@ -29,7 +29,7 @@ impl Hasher for SlotHasher {
     }
 }
 
-pub type SlotSet = HashSet<u32, BuildHasherDefault<SlotHasher>>;
+pub(crate) type SlotSet = HashSet<u32, BuildHasherDefault<SlotHasher>>;
 
 /// Outcome of a subscribe or unsubscribe, for the home shard's counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,16 +70,15 @@ impl ChannelIndex {
         self.channels.get(channel)
     }
 
-    pub fn count(&self, channel: &str) -> usize {
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn count(&self, channel: &str) -> usize {
         self.channels.get(channel).map_or(0, HashSet::len)
     }
+}
 
-    /// Channels with at least one subscriber on this shard.
-    pub fn len(&self) -> usize {
-        self.channels.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
+impl ChannelIndex {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.channels.is_empty()
     }
 }

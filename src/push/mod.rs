@@ -8,15 +8,15 @@
 //! lock shared across cores: each structure is owned by one shard.
 
 pub mod delivery;
-pub mod directory;
-pub mod effect;
-pub mod home;
-pub mod identity;
+pub(crate) mod directory;
+pub(crate) mod effect;
+pub(crate) mod home;
+pub(crate) mod identity;
 pub mod ids;
 pub mod index;
 pub mod msg;
 pub mod report;
-pub mod session;
-pub mod streams;
+pub(crate) mod session;
+pub(crate) mod streams;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -19,7 +19,7 @@ pub enum Priority {
 }
 
 impl Priority {
-    pub fn parse(s: &str) -> Option<Priority> {
+    pub(crate) fn parse(s: &str) -> Option<Priority> {
         match s {
             "high" => Some(Priority::High),
             "normal" => Some(Priority::Normal),
@@ -54,10 +54,10 @@ pub enum Target {
 /// A connection as the user directory lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnInfo {
-    pub conn: ConnId,
-    pub device: Option<Arc<str>>,
-    pub connected_ms: u64,
-    pub active_ms: u64,
+    pub(crate) conn: ConnId,
+    pub(crate) device: Option<Arc<str>>,
+    pub(crate) connected_ms: u64,
+    pub(crate) active_ms: u64,
 }
 
 #[derive(Debug)]

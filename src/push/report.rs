@@ -12,7 +12,7 @@ use futures_channel::oneshot;
 #[derive(Debug)]
 pub struct Report {
     /// When the API took the request: the shards measure publish-to-queued time from it.
-    pub started: std::time::Instant,
+    pub(crate) started: std::time::Instant,
     recipients: AtomicU64,
     queued: AtomicU64,
     dropped: AtomicU64,
@@ -66,17 +66,17 @@ pub struct ReportPart(Arc<Report>);
 
 impl ReportPart {
     /// Another share, for work forwarded elsewhere.
-    pub fn split(&self) -> ReportPart {
+    pub(crate) fn split(&self) -> ReportPart {
         self.0.pending.fetch_add(1, AcqRel);
         ReportPart(self.0.clone())
     }
 
     /// Time from the API taking the request to `now`.
-    pub fn elapsed(&self, now: std::time::Instant) -> std::time::Duration {
+    pub(crate) fn elapsed(&self, now: std::time::Instant) -> std::time::Duration {
         now.saturating_duration_since(self.0.started)
     }
 
-    pub fn add(&self, t: Totals) {
+    pub(crate) fn add(&self, t: Totals) {
         self.0.recipients.fetch_add(t.recipients, Relaxed);
         self.0.queued.fetch_add(t.queued, Relaxed);
         self.0.dropped.fetch_add(t.dropped, Relaxed);

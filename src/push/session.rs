@@ -16,32 +16,31 @@ use super::msg::ShardMsg;
 
 /// What every session of a shard shares, derived from the configuration once.
 #[derive(Debug)]
-pub struct SessionParams {
-    pub max_channels: usize,
+pub(crate) struct SessionParams {
+    pub(crate) max_channels: usize,
     /// Bad client messages allowed per minute before the connection is closed with 1008.
-    pub max_client_errors: u32,
-    pub minute_ticks: u64,
+    pub(crate) max_client_errors: u32,
+    pub(crate) minute_ticks: u64,
     /// Activity reaches the user's home at most once per this many ticks.
-    pub report_ticks: u64,
+    pub(crate) report_ticks: u64,
     /// The application heartbeat text (empty: none) and its answer, encoded once.
-    pub heartbeat: Vec<u8>,
-    pub heartbeat_frame: Bytes,
+    pub(crate) heartbeat: Vec<u8>,
+    pub(crate) heartbeat_frame: Bytes,
     /// Told to clients in `welcome`.
-    pub epoch: u64,
+    pub(crate) epoch: u64,
     /// Shards on this node (home shards are computed from it).
-    pub shards: usize,
+    pub(crate) shards: usize,
 }
 
 /// Who a push connection is and what it follows; allocated only for connections that have
 /// any of it (an anonymous connection that subscribes to nothing and says nothing wrong has
 /// none).
 #[derive(Debug, Default)]
-pub struct Session {
-    pub user: Option<Arc<str>>,
-    pub device: Option<Arc<str>>,
-    pub channels: Vec<Arc<str>>,
+pub(crate) struct Session {
+    pub(crate) user: Option<Arc<str>>,
+    pub(crate) channels: Vec<Arc<str>>,
     /// Last sequence number of this connection's direct stream.
-    pub direct_seq: u64,
+    pub(crate) direct_seq: u64,
     /// Bad client messages in the current minute, and the tick that minute began.
     errors: u32,
     errors_since: u32,
@@ -51,7 +50,7 @@ pub struct Session {
 
 impl Session {
     /// A push connection is open: subscribe its channels, tell its user's home, welcome it.
-    pub fn open(
+    pub(crate) fn open(
         conn: ConnId,
         id: Identity,
         now: Now,
@@ -61,7 +60,6 @@ impl Session {
         let mut slot = (id.user.is_some() || !id.channels.is_empty()).then(|| {
             Box::new(Session {
                 user: id.user.clone(),
-                device: id.device.clone(),
                 channels: Vec::with_capacity(id.channels.len()),
                 ..Default::default()
             })
@@ -91,7 +89,7 @@ impl Session {
     }
 
     /// A whole text or binary message from the client.
-    pub fn on_message(
+    pub(crate) fn on_message(
         slot: &mut Option<Box<Session>>,
         conn: ConnId,
         text: bool,
@@ -134,7 +132,7 @@ impl Session {
     }
 
     /// The next number of the connection's direct stream.
-    pub fn next_direct_seq(slot: &mut Option<Box<Session>>) -> u64 {
+    pub(crate) fn next_direct_seq(slot: &mut Option<Box<Session>>) -> u64 {
         let session = slot.get_or_insert_with(Default::default);
         session.direct_seq += 1;
         session.direct_seq
@@ -142,7 +140,7 @@ impl Session {
 
     /// The connection is closing: it takes no more pushes, so it leaves every channel and its
     /// user's directory now, not when the close handshake ends.
-    pub fn close(self, conn: ConnId, p: &SessionParams, out: &mut Effects) {
+    pub(crate) fn close(self, conn: ConnId, p: &SessionParams, out: &mut Effects) {
         for channel in self.channels {
             out.push_back(Effect::Unsubscribe { conn, channel });
         }

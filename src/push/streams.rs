@@ -15,7 +15,7 @@ use crate::proto::client::Stream;
 
 /// A stream that outlives connections.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum StreamKey {
+pub(crate) enum StreamKey {
     Channel(Arc<str>),
     User(Arc<str>),
     Broadcast,
@@ -24,7 +24,7 @@ pub enum StreamKey {
 impl StreamKey {
     /// The name whose slot decides the stream's home shard. The broadcast stream is homed
     /// like any other name, so no thread is special.
-    pub fn home_name(&self) -> &str {
+    pub(crate) fn home_name(&self) -> &str {
         match self {
             StreamKey::Channel(n) | StreamKey::User(n) => n,
             StreamKey::Broadcast => "broadcast",
@@ -32,7 +32,7 @@ impl StreamKey {
     }
 
     /// The stream as the client protocol names it.
-    pub fn wire(&self) -> Stream<'_> {
+    pub(crate) fn wire(&self) -> Stream<'_> {
         match self {
             StreamKey::Channel(c) => Stream::Channel(c),
             StreamKey::User(u) => Stream::User(u),
@@ -43,11 +43,11 @@ impl StreamKey {
 
 /// Where a message sits in its stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Position {
+pub(crate) struct Position {
     /// When this incarnation of the stream began (Unix ms): the node's epoch for streams it
     /// has numbered since start-up, a later time for one forgotten and begun again.
-    pub epoch: u64,
-    pub seq: u64,
+    pub(crate) epoch: u64,
+    pub(crate) seq: u64,
 }
 
 #[derive(Debug)]
@@ -58,7 +58,7 @@ struct Entry {
 }
 
 #[derive(Debug)]
-pub struct Streams {
+pub(crate) struct Streams {
     /// The node's epoch (Unix ms at start-up), the epoch of every stream first seen.
     epoch: u64,
     idle_ttl_ms: u64,
@@ -68,12 +68,12 @@ pub struct Streams {
 }
 
 impl Streams {
-    pub fn new(epoch: u64, idle_ttl_ms: u64) -> Streams {
+    pub(crate) fn new(epoch: u64, idle_ttl_ms: u64) -> Streams {
         Streams { epoch, idle_ttl_ms, entries: HashMap::new(), forgot_any: false }
     }
 
     /// Numbers the next message of `key`.
-    pub fn append(&mut self, key: &StreamKey, now_ms: u64) -> Position {
+    pub(crate) fn append(&mut self, key: &StreamKey, now_ms: u64) -> Position {
         let (epoch, forgot) = (self.epoch, self.forgot_any);
         let e = match self.entries.get_mut(key) {
             Some(e) => e,
@@ -91,7 +91,7 @@ impl Streams {
     }
 
     /// Forgets streams with no message for the idle TTL; returns how many.
-    pub fn expire(&mut self, now_ms: u64) -> usize {
+    pub(crate) fn expire(&mut self, now_ms: u64) -> usize {
         let ttl = self.idle_ttl_ms;
         let before = self.entries.len();
         self.entries.retain(|_, e| now_ms.saturating_sub(e.last_ms) < ttl);
@@ -99,12 +99,11 @@ impl Streams {
         self.forgot_any |= gone > 0;
         gone
     }
+}
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
+impl Streams {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 }

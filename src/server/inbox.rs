@@ -29,13 +29,13 @@ pub struct Router {
 
 /// The receiving end a shard keeps.
 #[derive(Debug)]
-pub struct Inbox {
-    pub rx: Receiver<ShardMsg>,
+pub(crate) struct Inbox {
+    pub(crate) rx: Receiver<ShardMsg>,
 }
 
 impl Router {
     /// Inboxes of `capacity` messages for shards with these wake fds.
-    pub fn new(wakes: &[Arc<EventFd>], capacity: usize) -> (Arc<Router>, Vec<Inbox>) {
+    pub(crate) fn new(wakes: &[Arc<EventFd>], capacity: usize) -> (Arc<Router>, Vec<Inbox>) {
         let mut peers = Vec::with_capacity(wakes.len());
         let mut inboxes = Vec::with_capacity(wakes.len());
         for w in wakes {
@@ -46,12 +46,12 @@ impl Router {
         (Arc::new(Router { peers }), inboxes)
     }
 
-    pub fn shards(&self) -> usize {
+    pub(crate) fn shards(&self) -> usize {
         self.peers.len()
     }
 
     /// Queues `msg` for `shard`; gives it back if the inbox is full (or the shard is gone).
-    pub fn send(&self, shard: usize, msg: ShardMsg) -> Result<(), ShardMsg> {
+    pub(crate) fn send(&self, shard: usize, msg: ShardMsg) -> Result<(), ShardMsg> {
         let Some(p) = self.peers.get(shard) else { return Err(msg) };
         match p.tx.try_send(msg) {
             Ok(()) => {
@@ -65,14 +65,14 @@ impl Router {
     }
 
     /// Called by `shard` when it wakes, before it drains its inbox.
-    pub fn woke(&self, shard: usize) {
+    pub(crate) fn woke(&self, shard: usize) {
         if let Some(p) = self.peers.get(shard) {
             p.notified.store(false, Release);
         }
     }
 
     /// Messages waiting in `shard`'s inbox.
-    pub fn depth(&self, shard: usize) -> usize {
+    pub(crate) fn depth(&self, shard: usize) -> usize {
         self.peers.get(shard).map_or(0, |p| p.tx.len())
     }
 }
@@ -81,41 +81,41 @@ impl Router {
 /// itself (a FIFO handled after the input that sent them, never by recursion), and the updates
 /// a full inbox refused (resent in order).
 #[derive(Debug)]
-pub struct Mesh {
+pub(crate) struct Mesh {
     id: usize,
-    pub router: Arc<Router>,
+    pub(crate) router: Arc<Router>,
     inbox: Inbox,
     local: VecDeque<ShardMsg>,
     retry: VecDeque<(usize, ShardMsg)>,
 }
 
 impl Mesh {
-    pub fn new(id: usize, router: Arc<Router>, inbox: Inbox) -> Mesh {
+    pub(crate) fn new(id: usize, router: Arc<Router>, inbox: Inbox) -> Mesh {
         Mesh { id, router, inbox, local: VecDeque::new(), retry: VecDeque::new() }
     }
 
-    pub fn shards(&self) -> usize {
+    pub(crate) fn shards(&self) -> usize {
         self.router.shards()
     }
 
     /// The next message this shard sent itself.
-    pub fn next_local(&mut self) -> Option<ShardMsg> {
+    pub(crate) fn next_local(&mut self) -> Option<ShardMsg> {
         self.local.pop_front()
     }
 
     /// The next message from the inbox (clear the wake flag with [`Mesh::woke`] first).
-    pub fn next_inbox(&mut self) -> Option<ShardMsg> {
+    pub(crate) fn next_inbox(&mut self) -> Option<ShardMsg> {
         self.inbox.rx.try_recv().ok()
     }
 
-    pub fn woke(&self) {
+    pub(crate) fn woke(&self) {
         self.router.woke(self.id);
     }
 
     /// Sends a message that must not be lost (a directory update, a kick). Returns false if a
     /// full inbox (or earlier updates still waiting, to keep them in order) made it wait for a
     /// retry.
-    pub fn update(&mut self, shard: usize, m: ShardMsg) -> bool {
+    pub(crate) fn update(&mut self, shard: usize, m: ShardMsg) -> bool {
         if shard == self.id {
             self.local.push_back(m);
             return true;
@@ -134,7 +134,7 @@ impl Mesh {
     }
 
     /// Sends a delivery; a full inbox gives it back.
-    pub fn deliver(&mut self, shard: usize, m: ShardMsg) -> Result<(), ShardMsg> {
+    pub(crate) fn deliver(&mut self, shard: usize, m: ShardMsg) -> Result<(), ShardMsg> {
         if shard == self.id {
             self.local.push_back(m);
             return Ok(());
@@ -143,7 +143,7 @@ impl Mesh {
     }
 
     /// Resends refused updates, in order, until an inbox is full again.
-    pub fn flush_retry(&mut self) {
+    pub(crate) fn flush_retry(&mut self) {
         while let Some((shard, m)) = self.retry.pop_front() {
             if let Err(m) = self.router.send(shard, m) {
                 self.retry.push_front((shard, m));

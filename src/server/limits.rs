@@ -9,14 +9,14 @@ use std::sync::Mutex;
 const STRIPES: usize = 64;
 
 #[derive(Debug)]
-pub struct IpLimiter {
+pub(crate) struct IpLimiter {
     max: u32,
     hasher: RandomState,
     stripes: Vec<Mutex<HashMap<IpAddr, u32>>>,
 }
 
 impl IpLimiter {
-    pub fn new(max: u32) -> Self {
+    pub(crate) fn new(max: u32) -> Self {
         IpLimiter {
             max,
             hasher: RandomState::new(),
@@ -29,7 +29,7 @@ impl IpLimiter {
     }
 
     /// Counts one more connection from `ip`, unless it already has the maximum.
-    pub fn try_acquire(&self, ip: IpAddr) -> bool {
+    pub(crate) fn try_acquire(&self, ip: IpAddr) -> bool {
         let mut map = self.stripe(&ip).lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(ip).or_insert(0);
         if *n >= self.max {
@@ -39,7 +39,7 @@ impl IpLimiter {
         true
     }
 
-    pub fn release(&self, ip: IpAddr) {
+    pub(crate) fn release(&self, ip: IpAddr) {
         let mut map = self.stripe(&ip).lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = map.get_mut(&ip) {
             *n -= 1;

@@ -1,15 +1,15 @@
 //! The server: binds the listeners, starts one shard thread per core, and drains them on
 //! request. Everything per connection happens inside a shard (see `shard`).
 
-pub mod conn;
-pub mod inbox;
-pub mod limits;
+pub(crate) mod conn;
+pub(crate) mod inbox;
+pub(crate) mod limits;
 pub mod outbox;
 pub mod shard;
 pub mod sim;
-pub mod stats;
+pub(crate) mod stats;
 /// The syscall layer (the `ringcast-sys` crate): the one place with `unsafe`.
-pub use ringcast_sys as sys;
+pub(crate) use ringcast_sys as sys;
 
 use std::cell::RefCell;
 use std::io;
@@ -34,18 +34,18 @@ use sys::EventFd;
 /// Touched at upgrade and close only, never per message.
 #[derive(Debug)]
 pub struct Shared {
-    pub total: AtomicUsize,
-    pub max_total: usize,
-    pub draining: AtomicBool,
-    pub limiter: Option<IpLimiter>,
+    pub(crate) total: AtomicUsize,
+    pub(crate) max_total: usize,
+    pub(crate) draining: AtomicBool,
+    pub(crate) limiter: Option<IpLimiter>,
     /// Start time in Unix milliseconds: clients learn it in `welcome`; a new epoch means
     /// sequence numbers started again.
-    pub epoch: u64,
+    pub(crate) epoch: u64,
 }
 
 impl Shared {
     /// Counts one more open connection unless the global maximum is reached.
-    pub fn acquire(&self) -> bool {
+    pub(crate) fn acquire(&self) -> bool {
         if self.total.fetch_add(1, Relaxed) >= self.max_total {
             self.total.fetch_sub(1, Relaxed);
             return false;
@@ -53,7 +53,7 @@ impl Shared {
         true
     }
 
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         self.total.fetch_sub(1, Relaxed);
     }
 }
@@ -101,7 +101,7 @@ pub struct Server {
 /// Connections the open-file limit leaves room for: each shard keeps a listener, an epoll
 /// set, an eventfd, a timerfd and the runtime's ring; the rest is kept for handshakes in
 /// progress and sockets closing (1% or 64, whichever is more).
-pub fn fd_budget(nofile: u64, shards: usize) -> usize {
+pub(crate) fn fd_budget(nofile: u64, shards: usize) -> usize {
     let fixed = 16 + 8 * shards as u64;
     let spare = (nofile / 100).max(64);
     nofile.saturating_sub(fixed + spare).max(1) as usize

@@ -44,12 +44,12 @@ pub struct Queued {
     /// The frame itself was queued.
     pub queued: bool,
     /// Older, lower-priority frames dropped to make room.
-    pub evicted: usize,
+    pub(crate) evicted: usize,
 }
 
 impl Outbox {
     /// Queues a frame regardless of the caps (control frames, handshake responses, echoes).
-    pub fn push(&mut self, frame: Bytes, p: Priority) {
+    pub(crate) fn push(&mut self, frame: Bytes, p: Priority) {
         self.bytes += frame.len();
         self.frames += 1;
         self.lanes[p as usize].push_back(frame);
@@ -59,7 +59,7 @@ impl Outbox {
     /// which is written last); the caller queues nothing after it. With `discard`, the queued
     /// normal and low pushes are dropped first (not a frame already half-written, and not the
     /// high lane, which holds protocol frames and high-priority pushes); returns how many.
-    pub fn close(&mut self, frame: Bytes, discard: bool) -> usize {
+    pub(crate) fn close(&mut self, frame: Bytes, discard: bool) -> usize {
         let mut dropped = 0;
         if discard {
             for lane in [Priority::Low, Priority::Normal] {
@@ -108,15 +108,15 @@ impl Outbox {
         Queued { queued: true, evicted }
     }
 
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 
-    pub fn frames(&self) -> usize {
+    pub(crate) fn frames(&self) -> usize {
         self.frames
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.frames == 0
     }
 

@@ -110,12 +110,6 @@ impl SimNode {
         panic!("the simulated node did not settle in {MAX_ROUNDS} rounds");
     }
 
-    /// Moves the clock on by `d`, then runs.
-    pub fn advance(&mut self, d: Duration) {
-        self.offset += d;
-        self.run();
-    }
-
     /// Moves the clock on in steps of `step` until `total` has passed, running at each.
     pub fn advance_by_steps(&mut self, total: Duration, step: Duration) {
         let end = self.offset + total;

@@ -12,17 +12,17 @@ pub struct Counter(AtomicU64);
 
 impl Counter {
     #[inline]
-    pub fn add(&self, n: u64) {
+    pub(crate) fn add(&self, n: u64) {
         self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
     #[inline]
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         self.add(1);
     }
 
     #[inline]
-    pub fn sub(&self, n: u64) {
+    pub(crate) fn sub(&self, n: u64) {
         self.0.store(self.0.load(Relaxed).wrapping_sub(n), Relaxed);
     }
 
@@ -38,14 +38,14 @@ macro_rules! counters {
         pub struct Counters {
             $(#[doc = $help] pub $name: Counter,)*
             /// Handshakes refused, by [`HandshakeError`], in `HandshakeError::ALL` order.
-            pub refused: [Counter; HandshakeError::ALL.len()],
+            pub(crate) refused: [Counter; HandshakeError::ALL.len()],
             /// Time from the API receiving a delivery to this shard queueing it.
-            pub publish_to_queued: LatencyHistogram,
+            pub(crate) publish_to_queued: LatencyHistogram,
         }
 
         impl Counters {
             /// (name, help, value) for every scalar counter.
-            pub fn scalars(&self) -> Vec<(&'static str, &'static str, u64)> {
+            pub(crate) fn scalars(&self) -> Vec<(&'static str, &'static str, u64)> {
                 vec![$((stringify!($name), $help, self.$name.get()),)*]
             }
         }
@@ -90,12 +90,12 @@ counters! {
 }
 
 impl Counters {
-    pub fn refused(&self, e: HandshakeError) -> &Counter {
+    pub(crate) fn refused(&self, e: HandshakeError) -> &Counter {
         &self.refused[e.index()]
     }
 
     /// Counts a server-initiated close: the one mapping from reason to counters.
-    pub fn count_close(&self, reason: &CloseReason) {
+    pub(crate) fn count_close(&self, reason: &CloseReason) {
         match reason {
             CloseReason::Idle => {
                 self.idle_timeouts.inc();
@@ -116,7 +116,7 @@ impl Counters {
 }
 
 /// Counters summed over shards.
-pub fn sum(shards: &[std::sync::Arc<Counters>]) -> Vec<(String, u64)> {
+pub(crate) fn sum(shards: &[std::sync::Arc<Counters>]) -> Vec<(String, u64)> {
     let mut out: Vec<(String, u64)> = Vec::new();
     for (i, c) in shards.iter().enumerate() {
         for (j, (name, _, v)) in c.scalars().into_iter().enumerate() {
@@ -137,22 +137,22 @@ pub fn sum(shards: &[std::sync::Arc<Counters>]) -> Vec<(String, u64)> {
 }
 
 /// Upper bounds of the latency histogram buckets, in microseconds (the last bucket is +Inf).
-pub const LATENCY_BUCKETS_US: [u64; 14] = [
+pub(crate) const LATENCY_BUCKETS_US: [u64; 14] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000,
 ];
 
 /// A latency histogram with fixed buckets, written by one shard.
 #[derive(Debug, Default)]
-pub struct LatencyHistogram {
+pub(crate) struct LatencyHistogram {
     /// Per bucket (not cumulative); the last is +Inf.
-    pub buckets: [Counter; LATENCY_BUCKETS_US.len() + 1],
-    pub sum_us: Counter,
-    pub count: Counter,
+    pub(crate) buckets: [Counter; LATENCY_BUCKETS_US.len() + 1],
+    pub(crate) sum_us: Counter,
+    pub(crate) count: Counter,
 }
 
 impl LatencyHistogram {
-    pub fn observe(&self, d: std::time::Duration) {
+    pub(crate) fn observe(&self, d: std::time::Duration) {
         let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
         let i =
             LATENCY_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(LATENCY_BUCKETS_US.len());

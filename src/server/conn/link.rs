@@ -8,7 +8,7 @@ use std::io::{self, IoSlice};
 
 /// How a connection's bytes travel.
 #[derive(Debug, Default)]
-pub enum Link {
+pub(crate) enum Link {
     /// Cleartext: what is read is what the codec sees.
     #[default]
     Plain,
@@ -17,7 +17,7 @@ pub enum Link {
 impl Link {
     /// Turns bytes just read from the socket (kept bytes in front) into what the codec reads,
     /// in place; returns the plaintext part of `wire`.
-    pub fn read<'a>(&mut self, wire: &'a mut [u8]) -> &'a mut [u8] {
+    pub(crate) fn read<'a>(&mut self, wire: &'a mut [u8]) -> &'a mut [u8] {
         match self {
             Link::Plain => wire,
         }
@@ -25,7 +25,7 @@ impl Link {
 
     /// Writes queued plaintext through `send` (the socket's gather write); returns how much
     /// plaintext was taken.
-    pub fn write(
+    pub(crate) fn write(
         &mut self,
         plaintext: &[IoSlice<'_>],
         send: impl FnOnce(&[IoSlice<'_>]) -> io::Result<usize>,

@@ -7,29 +7,29 @@ use crate::proto::CloseReason;
 /// The deadlines of open connections, in ticks. `ping` 0 sends no pings (and so never times
 /// out a pong); `idle` 0 never closes a silent connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Deadlines {
-    pub ping: u64,
-    pub pong: u64,
-    pub idle: u64,
-    pub slow: u64,
+pub(crate) struct Deadlines {
+    pub(crate) ping: u64,
+    pub(crate) pong: u64,
+    pub(crate) idle: u64,
+    pub(crate) slow: u64,
 }
 
 /// The ticks (wrapping) a connection's liveness is decided from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Liveness {
+pub(crate) struct Liveness {
     /// The last bytes received.
-    pub last_recv: u32,
+    pub(crate) last_recv: u32,
     /// The last whole message received.
-    pub last_msg: u32,
+    pub(crate) last_msg: u32,
     /// The outstanding ping was sent.
-    pub ping_sent: u32,
+    pub(crate) ping_sent: u32,
     /// Pushes began to be dropped for a full outbox.
-    pub slow_since: u32,
+    pub(crate) slow_since: u32,
 }
 
 /// What an open connection's timer means now.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Close(CloseReason),
     /// Send a ping (and stamp it).
     Ping,
@@ -39,15 +39,15 @@ pub enum Verdict {
 
 /// What the decision needs from the connection's flags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct State {
+pub(crate) struct State {
     /// A ping is out and unanswered.
-    pub ping_out: bool,
+    pub(crate) ping_out: bool,
     /// Pushes are being dropped for a full outbox.
-    pub slow: bool,
+    pub(crate) slow: bool,
 }
 
 impl Liveness {
-    pub fn new(now: u32) -> Liveness {
+    pub(crate) fn new(now: u32) -> Liveness {
         Liveness { last_recv: now, last_msg: now, ping_sent: now, slow_since: now }
     }
 
@@ -57,7 +57,7 @@ impl Liveness {
 
     /// The first thing due at `now`, in the order that decides a close: silence, then a slow
     /// reader, then a missing pong; else a ping if the connection has been quiet long enough.
-    pub fn verdict(&self, now: u64, s: State, d: &Deadlines) -> Verdict {
+    pub(crate) fn verdict(&self, now: u64, s: State, d: &Deadlines) -> Verdict {
         if d.idle > 0 && Self::since(self.last_msg, now) >= d.idle {
             return Verdict::Close(CloseReason::Idle);
         }
@@ -79,7 +79,7 @@ impl Liveness {
 
     /// The next tick an open connection needs looking at: its ping, pong, idle or slow
     /// deadline, whichever is first; none if nothing can come due.
-    pub fn next_deadline(&self, now: u64, s: State, d: &Deadlines) -> Option<u64> {
+    pub(crate) fn next_deadline(&self, now: u64, s: State, d: &Deadlines) -> Option<u64> {
         let mut next: Option<u64> = None;
         let mut consider = |after: u64, stamp: u32| {
             let at = now + after.saturating_sub(Self::since(stamp, now));

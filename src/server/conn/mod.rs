@@ -14,87 +14,87 @@ use crate::timer_wheel::TimerKey;
 
 use super::outbox::Outbox;
 
-pub use link::Link;
-pub use liveness::{Deadlines, Liveness, State as LiveState, Verdict};
-pub use phase::Phase;
+pub(crate) use link::Link;
+pub(crate) use liveness::{Deadlines, Liveness, State as LiveState, Verdict};
+pub(crate) use phase::Phase;
 
 /// Which endpoint the connection was upgraded on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     Ws,
     Echo,
 }
 
 /// Flag bits.
-pub mod flag {
+pub(crate) mod flag {
     /// The socket may have unread bytes (edge seen, not read to the end).
-    pub const READ_READY: u16 = 1;
+    pub(crate) const READ_READY: u16 = 1;
     /// The last write hit a full socket buffer; wait for EPOLLOUT.
-    pub const WRITE_BLOCKED: u16 = 2;
+    pub(crate) const WRITE_BLOCKED: u16 = 2;
     /// Listed in the shard's flush list for this turn.
-    pub const DIRTY: u16 = 4;
+    pub(crate) const DIRTY: u16 = 4;
     /// Listed in the shard's ready list (read again next turn).
-    pub const QUEUED_READ: u16 = 8;
+    pub(crate) const QUEUED_READ: u16 = 8;
     /// Shut the write side once the outbox drains.
-    pub const SHUT_AFTER_FLUSH: u16 = 16;
+    pub(crate) const SHUT_AFTER_FLUSH: u16 = 16;
     /// A ping is out and unanswered.
-    pub const PING_OUT: u16 = 32;
+    pub(crate) const PING_OUT: u16 = 32;
     /// Counted in the open-connection limits (global, shard, address).
-    pub const COUNTED: u16 = 64;
+    pub(crate) const COUNTED: u16 = 64;
     /// Pushes have been dropped for a full outbox since `live.slow_since`.
-    pub const SLOW: u16 = 128;
+    pub(crate) const SLOW: u16 = 128;
     /// The peer shut its side or the socket failed (EPOLLRDHUP, EPOLLHUP or EPOLLERR): read on
     /// to the EOF or error behind the bytes, however short a read is.
-    pub const PEER_CLOSED: u16 = 256;
+    pub(crate) const PEER_CLOSED: u16 = 256;
 }
 
 /// Input kept between reads: an incomplete request head, frame header or control frame, and
 /// the message being assembled. Allocated only while non-empty.
 #[derive(Debug, Default)]
-pub struct Bufs {
-    pub pending: Vec<u8>,
-    pub message: Vec<u8>,
+pub(crate) struct Bufs {
+    pub(crate) pending: Vec<u8>,
+    pub(crate) message: Vec<u8>,
 }
 
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     /// Dropping the connection closes the socket.
-    pub fd: OwnedFd,
-    pub gen: u32,
-    pub phase: Phase,
-    pub route: Route,
-    pub flags: u16,
+    pub(crate) fd: OwnedFd,
+    pub(crate) gen: u32,
+    pub(crate) phase: Phase,
+    pub(crate) route: Route,
+    pub(crate) flags: u16,
     /// The byte path between the socket and the codec (plain today).
-    pub link: Link,
-    pub timer: Option<TimerKey>,
+    pub(crate) link: Link,
+    pub(crate) timer: Option<TimerKey>,
     /// The stamps its ping, pong, idle and slow-consumer deadlines are decided from.
-    pub live: Liveness,
-    pub decoder: Decoder,
-    pub bufs: Option<Box<Bufs>>,
-    pub outbox: Option<Box<Outbox>>,
-    pub session: Option<Box<Session>>,
-    pub ip: IpAddr,
+    pub(crate) live: Liveness,
+    pub(crate) decoder: Decoder,
+    pub(crate) bufs: Option<Box<Bufs>>,
+    pub(crate) outbox: Option<Box<Outbox>>,
+    pub(crate) session: Option<Box<Session>>,
+    pub(crate) ip: IpAddr,
 }
 
 impl Conn {
-    pub fn has(&self, f: u16) -> bool {
+    pub(crate) fn has(&self, f: u16) -> bool {
         self.flags & f != 0
     }
 
-    pub fn set(&mut self, f: u16) {
+    pub(crate) fn set(&mut self, f: u16) {
         self.flags |= f;
     }
 
-    pub fn clear(&mut self, f: u16) {
+    pub(crate) fn clear(&mut self, f: u16) {
         self.flags &= !f;
     }
 
-    pub fn bufs(&mut self) -> &mut Bufs {
+    pub(crate) fn bufs(&mut self) -> &mut Bufs {
         self.bufs.get_or_insert_with(Default::default)
     }
 
     /// Frees the input buffers once nothing is kept in them.
-    pub fn trim_bufs(&mut self) {
+    pub(crate) fn trim_bufs(&mut self) {
         if let Some(b) = &self.bufs {
             if b.pending.is_empty() && b.message.is_empty() {
                 self.bufs = None;
@@ -102,11 +102,11 @@ impl Conn {
         }
     }
 
-    pub fn outbox_bytes(&self) -> usize {
+    pub(crate) fn outbox_bytes(&self) -> usize {
         self.outbox.as_ref().map_or(0, |o| o.bytes())
     }
 
-    pub fn outbox_frames(&self) -> usize {
+    pub(crate) fn outbox_frames(&self) -> usize {
         self.outbox.as_ref().map_or(0, |o| o.frames())
     }
 }

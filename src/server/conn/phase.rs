@@ -3,7 +3,7 @@
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Reading the upgrade request.
     Handshake,
     /// Upgraded; frames flow both ways.
@@ -17,23 +17,23 @@ pub enum Phase {
 
 impl Phase {
     /// Pushes, replies and client messages are taken only while open.
-    pub fn is_open(self) -> bool {
+    pub(crate) fn is_open(self) -> bool {
         self == Phase::Open
     }
 
     /// Bytes read are decoded as frames (after our close too, to find the client's answer).
-    pub fn reads_frames(self) -> bool {
+    pub(crate) fn reads_frames(self) -> bool {
         matches!(self, Phase::Open | Phase::Closing)
     }
 
     /// Reading waits while the outbox is full (a client that does not read stops being read);
     /// a closing connection is read on so its close handshake can end.
-    pub fn pauses_when_full(self) -> bool {
+    pub(crate) fn pauses_when_full(self) -> bool {
         matches!(self, Phase::Handshake | Phase::Open)
     }
 
     /// Counted in the handshakes-in-progress gauge.
-    pub fn is_handshake(self) -> bool {
+    pub(crate) fn is_handshake(self) -> bool {
         self == Phase::Handshake
     }
 }

@@ -52,7 +52,7 @@ use super::Shared;
 
 // Kept reachable where benches and tests have always found it.
 pub use crate::push::delivery::encode_message;
-pub use runtime::{accept_loop, event_loop};
+pub(crate) use runtime::{accept_loop, event_loop};
 
 const WAKE_TOKEN: u64 = u64::MAX;
 const TICK_TOKEN: u64 = u64::MAX - 1;
@@ -63,29 +63,29 @@ const INBOX_PER_TURN: usize = 4096;
 
 /// Everything a shard derives from the configuration once.
 #[derive(Debug)]
-pub struct Params {
-    pub policy: HandshakePolicy,
-    pub routes: Vec<Route>,
-    pub limits: Limits,
-    pub handshake_ticks: u64,
-    pub close_ticks: u64,
-    pub drain_ticks: u64,
+pub(crate) struct Params {
+    pub(crate) policy: HandshakePolicy,
+    pub(crate) routes: Vec<Route>,
+    pub(crate) limits: Limits,
+    pub(crate) handshake_ticks: u64,
+    pub(crate) close_ticks: u64,
+    pub(crate) drain_ticks: u64,
     /// Ping, pong, idle and slow-consumer deadlines of open connections.
-    pub live: Deadlines,
-    pub tick_nanos: u128,
-    pub max_per_shard: usize,
-    pub max_pending: usize,
-    pub outbox_max_bytes: usize,
-    pub outbox_max_frames: usize,
-    pub read_buffer: usize,
-    pub minute_ticks: u64,
-    pub session: SessionParams,
-    pub home: HomeParams,
-    pub stream_idle_ttl_ms: u64,
+    pub(crate) live: Deadlines,
+    pub(crate) tick_nanos: u128,
+    pub(crate) max_per_shard: usize,
+    pub(crate) max_pending: usize,
+    pub(crate) outbox_max_bytes: usize,
+    pub(crate) outbox_max_frames: usize,
+    pub(crate) read_buffer: usize,
+    pub(crate) minute_ticks: u64,
+    pub(crate) session: SessionParams,
+    pub(crate) home: HomeParams,
+    pub(crate) stream_idle_ttl_ms: u64,
 }
 
 impl Params {
-    pub fn new(cfg: &Config, epoch: u64, shards: usize) -> Params {
+    pub(crate) fn new(cfg: &Config, epoch: u64, shards: usize) -> Params {
         let mut routes = vec![Route::Ws];
         let mut paths = vec![cfg.routes.ws_path.clone()];
         if cfg.routes.echo {
@@ -146,7 +146,7 @@ impl Params {
 
 /// What the event loop does after a turn.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Turn {
+pub(crate) enum Turn {
     /// Wait for the epoll set.
     Wait,
     /// Some connection still has bytes to read: go again after letting other tasks run.
@@ -161,7 +161,7 @@ fn token(key: usize, gen: u32) -> u64 {
 
 /// The shard: its read buffer, and everything else. The buffer stands apart so reading lends
 /// it to the core without taking it out and putting it back.
-pub struct Shard {
+pub(crate) struct Shard {
     read_buf: Box<[u8]>,
     core: Core,
 }
@@ -212,16 +212,16 @@ pub(super) struct Core {
 }
 
 /// What a shard is built from besides the configuration.
-pub struct ShardParts {
-    pub id: usize,
-    pub capacity: usize,
-    pub shared: Arc<Shared>,
-    pub counters: Arc<Counters>,
-    pub wake: Arc<EventFd>,
-    pub router: Arc<Router>,
-    pub inbox: Inbox,
-    pub identify: Arc<dyn Identify>,
-    pub peers: Arc<[Arc<Counters>]>,
+pub(crate) struct ShardParts {
+    pub(crate) id: usize,
+    pub(crate) capacity: usize,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) wake: Arc<EventFd>,
+    pub(crate) router: Arc<Router>,
+    pub(crate) inbox: Inbox,
+    pub(crate) identify: Arc<dyn Identify>,
+    pub(crate) peers: Arc<[Arc<Counters>]>,
 }
 
 impl Shard {
@@ -229,7 +229,7 @@ impl Shard {
     /// reserved for it up front; pages nobody touches cost no memory, while growing by
     /// doubling would leave the old copies resident (about 90 B per connection at 19k).
     /// `now` is tick 0.
-    pub fn new(cfg: &Config, parts: ShardParts, now: Instant) -> io::Result<Shard> {
+    pub(crate) fn new(cfg: &Config, parts: ShardParts, now: Instant) -> io::Result<Shard> {
         let ShardParts { id, capacity, shared, counters, wake, router, inbox, identify, peers } =
             parts;
         let p = Params::new(cfg, shared.epoch, router.shards());
@@ -283,35 +283,35 @@ impl Shard {
         Ok(Shard { read_buf, core })
     }
 
-    pub fn id(&self) -> usize {
+    pub(crate) fn id(&self) -> usize {
         self.core.id
     }
 
     /// A duplicate of the epoll fd, for the runtime to poll.
-    pub fn epoll_fd(&self) -> io::Result<OwnedFd> {
+    pub(crate) fn epoll_fd(&self) -> io::Result<OwnedFd> {
         self.core.epoll.try_clone()
     }
 
-    pub fn set_listener_fd(&mut self, fd: RawFd) {
+    pub(crate) fn set_listener_fd(&mut self, fd: RawFd) {
         self.core.listener_fd = fd;
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.core.draining
     }
 
     /// Takes a freshly accepted socket. Refusing one means dropping `fd`, which closes it.
-    pub fn on_accept(&mut self, fd: OwnedFd, ip: IpAddr, now: Instant) {
+    pub(crate) fn on_accept(&mut self, fd: OwnedFd, ip: IpAddr, now: Instant) {
         self.core.clock(now);
         self.core.on_accept(fd, ip);
     }
 
-    pub fn count_accept_error(&self) {
+    pub(crate) fn count_accept_error(&self) {
         self.core.counters.accept_errors.inc();
     }
 
     /// One turn of the event loop at `now`, each step named:
-    pub fn turn(&mut self, now: Instant) -> Turn {
+    pub(crate) fn turn(&mut self, now: Instant) -> Turn {
         self.core.clock(now);
         self.read_ready_sockets(); // readiness, then read, decode and handle what arrived
         let inbox_left = self.core.drain_inbox(); // directory updates, requests, deliveries

@@ -11,7 +11,7 @@ use super::super::sys;
 use super::{Shard, Turn};
 
 /// The accept loop: io_uring accept on the shard's listener, until the listener is shut.
-pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpListener) {
+pub(crate) async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpListener) {
     let mut warned_at: Option<Instant> = None;
     loop {
         match listener.accept().await {
@@ -35,7 +35,7 @@ pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpLi
 }
 
 /// The event loop: wait for the epoll set through the runtime, then turn.
-pub async fn event_loop(shard: Rc<RefCell<Shard>>, waiter: monoio::net::UnixStream) {
+pub(crate) async fn event_loop(shard: Rc<RefCell<Shard>>, waiter: monoio::net::UnixStream) {
     loop {
         let next = shard.borrow_mut().turn(clock::now());
         match next {
