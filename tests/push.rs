@@ -120,7 +120,13 @@ fn channel_publish_reaches_exactly_its_subscribers_and_unsubscribe_stops_it() {
     // One more subscribes by message.
     let mut late = Client::connect(s.addr, "/ws");
     late.text(r#"{"type":"subscribe","channel":"prices"}"#);
-    assert_eq!(late.json(), json!({"type": "subscribed", "channel": "prices"}));
+    // v2: the ack says where the channel's stream stands (nothing published yet: seq 0).
+    let ack = late.json();
+    assert_eq!(
+        (&ack["type"], &ack["channel"], &ack["seq"]),
+        (&json!("subscribed"), &json!("prices"), &json!(0))
+    );
+    assert!(ack["epoch"].is_u64(), "{ack}");
     subs.push(late);
     wait_channel(&s, "prices", 7);
     let shards: std::collections::BTreeSet<u16> = subs.iter().map(shard_of).collect();

@@ -1,6 +1,8 @@
-//! Client protocol v1: JSON text frames between ringcast and its clients (docs/protocol.md).
+//! Client protocol v2: JSON text frames between ringcast and its clients (docs/protocol.md).
 //! Parsing what clients send and encoding what the server sends; sans-IO like the rest of
-//! `proto`.
+//! `proto`. v2 adds stream positions (`welcome`, `subscribed`, `reset`), resume (`resume`,
+//! `subscribe` with `since`) and its answers (`resumed`, `reset`); a v1 client that never
+//! resumes sees the same envelope with the extra fields.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -16,12 +18,29 @@ pub fn valid_name(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:@/".contains(&b))
 }
 
+/// Where a message sits in its stream: the stream's epoch (when this incarnation of it began,
+/// Unix ms) and its sequence number there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+pub struct Position {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// The most streams one `resume` may name.
+pub const MAX_RESUME_STREAMS: usize = 256;
+
 /// What a client may send, parsed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientMsg {
-    Subscribe(String),
+    /// Subscribe to a channel; with `since`, first replay what came after that position.
+    Subscribe {
+        channel: String,
+        since: Option<Position>,
+    },
     Unsubscribe(String),
     Ping,
+    /// Resume channel streams (by channel name) from these positions, in name order.
+    Resume(Vec<(String, Position)>),
 }
 
 /// Why a client message was rejected; the `code` of the `error` message sent back.
@@ -34,6 +53,10 @@ pub enum ClientError {
     TooManyChannels,
     NotSubscribed,
     BinaryNotAccepted,
+    BadPosition,
+    BadStream,
+    TooManyStreams,
+    AlreadySubscribed,
 }
 
 impl ClientError {
@@ -46,18 +69,32 @@ impl ClientError {
             ClientError::TooManyChannels => "too_many_channels",
             ClientError::NotSubscribed => "not_subscribed",
             ClientError::BinaryNotAccepted => "binary_not_accepted",
+            ClientError::BadPosition => "bad_position",
+            ClientError::BadStream => "bad_stream",
+            ClientError::TooManyStreams => "too_many_streams",
+            ClientError::AlreadySubscribed => "already_subscribed",
         }
     }
 
     pub fn reason(self) -> &'static str {
         match self {
             ClientError::BadJson => "message is not a JSON object with a string \"type\"",
-            ClientError::UnknownType => "unknown message type (subscribe, unsubscribe, ping)",
+            ClientError::UnknownType => {
+                "unknown message type (subscribe, unsubscribe, resume, ping)"
+            }
             ClientError::MissingChannel => "\"channel\" is required",
             ClientError::BadChannel => "channel names are 1-128 bytes of A-Z a-z 0-9 _ - . : @ /",
             ClientError::TooManyChannels => "subscription limit reached",
             ClientError::NotSubscribed => "not subscribed to that channel",
             ClientError::BinaryNotAccepted => "clients send text frames only",
+            ClientError::BadPosition => {
+                "a position is {\"epoch\":E,\"seq\":S} with non-negative integers"
+            }
+            ClientError::BadStream => "only channel streams (\"channel:NAME\") resume",
+            ClientError::TooManyStreams => "too many streams in one resume",
+            ClientError::AlreadySubscribed => {
+                "already subscribed: resume a channel by naming it in resume or ?resume=, not in ?channels= too"
+            }
         }
     }
 }
@@ -68,6 +105,37 @@ struct Wire<'a> {
     kind: std::borrow::Cow<'a, str>,
     #[serde(default, borrow)]
     channel: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    since: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    streams: Option<&'a RawValue>,
+}
+
+fn position(raw: &RawValue) -> Result<Position, ClientError> {
+    serde_json::from_str(raw.get()).map_err(|_| ClientError::BadPosition)
+}
+
+/// Parses the `streams` of a resume (`{"channel:NAME":{"epoch":E,"seq":S},…}`, also the
+/// content of `?resume=`): channel names and positions, in name order.
+pub fn parse_resume_streams(raw: &str) -> Result<Vec<(String, Position)>, ClientError> {
+    let map: Vec<(String, Position)> = {
+        let m: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(raw).map_err(|_| ClientError::BadJson)?;
+        if m.len() > MAX_RESUME_STREAMS {
+            return Err(ClientError::TooManyStreams);
+        }
+        let mut out = Vec::with_capacity(m.len());
+        for (k, v) in m {
+            let name = k.strip_prefix("channel:").ok_or(ClientError::BadStream)?;
+            if !valid_name(name) {
+                return Err(ClientError::BadChannel);
+            }
+            let p: Position = serde_json::from_value(v).map_err(|_| ClientError::BadPosition)?;
+            out.push((name.to_string(), p));
+        }
+        out
+    };
+    Ok(map)
 }
 
 /// Parses one text message from a client.
@@ -81,9 +149,16 @@ pub fn parse_client(text: &[u8]) -> Result<ClientMsg, ClientError> {
         Ok(c.to_string())
     };
     match &*w.kind {
-        "subscribe" => Ok(ClientMsg::Subscribe(channel()?)),
+        "subscribe" => {
+            let since = w.since.map(position).transpose()?;
+            Ok(ClientMsg::Subscribe { channel: channel()?, since })
+        }
         "unsubscribe" => Ok(ClientMsg::Unsubscribe(channel()?)),
         "ping" => Ok(ClientMsg::Ping),
+        "resume" => {
+            let raw = w.streams.ok_or(ClientError::BadStream)?;
+            Ok(ClientMsg::Resume(parse_resume_streams(raw.get())?))
+        }
         _ => Err(ClientError::UnknownType),
     }
 }
@@ -120,12 +195,39 @@ fn push_stream(out: &mut Vec<u8>, stream: &Stream<'_>) {
     out.push(b'"');
 }
 
+fn push_epoch(out: &mut Vec<u8>, epoch: Option<u64>) {
+    if let Some(e) = epoch {
+        out.extend_from_slice(b",\"epoch\":");
+        out.extend_from_slice(e.to_string().as_bytes());
+    }
+}
+
+fn push_position(out: &mut Vec<u8>, p: Position) {
+    out.extend_from_slice(b"{\"epoch\":");
+    out.extend_from_slice(p.epoch.to_string().as_bytes());
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(p.seq.to_string().as_bytes());
+    out.push(b'}');
+}
+
 /// `{"type":"message","stream":"…","seq":N,"data":<data>}` for a JSON payload. `data` must be
 /// valid JSON (the API checks it); names are valid names, so they need no escaping.
 pub fn message_json(stream: &Stream<'_>, seq: u64, data: &RawValue) -> Vec<u8> {
+    message_json_at(stream, None, seq, data)
+}
+
+/// A message as [`message_json`], with `"epoch"` when given (the first message of a stream's
+/// incarnation carries it, so a client sees the epoch change in the stream itself).
+pub fn message_json_at(
+    stream: &Stream<'_>,
+    epoch: Option<u64>,
+    seq: u64,
+    data: &RawValue,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + data.get().len());
     out.extend_from_slice(b"{\"type\":\"message\",");
     push_stream(&mut out, stream);
+    push_epoch(&mut out, epoch);
     out.extend_from_slice(b",\"seq\":");
     out.extend_from_slice(seq.to_string().as_bytes());
     out.extend_from_slice(b",\"data\":");
@@ -137,9 +239,20 @@ pub fn message_json(stream: &Stream<'_>, seq: u64, data: &RawValue) -> Vec<u8> {
 /// A binary message: a 4-byte big-endian length, that many bytes of JSON header
 /// `{"type":"message","stream":"…","seq":N}`, then the payload as published.
 pub fn message_binary(stream: &Stream<'_>, seq: u64, data: &[u8]) -> Vec<u8> {
+    message_binary_at(stream, None, seq, data)
+}
+
+/// A binary message as [`message_binary`], with `"epoch"` in its header when given.
+pub fn message_binary_at(
+    stream: &Stream<'_>,
+    epoch: Option<u64>,
+    seq: u64,
+    data: &[u8],
+) -> Vec<u8> {
     let mut head = Vec::with_capacity(64);
     head.extend_from_slice(b"{\"type\":\"message\",");
     push_stream(&mut head, stream);
+    push_epoch(&mut head, epoch);
     head.extend_from_slice(b",\"seq\":");
     head.extend_from_slice(seq.to_string().as_bytes());
     head.push(b'}');
@@ -150,13 +263,16 @@ pub fn message_binary(stream: &Stream<'_>, seq: u64, data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The first message on a connection.
+/// The first message on a connection: who it is, its channels, and the position of each
+/// stream it starts with (`streams`, wire stream name → position; seq 0 for a stream with no
+/// message yet).
 pub fn welcome(
     conn: &str,
     user: Option<&str>,
     device: Option<&str>,
     epoch: u64,
     channels: &[&str],
+    streams: &[(Stream<'_>, Position)],
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(b"{\"type\":\"welcome\",\"conn\":");
@@ -180,7 +296,84 @@ pub fn welcome(
         }
         push_json_str(&mut out, c);
     }
-    out.extend_from_slice(b"]}");
+    out.extend_from_slice(b"],\"streams\":{");
+    for (i, (stream, p)) in streams.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // `"stream":"channel:x"` without the key: the name alone, as the map key.
+        let mut key = Vec::new();
+        push_stream(&mut key, stream);
+        out.extend_from_slice(&key[b"\"stream\":".len()..]);
+        out.push(b':');
+        push_position(&mut out, *p);
+    }
+    out.extend_from_slice(b"}}");
+    out
+}
+
+/// `{"type":"subscribed","channel":…,"epoch":E,"seq":S}`: subscribed, and where the channel's
+/// stream stands (the next message is S+1, or 1 of a new epoch).
+pub fn subscribed(channel: &str, p: Position) -> Vec<u8> {
+    let mut out = Vec::with_capacity(80 + channel.len());
+    out.extend_from_slice(b"{\"type\":\"subscribed\",\"channel\":");
+    push_json_str(&mut out, channel);
+    out.extend_from_slice(b",\"epoch\":");
+    out.extend_from_slice(p.epoch.to_string().as_bytes());
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(p.seq.to_string().as_bytes());
+    out.push(b'}');
+    out
+}
+
+/// `{"type":"resumed","stream":…,"from":F,"to":T}`: the messages F..=T were replayed (none
+/// when F > T) and the stream continues live with T+1.
+pub fn resumed(stream: &Stream<'_>, from: u64, to: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(80);
+    out.extend_from_slice(b"{\"type\":\"resumed\",");
+    push_stream(&mut out, stream);
+    out.extend_from_slice(b",\"from\":");
+    out.extend_from_slice(from.to_string().as_bytes());
+    out.extend_from_slice(b",\"to\":");
+    out.extend_from_slice(to.to_string().as_bytes());
+    out.push(b'}');
+    out
+}
+
+/// Why a stream could not be resumed without loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetReason {
+    /// The history no longer holds the message after the client's position.
+    HistoryExceeded,
+    /// The stream's epoch is not the client's: it was lost (a restart, or forgotten while idle).
+    EpochChanged,
+    /// The replay did not fit in the connection's outbox.
+    OutboxFull,
+}
+
+impl ResetReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetReason::HistoryExceeded => "history_exceeded",
+            ResetReason::EpochChanged => "epoch_changed",
+            ResetReason::OutboxFull => "outbox_full",
+        }
+    }
+}
+
+/// `{"type":"reset","stream":…,"epoch":E,"seq":S,"reason":…}`: continuity was lost; the stream
+/// continues live after position (E, S).
+pub fn reset(stream: &Stream<'_>, p: Position, reason: ResetReason) -> Vec<u8> {
+    let mut out = Vec::with_capacity(112);
+    out.extend_from_slice(b"{\"type\":\"reset\",");
+    push_stream(&mut out, stream);
+    out.extend_from_slice(b",\"epoch\":");
+    out.extend_from_slice(p.epoch.to_string().as_bytes());
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(p.seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"reason\":");
+    push_json_str(&mut out, reason.as_str());
+    out.push(b'}');
     out
 }
 
@@ -216,8 +409,31 @@ mod tests {
     fn parses_client_messages() {
         assert_eq!(
             parse_client(br#"{"type":"subscribe","channel":"a.b"}"#),
-            Ok(ClientMsg::Subscribe("a.b".into()))
+            Ok(ClientMsg::Subscribe { channel: "a.b".into(), since: None })
         );
+        assert_eq!(
+            parse_client(br#"{"type":"subscribe","channel":"a","since":{"epoch":5,"seq":9}}"#),
+            Ok(ClientMsg::Subscribe {
+                channel: "a".into(),
+                since: Some(Position { epoch: 5, seq: 9 })
+            })
+        );
+        assert_eq!(
+            parse_client(br#"{"type":"subscribe","channel":"a","since":{"epoch":-1,"seq":9}}"#),
+            Err(ClientError::BadPosition)
+        );
+        assert_eq!(
+            parse_client(br#"{"type":"resume","streams":{"channel:b":{"epoch":1,"seq":2},"channel:a":{"epoch":1,"seq":0}}}"#),
+            Ok(ClientMsg::Resume(vec![
+                ("a".into(), Position { epoch: 1, seq: 0 }),
+                ("b".into(), Position { epoch: 1, seq: 2 })
+            ]))
+        );
+        assert_eq!(
+            parse_client(br#"{"type":"resume","streams":{"user:1":{"epoch":1,"seq":2}}}"#),
+            Err(ClientError::BadStream)
+        );
+        assert_eq!(parse_client(br#"{"type":"resume"}"#), Err(ClientError::BadStream));
         assert_eq!(
             parse_client(br#"{"channel":"x","type":"unsubscribe"}"#),
             Ok(ClientMsg::Unsubscribe("x".into()))
@@ -234,7 +450,7 @@ mod tests {
         // Escapes are decoded before the name check.
         assert_eq!(
             parse_client(br#"{"type":"subscribe","channel":"\u0061"}"#),
-            Ok(ClientMsg::Subscribe("a".into()))
+            Ok(ClientMsg::Subscribe { channel: "a".into(), since: None })
         );
     }
 
@@ -246,12 +462,36 @@ mod tests {
         assert_eq!(v["stream"], "channel:prices");
         assert_eq!(v["seq"], 7);
         assert_eq!(v["data"]["s"], "é\"q");
-        let w = welcome("c0.1.2", Some("u\"1"), None, 99, &["a", "b"]);
+        let streams = [
+            (Stream::User("u\"1"), Position { epoch: 99, seq: 0 }),
+            (Stream::Channel("a"), Position { epoch: 99, seq: 4 }),
+        ];
+        let w = welcome("c0.1.2", Some("u\"1"), None, 99, &["a", "b"], &streams[1..]);
         let v: serde_json::Value = serde_json::from_slice(&w).unwrap();
         assert_eq!(
             (v["user"].as_str(), v["device"].is_null(), v["channels"][1].as_str()),
             (Some("u\"1"), true, Some("b"))
         );
+        assert_eq!(v["streams"]["channel:a"]["seq"], 4);
+        let v: serde_json::Value =
+            serde_json::from_slice(&subscribed("a", Position { epoch: 3, seq: 8 })).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["epoch"].as_u64(), v["seq"].as_u64()),
+            (Some("subscribed"), Some(3), Some(8))
+        );
+        let r =
+            reset(&Stream::Channel("a"), Position { epoch: 3, seq: 8 }, ResetReason::EpochChanged);
+        let v: serde_json::Value = serde_json::from_slice(&r).unwrap();
+        assert_eq!(
+            (v["stream"].as_str(), v["reason"].as_str()),
+            (Some("channel:a"), Some("epoch_changed"))
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&resumed(&Stream::Channel("a"), 4, 9)).unwrap();
+        assert_eq!((v["from"].as_u64(), v["to"].as_u64()), (Some(4), Some(9)));
+        let m = message_json_at(&Stream::Channel("a"), Some(77), 1, &data);
+        let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        assert_eq!((v["epoch"].as_u64(), v["seq"].as_u64()), (Some(77), Some(1)));
         let e: serde_json::Value = serde_json::from_slice(&error(ClientError::BadJson)).unwrap();
         assert_eq!(e["code"], "bad_json");
         let b = message_binary(&Stream::User("42"), 3, &[0, 255]);

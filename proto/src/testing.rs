@@ -100,7 +100,13 @@ pub fn check_handshake(data: &[u8]) {
 pub fn check_client(data: &[u8]) {
     use crate::client::{valid_name, ClientMsg};
     match parse_client(data) {
-        Ok(ClientMsg::Subscribe(ch)) | Ok(ClientMsg::Unsubscribe(ch)) => assert!(valid_name(&ch)),
+        Ok(ClientMsg::Subscribe { channel, .. }) | Ok(ClientMsg::Unsubscribe(channel)) => {
+            assert!(valid_name(&channel))
+        }
+        Ok(ClientMsg::Resume(streams)) => {
+            assert!(streams.len() <= crate::client::MAX_RESUME_STREAMS);
+            assert!(streams.iter().all(|(c, _)| valid_name(c)));
+        }
         Ok(ClientMsg::Ping) | Err(_) => {}
     }
 }

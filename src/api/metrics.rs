@@ -87,6 +87,12 @@ pub(crate) fn render(
     per_shard(&mut o, "ringcast_outbox_bytes", "Bytes queued in connection outboxes.", &|_, s| {
         s.outbox_bytes.get()
     });
+    per_shard(
+        &mut o,
+        "ringcast_history_bytes",
+        "Frame bytes held in stream histories (replayed to clients that resume).",
+        &|_, s| s.history_bytes.get(),
+    );
     per_shard(&mut o, "ringcast_inbox_depth", "Messages waiting in the shard inbox.", &|i, _| {
         router.depth(i) as u64
     });
@@ -118,6 +124,21 @@ pub(crate) fn render(
         "Upgrades refused, by reason.",
         "reason",
         &reasons,
+    );
+    o.counter(
+        "ringcast_replayed_messages_total",
+        "History messages queued to clients that resumed.",
+        sum(c, |s| s.replayed.get()),
+    );
+    o.labelled(
+        "ringcast_resets_total",
+        "counter",
+        "Streams a client could not resume without loss, and was told so.",
+        "reason",
+        &[
+            ("history", sum(c, |s| s.resets.get())),
+            ("outbox_full", sum(c, |s| s.replay_overflows.get())),
+        ],
     );
     o.counter(
         "ringcast_messages_received_total",

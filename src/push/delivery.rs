@@ -7,6 +7,7 @@ use crate::proto::frame::encode_frame;
 use crate::proto::OpCode;
 
 use super::msg::{Frame, Payload, Priority};
+use super::streams::Position;
 
 /// Encodes a delivered message once into a frame every recipient shares.
 pub fn encode_message(
@@ -15,11 +16,22 @@ pub fn encode_message(
     payload: &Payload,
     priority: Priority,
 ) -> Frame {
+    Frame { bytes: encode(stream, None, seq, payload), priority }
+}
+
+/// Encodes a numbered stream message: the first message of an epoch carries the epoch, so a
+/// client sees a stream that began again in the stream itself.
+pub fn encode_at(stream: &Stream<'_>, pos: Position, payload: &Payload) -> Bytes {
+    let epoch = (pos.seq == 1).then_some(pos.epoch);
+    encode(stream, epoch, pos.seq, payload)
+}
+
+fn encode(stream: &Stream<'_>, epoch: Option<u64>, seq: u64, payload: &Payload) -> Bytes {
     let (op, body) = match payload {
-        Payload::Json(raw) => (OpCode::Text, client::message_json(stream, seq, raw)),
-        Payload::Binary(b) => (OpCode::Binary, client::message_binary(stream, seq, b)),
+        Payload::Json(raw) => (OpCode::Text, client::message_json_at(stream, epoch, seq, raw)),
+        Payload::Binary(b) => (OpCode::Binary, client::message_binary_at(stream, epoch, seq, b)),
     };
     let mut v = Vec::with_capacity(body.len() + 10);
     encode_frame(&mut v, op, true, None, &body);
-    Frame { bytes: Bytes::from(v), priority }
+    Bytes::from(v)
 }

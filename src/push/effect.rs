@@ -12,6 +12,7 @@ use crate::proto::CloseReason;
 
 use super::ids::ConnId;
 use super::msg::ShardMsg;
+use super::streams::{Position, StreamKey};
 
 /// One thing the shard must do.
 #[derive(Debug)]
@@ -21,11 +22,19 @@ pub(crate) enum Effect {
     Reply { conn: ConnId, body: Vec<u8> },
     /// Frame bytes encoded once and shared (the heartbeat answer), in the high lane.
     ReplyFrame { conn: ConnId, frame: Bytes },
-    /// Add `conn` to the channel's local subscribers; the channel's home counts it.
-    Subscribe { conn: ConnId, channel: Arc<str> },
-    /// Take `conn` out of the channel's local subscribers (whatever its phase now); the home
-    /// counts it.
+    /// The first message on `conn`, which waited for its streams' positions; frames held for
+    /// it may now be written.
+    Welcome { conn: ConnId, body: Vec<u8> },
+    /// Ask the channel's home to count `conn`'s subscription (`count`; false when it only asks
+    /// where the channel stands) and answer with its position, and, with `since`, what was
+    /// missed. `conn` receives the channel's deliveries once the answer is in.
+    Subscribe { conn: ConnId, channel: Arc<str>, since: Option<Position>, count: bool },
+    /// Take `conn` out of the channel's local subscribers (whatever its phase now) and tell
+    /// the home.
     Unsubscribe { conn: ConnId, channel: Arc<str> },
+    /// Frames `conn` missed of `stream`, in order, within the outbox caps; if they do not all
+    /// fit, the client is told with a `reset` at `at`.
+    Replay { conn: ConnId, stream: StreamKey, at: Position, frames: Vec<Bytes> },
     /// A client message was refused (counted in `client_errors`).
     ClientError,
     /// Close `conn` for this reason.

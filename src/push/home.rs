@@ -7,11 +7,11 @@
 use crate::proto::client::Stream;
 use crate::proto::CloseReason;
 
-use super::delivery::encode_message;
+use super::delivery::encode_at;
 use super::directory::{ChannelDirectory, UserConn, UserDirectory};
 use super::effect::{Effect, Effects, Expected};
 use super::ids::ConnId;
-use super::msg::{ConnInfo, ShardMsg, Target};
+use super::msg::{ConnInfo, Frame, ShardMsg, Target};
 use super::report::Totals;
 use super::streams::{StreamKey, Streams};
 
@@ -42,14 +42,24 @@ impl Home {
 
     /// Whether a message is for the home service (rather than for local connections).
     pub(crate) fn takes(m: &ShardMsg) -> bool {
-        !matches!(m, ShardMsg::Deliver { .. } | ShardMsg::SendConn { .. } | ShardMsg::Kick { .. })
+        !matches!(
+            m,
+            ShardMsg::Deliver { .. }
+                | ShardMsg::SendConn { .. }
+                | ShardMsg::Kick { .. }
+                | ShardMsg::Subscribed { .. }
+                | ShardMsg::Joined { .. }
+        )
     }
 
     /// Handles a message for the home service ([`Home::takes`]); others are ignored.
     pub(crate) fn on_msg(&mut self, m: ShardMsg, now_ms: u64, out: &mut Effects) {
         match m {
             ShardMsg::UserJoined { user, device, conn, at_ms } => {
+                let at = self.streams.position(&StreamKey::User(user.clone()), now_ms);
                 let c = UserConn { conn, device, connected_ms: at_ms, active_ms: at_ms };
+                let joined = ShardMsg::Joined { conn, at };
+                out.push_back(Effect::Update { shard: usize::from(conn.shard), msg: joined });
                 for old in self.users.join(&user, c, self.p.replace) {
                     let msg = ShardMsg::Kick {
                         conns: vec![old],
@@ -61,6 +71,16 @@ impl Home {
             }
             ShardMsg::UserLeft { user, conn } => self.users.leave(&user, conn),
             ShardMsg::UserActive { user, conn, at_ms } => self.users.active(&user, conn, at_ms),
+            ShardMsg::Subscribe { channel, conn, since, count } => {
+                if count {
+                    self.channels.count(&channel, usize::from(conn.shard), 1, self.p.shards);
+                }
+                let key = StreamKey::Channel(channel.clone());
+                let at = self.streams.position(&key, now_ms);
+                let catch_up = since.map(|s| self.streams.catch_up(&key, s, now_ms));
+                let msg = ShardMsg::Subscribed { conn, channel, at, catch_up };
+                out.push_back(Effect::Update { shard: usize::from(conn.shard), msg });
+            }
             ShardMsg::ChannelCount { channel, shard, delta } => {
                 self.channels.count(&channel, usize::from(shard), delta, self.p.shards);
             }
@@ -73,8 +93,10 @@ impl Home {
                     return;
                 };
                 let key = StreamKey::User(user);
-                let pos = self.streams.append(&key, now_ms);
-                let frame = encode_message(&key.wire(), pos.seq, &payload, priority);
+                let (_, bytes) = self
+                    .streams
+                    .append_with(&key, now_ms, |pos| encode_at(&key.wire(), pos, &payload));
+                let frame = Frame { bytes, priority };
                 conns.sort_by_key(|c| c.shard);
                 for group in conns.chunk_by(|a, b| a.shard == b.shard) {
                     let msg = ShardMsg::Deliver {
@@ -93,8 +115,10 @@ impl Home {
             ShardMsg::Publish { channel, payload, priority, report } => {
                 let Some(shards) = self.channels.publish(&channel) else { return };
                 let key = StreamKey::Channel(channel.clone());
-                let pos = self.streams.append(&key, now_ms);
-                let frame = encode_message(&key.wire(), pos.seq, &payload, priority);
+                let (_, bytes) = self
+                    .streams
+                    .append_with(&key, now_ms, |pos| encode_at(&key.wire(), pos, &payload));
+                let frame = Frame { bytes, priority };
                 for shard in shards {
                     let msg = ShardMsg::Deliver {
                         target: Target::Channel(channel.clone()),
@@ -106,8 +130,10 @@ impl Home {
                 }
             }
             ShardMsg::Broadcast { payload, priority, report } => {
-                let pos = self.streams.append(&StreamKey::Broadcast, now_ms);
-                let frame = encode_message(&Stream::Broadcast, pos.seq, &payload, priority);
+                let (_, bytes) = self.streams.append_with(&StreamKey::Broadcast, now_ms, |pos| {
+                    encode_at(&Stream::Broadcast, pos, &payload)
+                });
+                let frame = Frame { bytes, priority };
                 for shard in 0..self.p.shards {
                     let msg = ShardMsg::Deliver {
                         target: Target::All,
@@ -155,15 +181,30 @@ impl Home {
             ShardMsg::QueryChannel { channel, reply } => {
                 let _ = reply.send(self.channels.subscribers(&channel));
             }
-            ShardMsg::Deliver { .. } | ShardMsg::SendConn { .. } | ShardMsg::Kick { .. } => {
+            ShardMsg::Deliver { .. }
+            | ShardMsg::SendConn { .. }
+            | ShardMsg::Kick { .. }
+            | ShardMsg::Subscribed { .. }
+            | ShardMsg::Joined { .. } => {
                 debug_assert!(false, "not a home message");
             }
         }
     }
 
-    /// Forgets streams idle past their time to live.
+    /// Trims history to its age and forgets streams idle past their time to live that nobody
+    /// follows (a followed stream keeps its epoch, so its followers' positions stay good).
     pub(crate) fn sweep(&mut self, now_ms: u64) {
-        self.streams.expire(now_ms);
+        let (users, channels) = (&self.users, &self.channels);
+        self.streams.expire(now_ms, |k| match k {
+            StreamKey::Channel(c) => channels.subscribers(c) > 0,
+            StreamKey::User(u) => users.get(u).is_some(),
+            StreamKey::Broadcast => true,
+        });
+    }
+
+    /// Frame bytes the history rings of this shard hold.
+    pub(crate) fn history_bytes(&self) -> usize {
+        self.streams.held()
     }
 }
 
@@ -200,7 +241,10 @@ mod tests {
         for c in [conn(0, 1), conn(2, 4), conn(2, 5)] {
             h.on_msg(joined("u", c, None), 5, &mut out);
         }
-        assert!(out.is_empty());
+        assert!(out
+            .iter()
+            .all(|e| matches!(e, Effect::Update { msg: ShardMsg::Joined { .. }, .. })));
+        out.clear();
         let (report, part, _done) = Report::new(crate::clock::now());
         let msg = ShardMsg::PushUser {
             user: "u".into(),
@@ -229,6 +273,7 @@ mod tests {
         let mut out = Effects::new();
         h.on_msg(joined("u", conn(0, 1), Some("phone")), 5, &mut out);
         h.on_msg(joined("u", conn(1, 2), Some("phone")), 5, &mut out);
+        out.retain(|e| !matches!(e, Effect::Update { msg: ShardMsg::Joined { .. }, .. }));
         match out.pop_front() {
             Some(Effect::Update { shard: 0, msg: ShardMsg::Kick { conns, reason, .. } }) => {
                 assert_eq!(conns, [conn(0, 1)]);

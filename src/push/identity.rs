@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use super::ids::valid_name;
+use crate::proto::client::{parse_resume_streams, Position};
 
 /// What the upgrade established.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -13,6 +14,9 @@ pub(crate) struct Identity {
     pub(crate) user: Option<Arc<str>>,
     pub(crate) device: Option<Arc<str>>,
     pub(crate) channels: Vec<Arc<str>>,
+    /// Channels to resume from a position (`?resume=`, base64url of a `resume` message's
+    /// `streams`); subscribed like `channels`, with what was missed replayed first.
+    pub(crate) resume: Vec<(Arc<str>, Position)>,
 }
 
 /// Why an identity was refused: the reason goes into the 400 response body.
@@ -88,10 +92,25 @@ impl Identify for OpenMode {
                         }
                     }
                 }
+                "resume" => {
+                    use base64::Engine as _;
+                    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+                    let json = b64
+                        .decode(v.trim_end_matches('='))
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok())
+                        .ok_or_else(|| {
+                            IdentityError("invalid resume: not base64url JSON".into())
+                        })?;
+                    let streams = parse_resume_streams(&json)
+                        .map_err(|e| IdentityError(format!("invalid resume: {}", e.reason())))?;
+                    id.resume = streams.into_iter().map(|(c, p)| (Arc::from(c), p)).collect();
+                }
                 _ => {} // other parameters belong to the application
             }
         }
-        if id.channels.len() > self.max_channels {
+        let resumed_only = id.resume.iter().filter(|(c, _)| !id.channels.contains(c)).count();
+        if id.channels.len() + resumed_only > self.max_channels {
             return Err(IdentityError(format!("too many channels: at most {}", self.max_channels)));
         }
         if id.device.is_some() && id.user.is_none() {
@@ -117,5 +136,12 @@ mod tests {
         assert!(m.identify(Some("channels=a,b,c")).unwrap_err().0.contains("at most 2"));
         assert!(m.identify(Some("device=x")).is_err());
         assert!(m.identify(Some("user=%zz")).is_err());
+        // {"channel:a":{"epoch":1,"seq":2}} in base64url.
+        let id = m.identify(Some("resume=eyJjaGFubmVsOmEiOnsiZXBvY2giOjEsInNlcSI6Mn19")).unwrap();
+        assert_eq!(id.resume, [(Arc::from("a"), Position { epoch: 1, seq: 2 })]);
+        assert!(m.identify(Some("resume=!!")).unwrap_err().0.contains("base64url"));
+        assert!(m
+            .identify(Some("channels=a,b&resume=eyJjaGFubmVsOmMiOnsiZXBvY2giOjEsInNlcSI6Mn19"))
+            .is_err());
     }
 }

@@ -10,6 +10,7 @@
 pub mod delivery;
 pub(crate) mod directory;
 pub(crate) mod effect;
+pub(crate) mod history;
 pub(crate) mod home;
 pub(crate) mod identity;
 pub mod ids;

@@ -9,6 +9,7 @@ use futures_channel::oneshot;
 use super::directory::Policy;
 use super::ids::ConnId;
 use super::report::ReportPart;
+use super::streams::{CatchUp, Position};
 
 /// Delivery priority: the lanes of a connection's outbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -78,6 +79,15 @@ pub enum ShardMsg {
         conn: ConnId,
         at_ms: u64,
     },
+    /// A connection subscribes: count it, and answer with the channel's position (and, with
+    /// `since`, what it missed) in `Subscribed`. The count goes down with `ChannelCount -1`.
+    Subscribe {
+        channel: Arc<str>,
+        conn: ConnId,
+        since: Option<Position>,
+        /// False when the connection is subscribed already and only asks where it stands.
+        count: bool,
+    },
     ChannelCount {
         channel: Arc<str>,
         shard: u16,
@@ -118,6 +128,21 @@ pub enum ShardMsg {
     QueryChannel {
         channel: Arc<str>,
         reply: oneshot::Sender<u64>,
+    },
+
+    // ----- answers of the home, to the shard holding the connection -----
+    /// The home counted the subscription: from now on the channel's deliveries for this
+    /// connection come after this message, from `at` on (after `catch_up`'s frames, if any).
+    Subscribed {
+        conn: ConnId,
+        channel: Arc<str>,
+        at: Position,
+        catch_up: Option<CatchUp>,
+    },
+    /// The user's home recorded the connection; its user stream stands at `at`.
+    Joined {
+        conn: ConnId,
+        at: Position,
     },
 
     // ----- work, to the shard holding the connections -----

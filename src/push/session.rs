@@ -13,6 +13,7 @@ use super::effect::{Effect, Effects, Now};
 use super::identity::Identity;
 use super::ids::{home_of, ConnId};
 use super::msg::ShardMsg;
+use super::streams::{CatchUp, Position, StreamKey};
 
 /// What every session of a shard shares, derived from the configuration once.
 #[derive(Debug)]
@@ -38,6 +39,7 @@ pub(crate) struct SessionParams {
 #[derive(Debug, Default)]
 pub(crate) struct Session {
     pub(crate) user: Option<Arc<str>>,
+    /// Every channel asked for (answered by its home or not yet).
     pub(crate) channels: Vec<Arc<str>>,
     /// Last sequence number of this connection's direct stream.
     pub(crate) direct_seq: u64,
@@ -46,10 +48,27 @@ pub(crate) struct Session {
     errors_since: u32,
     /// Tick of the last activity report to the user's home shard.
     reported: u32,
+    /// Until the welcome goes out: what it will say. Freed once it is sent.
+    opening: Option<Box<Opening>>,
+}
+
+/// A welcome waiting for the positions of the streams the connection starts with.
+#[derive(Debug)]
+struct Opening {
+    device: Option<Arc<str>>,
+    channels: Vec<Arc<str>>,
+    streams: Vec<(StreamKey, Position)>,
+    /// Answers (from the user's home and each channel's) still to come.
+    waiting: usize,
+    /// Replies that must follow the welcome (`resumed`, `reset`).
+    after: Vec<Vec<u8>>,
 }
 
 impl Session {
-    /// A push connection is open: subscribe its channels, tell its user's home, welcome it.
+    /// A push connection is open: ask each channel's home to count it (from its `?resume=`
+    /// position where it gave one) and its user's home to record it. The welcome goes out
+    /// once every home has answered with its stream's position ([`Session::on_subscribed`],
+    /// [`Session::on_joined`]), or at once if there is nothing to wait for.
     pub(crate) fn open(
         conn: ConnId,
         id: Identity,
@@ -57,15 +76,40 @@ impl Session {
         p: &SessionParams,
         out: &mut Effects,
     ) -> Option<Box<Session>> {
-        let mut slot = (id.user.is_some() || !id.channels.is_empty()).then(|| {
-            Box::new(Session {
-                user: id.user.clone(),
-                channels: Vec::with_capacity(id.channels.len()),
-                ..Default::default()
-            })
+        let mut channels: Vec<(Arc<str>, Option<Position>)> =
+            id.channels.iter().map(|c| (c.clone(), None)).collect();
+        for (c, pos) in &id.resume {
+            match channels.iter_mut().find(|(x, _)| x == c) {
+                Some(entry) => entry.1 = Some(*pos),
+                None => channels.push((c.clone(), Some(*pos))),
+            }
+        }
+        if id.user.is_none() && channels.is_empty() {
+            let body =
+                client::welcome(&conn.to_string(), None, id.device.as_deref(), p.epoch, &[], &[]);
+            out.push_back(Effect::Welcome { conn, body });
+            return None;
+        }
+        let mut session = Box::new(Session {
+            user: id.user.clone(),
+            channels: Vec::with_capacity(channels.len()),
+            ..Default::default()
         });
-        for ch in &id.channels {
-            subscribe(&mut slot, conn, ch.clone(), p, out);
+        let mut opening = Opening {
+            device: id.device.clone(),
+            channels: Vec::with_capacity(channels.len()),
+            streams: Vec::with_capacity(channels.len() + 1),
+            waiting: 0,
+            after: Vec::new(),
+        };
+        for (ch, since) in channels {
+            if session.channels.len() >= p.max_channels || session.channels.contains(&ch) {
+                continue; // the identity was checked against the limit; a duplicate is one
+            }
+            session.channels.push(ch.clone());
+            opening.channels.push(ch.clone());
+            opening.waiting += 1;
+            out.push_back(Effect::Subscribe { conn, channel: ch, since, count: true });
         }
         if let Some(user) = &id.user {
             let msg = ShardMsg::UserJoined {
@@ -74,18 +118,108 @@ impl Session {
                 conn,
                 at_ms: now.ms,
             };
+            opening.waiting += 1;
             out.push_back(Effect::Update { shard: home_of(user, p.shards), msg });
         }
-        let channels: Vec<&str> = id.channels.iter().map(|c| &**c).collect();
+        session.opening = Some(Box::new(opening));
+        Some(session)
+    }
+
+    /// Whether the connection still waits for its welcome (nothing may be written before it).
+    pub(crate) fn welcome_pending(slot: &Option<Box<Session>>) -> bool {
+        slot.as_ref().is_some_and(|s| s.opening.is_some())
+    }
+
+    /// A channel's home counted the subscription, with the channel's position and what the
+    /// client missed if it resumed. Returns whether the connection should now receive the
+    /// channel's deliveries (false if it has since unsubscribed or was never subscribed).
+    pub(crate) fn on_subscribed(
+        slot: &mut Option<Box<Session>>,
+        conn: ConnId,
+        channel: &Arc<str>,
+        at: Position,
+        catch_up: Option<CatchUp>,
+        p: &SessionParams,
+        out: &mut Effects,
+    ) -> bool {
+        let Some(session) = slot.as_mut() else { return false };
+        if !session.channels.contains(channel) {
+            return false;
+        }
+        let key = StreamKey::Channel(channel.clone());
+        let mut replies = Vec::new();
+        match catch_up {
+            None => {
+                if session.opening.is_none() {
+                    replies.push(client::subscribed(channel, at));
+                }
+            }
+            Some(CatchUp::Replay { from, to, frames }) => {
+                replies.push(client::resumed(&key.wire(), from, to.seq));
+                if !frames.is_empty() {
+                    out.push_back(Effect::Replay { conn, stream: key.clone(), at: to, frames });
+                }
+            }
+            Some(CatchUp::Reset { at, reason }) => {
+                replies.push(client::reset(&key.wire(), at, reason));
+            }
+        }
+        session.answered(conn, Some((key, at)), replies, p, out);
+        true
+    }
+
+    /// The user's home recorded the connection; its user stream stands at `at`.
+    pub(crate) fn on_joined(
+        slot: &mut Option<Box<Session>>,
+        conn: ConnId,
+        at: Position,
+        p: &SessionParams,
+        out: &mut Effects,
+    ) {
+        let Some(session) = slot.as_mut() else { return };
+        let Some(user) = session.user.clone() else { return };
+        session.answered(conn, Some((StreamKey::User(user), at)), Vec::new(), p, out);
+    }
+
+    /// One awaited answer is in: its replies go out now, or after the welcome while that
+    /// still waits; the last answer sends the welcome.
+    fn answered(
+        &mut self,
+        conn: ConnId,
+        position: Option<(StreamKey, Position)>,
+        replies: Vec<Vec<u8>>,
+        p: &SessionParams,
+        out: &mut Effects,
+    ) {
+        let Some(opening) = self.opening.as_mut() else {
+            for body in replies {
+                out.push_back(Effect::Reply { conn, body });
+            }
+            return;
+        };
+        if let Some(sp) = position {
+            opening.streams.push(sp);
+        }
+        opening.after.extend(replies);
+        opening.waiting = opening.waiting.saturating_sub(1);
+        if opening.waiting > 0 {
+            return;
+        }
+        let Some(o) = self.opening.take() else { return };
+        let names: Vec<&str> = o.channels.iter().map(|c| &**c).collect();
+        let streams: Vec<_> = o.streams.iter().map(|(k, pos)| (k.wire(), *pos)).collect();
         let body = client::welcome(
             &conn.to_string(),
-            id.user.as_deref(),
-            id.device.as_deref(),
+            self.user.as_deref(),
+            o.device.as_deref(),
             p.epoch,
-            &channels,
+            &names,
+            &streams,
         );
-        out.push_back(Effect::Reply { conn, body });
-        slot
+        out.push_back(Effect::Welcome { conn, body });
+        for body in o.after {
+            out.push_back(Effect::Reply { conn, body });
+        }
     }
 
     /// A whole text or binary message from the client.
@@ -111,11 +245,16 @@ impl Session {
             Ok(ClientMsg::Ping) => {
                 out.push_back(Effect::Reply { conn, body: client::PONG.to_vec() })
             }
-            Ok(ClientMsg::Subscribe(ch)) => {
-                let body = client::ack("subscribed", &ch);
-                if subscribe(slot, conn, Arc::from(ch), p, out) {
-                    out.push_back(Effect::Reply { conn, body });
-                } else {
+            Ok(ClientMsg::Subscribe { channel, since }) => {
+                let channel: Arc<str> = Arc::from(channel);
+                let already = slot.as_ref().is_some_and(|s| s.channels.contains(&channel));
+                if already && since.is_some() {
+                    // A replay now would repeat what it received live since it subscribed.
+                    client_error(slot, conn, ClientError::AlreadySubscribed, now, p, out);
+                } else if already {
+                    // Answered with the channel's position, counted once.
+                    out.push_back(Effect::Subscribe { conn, channel, since: None, count: false });
+                } else if !subscribe(slot, conn, channel, since, p, out) {
                     client_error(slot, conn, ClientError::TooManyChannels, now, p, out);
                 }
             }
@@ -127,6 +266,7 @@ impl Session {
                     client_error(slot, conn, ClientError::NotSubscribed, now, p, out);
                 }
             }
+            Ok(ClientMsg::Resume(streams)) => resume(slot, conn, streams, now, p, out),
             Err(e) => client_error(slot, conn, e, now, p, out),
         }
     }
@@ -151,24 +291,47 @@ impl Session {
     }
 }
 
-/// Subscribes the connection; false if it is at its channel limit (already subscribed counts
-/// as done).
+/// `resume`: subscribe to each named channel from its position. All or nothing: a channel
+/// already subscribed (it would get live messages twice) or one over the limit refuses it.
+fn resume(
+    slot: &mut Option<Box<Session>>,
+    conn: ConnId,
+    streams: Vec<(String, Position)>,
+    now: Now,
+    p: &SessionParams,
+    out: &mut Effects,
+) {
+    let have = slot.as_ref().map_or(0, |s| s.channels.len());
+    let subscribed = |c: &str| slot.as_ref().is_some_and(|s| s.channels.iter().any(|x| &**x == c));
+    if streams.iter().any(|(c, _)| subscribed(c)) {
+        client_error(slot, conn, ClientError::AlreadySubscribed, now, p, out);
+        return;
+    }
+    if have + streams.len() > p.max_channels {
+        client_error(slot, conn, ClientError::TooManyChannels, now, p, out);
+        return;
+    }
+    for (channel, since) in streams {
+        subscribe(slot, conn, Arc::from(channel), Some(since), p, out);
+    }
+}
+
+/// Asks the channel's home to count a new subscription (answered by `Subscribed`); false if
+/// the connection is at its channel limit.
 fn subscribe(
     slot: &mut Option<Box<Session>>,
     conn: ConnId,
     channel: Arc<str>,
+    since: Option<Position>,
     p: &SessionParams,
     out: &mut Effects,
 ) -> bool {
     let session = slot.get_or_insert_with(Default::default);
-    if session.channels.contains(&channel) {
-        return true;
-    }
     if session.channels.len() >= p.max_channels {
         return false;
     }
     session.channels.push(channel.clone());
-    out.push_back(Effect::Subscribe { conn, channel });
+    out.push_back(Effect::Subscribe { conn, channel, since, count: true });
     true
 }
 
@@ -233,6 +396,7 @@ fn report_activity(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::client::ResetReason;
 
     fn params() -> SessionParams {
         SessionParams {
@@ -253,8 +417,14 @@ mod tests {
         out.iter()
             .map(|e| match e {
                 Effect::Reply { body, .. } => String::from_utf8_lossy(body).into_owned(),
-                Effect::Subscribe { channel, .. } => format!("+{channel}"),
+                Effect::Welcome { body, .. } => String::from_utf8_lossy(body).into_owned(),
+                Effect::Subscribe { channel, since, count: true, .. } => match since {
+                    None => format!("+{channel}"),
+                    Some(p) => format!("+{channel}@{}.{}", p.epoch, p.seq),
+                },
+                Effect::Subscribe { channel, count: false, .. } => format!("?{channel}"),
                 Effect::Unsubscribe { channel, .. } => format!("-{channel}"),
+                Effect::Replay { frames, .. } => format!("replay {}", frames.len()),
                 Effect::Update { msg: ShardMsg::UserJoined { .. }, .. } => "joined".into(),
                 Effect::Update { msg: ShardMsg::UserLeft { .. }, .. } => "left".into(),
                 Effect::Update { msg: ShardMsg::UserActive { .. }, .. } => "active".into(),
@@ -270,22 +440,45 @@ mod tests {
             user: user.map(Arc::from),
             device: None,
             channels: channels.iter().map(|c| Arc::from(*c)).collect(),
+            resume: Vec::new(),
         };
         Session::open(C, id, Now { tick: 0, ms: 100 }, &params(), out)
     }
 
+    const AT: Position = Position { epoch: 9, seq: 4 };
+
+    fn answer(
+        s: &mut Option<Box<Session>>,
+        ch: &str,
+        catch_up: Option<CatchUp>,
+        out: &mut Effects,
+    ) -> bool {
+        Session::on_subscribed(s, C, &Arc::from(ch), AT, catch_up, &params(), out)
+    }
+
     #[test]
-    fn opening_subscribes_joins_then_welcomes() {
+    fn opening_asks_the_homes_and_welcomes_once_they_answer() {
         let mut out = Effects::new();
-        let s = open(Some("42"), &["a", "b"], &mut out);
-        let t = text(&out);
-        assert_eq!(t[..3], ["+a", "+b", "joined"]);
-        assert!(t[3].starts_with("{\"type\":\"welcome\""), "{t:?}");
+        let mut s = open(Some("42"), &["a", "b"], &mut out);
+        assert_eq!(text(&out), ["+a", "+b", "joined"]);
         match &out[2] {
             Effect::Update { shard, .. } => assert_eq!(*shard, home_of("42", 4)),
             e => panic!("{e:?}"),
         }
-        let mut out = Effects::new();
+        assert!(Session::welcome_pending(&s));
+        out.clear();
+        assert!(answer(&mut s, "b", None, &mut out));
+        Session::on_joined(&mut s, C, Position { epoch: 9, seq: 0 }, &params(), &mut out);
+        assert!(out.is_empty(), "one home has not answered");
+        assert!(answer(&mut s, "a", None, &mut out));
+        let t = text(&out);
+        assert_eq!(t.len(), 1);
+        let w: serde_json::Value = serde_json::from_str(&t[0]).unwrap();
+        assert_eq!(w["type"], "welcome");
+        assert_eq!(w["streams"]["channel:a"]["seq"], 4);
+        assert_eq!(w["streams"]["user:42"]["seq"], 0);
+        assert!(!Session::welcome_pending(&s));
+        out.clear();
         s.unwrap().close(C, &params(), &mut out);
         assert_eq!(text(&out), ["-a", "-b", "left"]);
     }
@@ -295,7 +488,7 @@ mod tests {
         let mut out = Effects::new();
         let mut s = open(None, &[], &mut out);
         assert!(s.is_none());
-        out.clear();
+        assert!(matches!(out.pop_front(), Some(Effect::Welcome { .. })), "welcomed at once");
         let p = params();
         Session::on_message(&mut s, C, true, b"hb", Now::default(), &p, &mut out);
         assert!(s.is_none(), "a heartbeat allocates nothing");
@@ -309,8 +502,10 @@ mod tests {
             &p,
             &mut out,
         );
-        assert_eq!(text(&out), ["+x", r#"{"type":"subscribed","channel":"x"}"#]);
-        assert!(s.is_some());
+        assert_eq!(text(&out), ["+x"]);
+        out.clear();
+        assert!(answer(&mut s, "x", None, &mut out));
+        assert_eq!(text(&out), [r#"{"type":"subscribed","channel":"x","epoch":9,"seq":4}"#]);
     }
 
     #[test]
@@ -318,6 +513,8 @@ mod tests {
         let p = params();
         let mut out = Effects::new();
         let mut s = open(None, &["a", "b"], &mut out);
+        answer(&mut s, "a", None, &mut out);
+        answer(&mut s, "b", None, &mut out);
         out.clear();
         let sub = br#"{"type":"subscribe","channel":"c"}"#;
         Session::on_message(&mut s, C, true, sub, Now::default(), &p, &mut out);
@@ -327,7 +524,7 @@ mod tests {
         out.clear();
         let again = br#"{"type":"subscribe","channel":"a"}"#;
         Session::on_message(&mut s, C, true, again, Now::default(), &p, &mut out);
-        assert_eq!(text(&out), [r#"{"type":"subscribed","channel":"a"}"#], "already subscribed");
+        assert_eq!(text(&out), ["?a"], "already subscribed: asks where it stands, counts nothing");
         out.clear();
         let unsub = br#"{"type":"unsubscribe","channel":"a"}"#;
         Session::on_message(&mut s, C, true, unsub, Now::default(), &p, &mut out);
@@ -335,6 +532,70 @@ mod tests {
         let t = text(&out);
         assert_eq!(t[..2], ["-a", r#"{"type":"unsubscribed","channel":"a"}"#]);
         assert_eq!(t[2], "client-error");
+        out.clear();
+        assert!(
+            !answer(&mut s, "a", None, &mut out),
+            "a late answer for a channel left is ignored"
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn resuming_replays_or_resets_and_never_repeats_a_live_subscription() {
+        let p = params();
+        let mut out = Effects::new();
+        let mut s = open(None, &["live"], &mut out);
+        answer(&mut s, "live", None, &mut out);
+        out.clear();
+        let resume = br#"{"type":"resume","streams":{"channel:a":{"epoch":9,"seq":1},"channel:live":{"epoch":9,"seq":1}}}"#;
+        Session::on_message(&mut s, C, true, resume, Now::default(), &p, &mut out);
+        assert_eq!(text(&out)[0], "client-error", "`live` is subscribed: a replay would repeat it");
+        out.clear();
+        let resume = br#"{"type":"resume","streams":{"channel:a":{"epoch":9,"seq":1}}}"#;
+        Session::on_message(&mut s, C, true, resume, Now::default(), &p, &mut out);
+        assert_eq!(text(&out), ["+a@9.1"]);
+        out.clear();
+        let frames =
+            vec![Bytes::from_static(b"2"), Bytes::from_static(b"3"), Bytes::from_static(b"4")];
+        let replay = CatchUp::Replay { from: 2, to: AT, frames };
+        assert!(answer(&mut s, "a", Some(replay), &mut out));
+        assert_eq!(
+            text(&out),
+            ["replay 3", r#"{"type":"resumed","stream":"channel:a","from":2,"to":4}"#]
+        );
+        out.clear();
+        let unsub = br#"{"type":"unsubscribe","channel":"live"}"#;
+        Session::on_message(&mut s, C, true, unsub, Now::default(), &p, &mut out);
+        let sub = br#"{"type":"subscribe","channel":"b","since":{"epoch":8,"seq":3}}"#;
+        Session::on_message(&mut s, C, true, sub, Now::default(), &p, &mut out);
+        assert_eq!(text(&out).last().map(String::as_str), Some("+b@8.3"));
+        out.clear();
+        let reset = CatchUp::Reset { at: AT, reason: ResetReason::EpochChanged };
+        assert!(answer(&mut s, "b", Some(reset), &mut out));
+        assert_eq!(
+            text(&out),
+            [r#"{"type":"reset","stream":"channel:b","epoch":9,"seq":4,"reason":"epoch_changed"}"#]
+        );
+    }
+
+    #[test]
+    fn answers_to_a_resume_at_connect_follow_the_welcome() {
+        let mut out = Effects::new();
+        let id = Identity {
+            user: None,
+            device: None,
+            channels: vec![],
+            resume: vec![(Arc::from("a"), Position { epoch: 9, seq: 2 })],
+        };
+        let mut s = Session::open(C, id, Now::default(), &params(), &mut out);
+        assert_eq!(text(&out), ["+a@9.2"]);
+        out.clear();
+        let frames = vec![Bytes::from_static(b"3"), Bytes::from_static(b"4")];
+        answer(&mut s, "a", Some(CatchUp::Replay { from: 3, to: AT, frames }), &mut out);
+        let t = text(&out);
+        assert_eq!(t[0], "replay 2", "frames wait behind the held welcome in the outbox");
+        assert!(t[1].starts_with(r#"{"type":"welcome""#), "{t:?}");
+        assert!(t[2].starts_with(r#"{"type":"resumed""#), "{t:?}");
     }
 
     #[test]

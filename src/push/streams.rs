@@ -11,7 +11,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::proto::client::Stream;
+use bytes::Bytes;
+
+use crate::proto::client::{ResetReason, Stream};
+
+use super::history::{Keep, Ring, Rules, Stored};
 
 /// A stream that outlives connections.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -41,20 +45,26 @@ impl StreamKey {
     }
 }
 
-/// Where a message sits in its stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct Position {
-    /// When this incarnation of the stream began (Unix ms): the node's epoch for streams it
-    /// has numbered since start-up, a later time for one forgotten and begun again.
-    pub(crate) epoch: u64,
-    pub(crate) seq: u64,
-}
+// One position type, shared with the wire.
+pub use crate::proto::client::Position;
 
 #[derive(Debug)]
 struct Entry {
     epoch: u64,
     seq: u64,
     last_ms: u64,
+    keep: Keep,
+    ring: Ring,
+}
+
+/// What a client that was at `since` gets.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CatchUp {
+    /// The frames after `since`, oldest first (none when it missed nothing); the stream
+    /// continues live after `to`.
+    Replay { from: u64, to: Position, frames: Vec<Bytes> },
+    /// Continuity is lost; the stream continues live after `at`.
+    Reset { at: Position, reason: ResetReason },
 }
 
 #[derive(Debug)]
@@ -65,43 +75,172 @@ pub(crate) struct Streams {
     entries: HashMap<StreamKey, Entry>,
     /// Set once a stream has been forgotten: later first appearances get a fresh epoch.
     forgot_any: bool,
+    rules: Rules,
+    /// Frame bytes all rings of this shard may hold, and what they hold.
+    budget: usize,
+    held: usize,
 }
 
 impl Streams {
+    #[cfg(test)]
     pub(crate) fn new(epoch: u64, idle_ttl_ms: u64) -> Streams {
-        Streams { epoch, idle_ttl_ms, entries: HashMap::new(), forgot_any: false }
+        let rules = Rules { rules: Vec::new(), default: Keep::NOTHING };
+        Streams::with_history(epoch, idle_ttl_ms, rules, 0)
     }
 
-    /// Numbers the next message of `key`.
-    pub(crate) fn append(&mut self, key: &StreamKey, now_ms: u64) -> Position {
+    /// Streams that keep history by `rules`, all rings together within `budget` bytes.
+    pub(crate) fn with_history(
+        epoch: u64,
+        idle_ttl_ms: u64,
+        rules: Rules,
+        budget: usize,
+    ) -> Streams {
+        Streams {
+            epoch,
+            idle_ttl_ms,
+            entries: HashMap::new(),
+            forgot_any: false,
+            rules,
+            budget,
+            held: 0,
+        }
+    }
+
+    fn entry(&mut self, key: &StreamKey, now_ms: u64) -> &mut Entry {
         let (epoch, forgot) = (self.epoch, self.forgot_any);
-        let e = match self.entries.get_mut(key) {
-            Some(e) => e,
-            None => {
-                // A stream seen for the first time since start-up continues the node's epoch;
-                // once anything was forgotten, a first appearance may be a return, so it gets
-                // an epoch of its own (never below the node's).
-                let epoch = if forgot { now_ms.max(epoch + 1) } else { epoch };
-                self.entries.entry(key.clone()).or_insert(Entry { epoch, seq: 0, last_ms: now_ms })
-            }
-        };
-        e.seq += 1;
-        e.last_ms = now_ms;
+        if !self.entries.contains_key(key) {
+            // A stream seen for the first time since start-up continues the node's epoch;
+            // once anything was forgotten, a first appearance may be a return, so it gets an
+            // epoch of its own (never below the node's).
+            let epoch = if forgot { now_ms.max(epoch + 1) } else { epoch };
+            let keep = self.rules.keep_for(key);
+            let e = Entry { epoch, seq: 0, last_ms: now_ms, keep, ring: Ring::default() };
+            self.entries.insert(key.clone(), e);
+        }
+        // Just inserted if it was missing.
+        self.entries.get_mut(key).expect("entry present")
+    }
+
+    /// Where `key` stands: its epoch and last seq (0 before its first message). A stream asked
+    /// about is remembered from then on, so its epoch holds for the one who asked.
+    pub(crate) fn position(&mut self, key: &StreamKey, now_ms: u64) -> Position {
+        let e = self.entry(key, now_ms);
         Position { epoch: e.epoch, seq: e.seq }
     }
 
-    /// Forgets streams with no message for the idle TTL; returns how many.
-    pub(crate) fn expire(&mut self, now_ms: u64) -> usize {
+    /// Numbers the next message of `key`.
+    #[cfg(test)]
+    pub(crate) fn append(&mut self, key: &StreamKey, now_ms: u64) -> Position {
+        self.append_with(key, now_ms, |_| Bytes::new()).0
+    }
+
+    /// Numbers the next message of `key`, encodes it with `encode` (given its position and
+    /// whether it is the first of its epoch), and keeps the frame if the stream is recoverable.
+    pub(crate) fn append_with(
+        &mut self,
+        key: &StreamKey,
+        now_ms: u64,
+        encode: impl FnOnce(Position) -> Bytes,
+    ) -> (Position, Bytes) {
+        let e = self.entry(key, now_ms);
+        e.seq += 1;
+        e.last_ms = now_ms;
+        let pos = Position { epoch: e.epoch, seq: e.seq };
+        let frame = encode(pos);
+        let keep = e.keep;
+        let delta = e.ring.push(
+            Stored { seq: pos.seq, at_ms: now_ms, frame: frame.clone() },
+            &keep,
+            now_ms,
+        );
+        self.held = self.held.saturating_add_signed(delta);
+        if self.held > self.budget {
+            self.shrink();
+        }
+        (pos, frame)
+    }
+
+    /// Over the budget: the oldest entries of the largest rings go first, down to 90 % of the
+    /// budget so the next few appends do not scan again.
+    fn shrink(&mut self) {
+        let target = self.budget / 10 * 9;
+        let mut sizes: Vec<(usize, StreamKey)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.ring.bytes() > 0)
+            .map(|(k, e)| (e.ring.bytes(), k.clone()))
+            .collect();
+        sizes.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
+        let mut i = 0;
+        while self.held > target && !sizes.is_empty() {
+            let key = &sizes[i % sizes.len()].1;
+            let freed = self.entries.get_mut(key).map_or(0, |e| e.ring.pop_oldest());
+            self.held -= freed;
+            if freed == 0 {
+                sizes.remove(i % sizes.len());
+                continue;
+            }
+            // Stay on the largest ring until it is no larger than the next one.
+            let now = self.entries.get(key).map_or(0, |e| e.ring.bytes());
+            if sizes.get(i + 1).is_some_and(|n| now < n.0) {
+                i += 1;
+            } else {
+                i = 0;
+            }
+        }
+    }
+
+    /// What a client at `since` missed of `key`.
+    pub(crate) fn catch_up(&mut self, key: &StreamKey, since: Position, now_ms: u64) -> CatchUp {
+        let e = self.entry(key, now_ms);
+        let at = Position { epoch: e.epoch, seq: e.seq };
+        if since.epoch != e.epoch || since.seq > e.seq {
+            // Not a position of this incarnation of the stream.
+            return CatchUp::Reset { at, reason: ResetReason::EpochChanged };
+        }
+        let keep = e.keep;
+        let freed = e.ring.expire(&keep, now_ms);
+        self.held -= freed;
+        let e = self.entries.get_mut(key).expect("entry present");
+        if since.seq == e.seq {
+            return CatchUp::Replay { from: since.seq + 1, to: at, frames: Vec::new() };
+        }
+        match e.ring.oldest() {
+            Some(oldest) if oldest <= since.seq + 1 => {
+                let frames = e.ring.after(since.seq).map(|s| s.frame.clone()).collect();
+                CatchUp::Replay { from: since.seq + 1, to: at, frames }
+            }
+            _ => CatchUp::Reset { at, reason: ResetReason::HistoryExceeded },
+        }
+    }
+
+    /// Forgets streams with no message for the idle TTL unless `listened` says someone still
+    /// follows them (their epoch must hold for those); trims every ring to its age. Returns
+    /// how many streams were forgotten.
+    pub(crate) fn expire(&mut self, now_ms: u64, listened: impl Fn(&StreamKey) -> bool) -> usize {
         let ttl = self.idle_ttl_ms;
         let before = self.entries.len();
-        self.entries.retain(|_, e| now_ms.saturating_sub(e.last_ms) < ttl);
+        let mut freed = 0;
+        self.entries.retain(|k, e| {
+            let keep = e.keep;
+            freed += e.ring.expire(&keep, now_ms);
+            let stay = now_ms.saturating_sub(e.last_ms) < ttl || listened(k);
+            if !stay {
+                freed += e.ring.clear();
+            }
+            stay
+        });
+        self.held -= freed;
         let gone = before - self.entries.len();
         self.forgot_any |= gone > 0;
         gone
     }
-}
 
-impl Streams {
+    /// Frame bytes held in this shard's rings.
+    pub(crate) fn held(&self) -> usize {
+        self.held
+    }
+
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -111,6 +250,7 @@ impl Streams {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::push::history::Guarantee;
 
     #[test]
     fn numbering_is_per_stream_and_survives_until_the_ttl() {
@@ -121,14 +261,78 @@ mod tests {
         assert_eq!(s.append(&ch, 2), Position { epoch: 1000, seq: 2 });
         assert_eq!(s.append(&user, 3).seq, 1, "a user and a channel of one name are apart");
         assert_eq!(s.append(&StreamKey::Broadcast, 3).seq, 1);
-        assert_eq!(s.expire(50_000), 0);
+        assert_eq!(s.expire(50_000, |_| false), 0);
         assert_eq!(s.append(&ch, 50_000), Position { epoch: 1000, seq: 3 });
         // Idle past the TTL: forgotten; back again under a new epoch.
-        assert_eq!(s.expire(100_000), 2, "the user and broadcast streams went idle");
-        assert_eq!(s.expire(200_000), 1);
+        assert_eq!(s.expire(100_000, |_| false), 2, "the user and broadcast streams went idle");
+        assert_eq!(s.expire(200_000, |_| false), 1);
         assert!(s.is_empty());
         let back = s.append(&ch, 200_001);
         assert_eq!(back, Position { epoch: 200_001, seq: 1 });
         assert!(back > Position { epoch: 1000, seq: 3 }, "positions never repeat");
+        // A stream someone follows keeps its epoch however long it is quiet.
+        let quiet = StreamKey::Channel("quiet".into());
+        assert_eq!(s.position(&quiet, 200_002).seq, 0);
+        assert_eq!(s.expire(900_000, |k| *k == quiet), 1);
+        assert_eq!(s.position(&quiet, 900_001).epoch, 200_002);
+    }
+
+    fn recoverable(size: usize, bytes: usize) -> Streams {
+        let keep = Keep { guarantee: Guarantee::Recoverable, size, ttl_ms: 10_000, bytes };
+        Streams::with_history(1000, 60_000, Rules { rules: Vec::new(), default: keep }, 1000)
+    }
+
+    fn push(s: &mut Streams, key: &StreamKey, now: u64, len: usize) -> Position {
+        s.append_with(key, now, |p| Bytes::from(vec![p.seq as u8; len])).0
+    }
+
+    #[test]
+    fn catch_up_replays_what_was_missed_or_says_why_not() {
+        let mut s = recoverable(5, 1000);
+        let ch = StreamKey::Channel("a".into());
+        let start = s.position(&ch, 0);
+        for t in 1..=8 {
+            push(&mut s, &ch, t, 10);
+        }
+        let at = Position { epoch: 1000, seq: 8 };
+        match s.catch_up(&ch, Position { epoch: 1000, seq: 5 }, 9) {
+            CatchUp::Replay { from, to, frames } => {
+                assert_eq!((from, to), (6, at));
+                assert_eq!(frames.iter().map(|f| f[0]).collect::<Vec<_>>(), [6, 7, 8]);
+            }
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(s.catch_up(&ch, at, 9), CatchUp::Replay { from: 9, to: at, frames: vec![] });
+        assert_eq!(
+            s.catch_up(&ch, start, 9),
+            CatchUp::Reset { at, reason: ResetReason::HistoryExceeded },
+            "seqs 1-3 are gone"
+        );
+        let old = Position { epoch: 7, seq: 8 };
+        assert_eq!(
+            s.catch_up(&ch, old, 9),
+            CatchUp::Reset { at, reason: ResetReason::EpochChanged }
+        );
+        // Past the age cap nothing can be replayed.
+        assert!(matches!(
+            s.catch_up(&ch, Position { epoch: 1000, seq: 6 }, 20_000),
+            CatchUp::Reset { reason: ResetReason::HistoryExceeded, .. }
+        ));
+        assert_eq!(s.held(), 0);
+    }
+
+    #[test]
+    fn the_budget_takes_the_oldest_of_the_largest_rings_first() {
+        let mut s = recoverable(100, 1000);
+        let (big, small) = (StreamKey::Channel("big".into()), StreamKey::Channel("small".into()));
+        for t in 0..20 {
+            push(&mut s, &small, t, 10);
+        }
+        for t in 0..90 {
+            push(&mut s, &big, t, 10);
+        }
+        assert!(s.held() <= 1000, "{}", s.held());
+        assert_eq!(s.entries[&small].ring.bytes(), 200, "the small ring is untouched");
+        assert!(s.entries[&big].ring.oldest().unwrap() > 1);
     }
 }

@@ -26,6 +26,10 @@ impl Counter {
         self.0.store(self.0.load(Relaxed).wrapping_sub(n), Relaxed);
     }
 
+    pub(crate) fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
@@ -86,7 +90,11 @@ counters! {
     inbox_messages: "messages taken from the shard inbox",
     inbox_full: "deliveries (per recipient) dropped because a shard inbox was full",
     mesh_retries: "directory updates and kicks a full shard inbox refused, kept and resent in order",
+    replayed: "history frames queued to clients that resumed",
+    replay_overflows: "replays cut short by a full outbox (the client got a reset)",
+    resets: "resume requests answered with a reset (history exceeded or epoch changed)",
     outbox_bytes: "bytes queued in connection outboxes (gauge)",
+    history_bytes: "frame bytes held in stream histories (gauge)",
 }
 
 impl Counters {

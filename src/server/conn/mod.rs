@@ -46,6 +46,8 @@ pub(crate) mod flag {
     /// The peer shut its side or the socket failed (EPOLLRDHUP, EPOLLHUP or EPOLLERR): read on
     /// to the EOF or error behind the bytes, however short a read is.
     pub(crate) const PEER_CLOSED: u16 = 256;
+    /// The welcome waits for its streams' positions: nothing is written before it.
+    pub(crate) const WELCOME_PENDING: u16 = 512;
 }
 
 /// Input kept between reads: an incomplete request head, frame header or control frame, and

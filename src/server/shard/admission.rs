@@ -105,6 +105,10 @@ impl Core {
         if let Some(id) = identity {
             let (conn_id, at) = (self.conn_id(key), self.at());
             let session = Session::open(conn_id, id, at, &self.p.session, &mut self.effects);
+            if Session::welcome_pending(&session) {
+                // Held until every home has told the positions the welcome carries.
+                self.conns[key].set(flag::WELCOME_PENDING);
+            }
             self.conns[key].session = session;
             self.apply_effects();
         }

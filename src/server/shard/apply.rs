@@ -3,7 +3,7 @@
 //! and home state machines return is applied here, in order.
 
 use crate::clock;
-use crate::proto::client::Stream;
+use crate::proto::client::{self, ResetReason, Stream};
 use crate::proto::CloseReason;
 use crate::push::delivery::encode_message;
 use crate::push::effect::{Effect, Expected};
@@ -13,6 +13,7 @@ use crate::push::index::Change;
 use crate::push::msg::{Frame, Priority, ShardMsg, Target};
 use crate::push::report::{ReportPart, Totals};
 use crate::push::session::Session;
+use crate::push::streams::CatchUp;
 
 use super::super::conn::{flag, Route};
 use super::Core;
@@ -40,10 +41,30 @@ impl Core {
                 report.add(t);
             }
             ShardMsg::Kick { conns, reason, report } => self.kick(conns, reason, report),
+            ShardMsg::Subscribed { conn, channel, at, catch_up } => {
+                // Gone or closing: its Unsubscribe has already told the home.
+                let Some(key) = self.local(conn) else { return };
+                if matches!(catch_up, Some(CatchUp::Reset { .. })) {
+                    self.counters.resets.inc();
+                }
+                let (slot, p) = (&mut self.conns[key].session, &self.p.session);
+                if Session::on_subscribed(slot, conn, &channel, at, catch_up, p, &mut self.effects)
+                    && self.channels.subscribe(&channel, conn.slot) == Change::Changed
+                {
+                    self.counters.subscriptions.inc();
+                }
+            }
+            ShardMsg::Joined { conn, at } => {
+                if let Some(key) = self.local(conn) {
+                    let (slot, p) = (&mut self.conns[key].session, &self.p.session);
+                    Session::on_joined(slot, conn, at, p, &mut self.effects);
+                }
+            }
             home => {
                 debug_assert!(Home::takes(&home));
                 let now_ms = self.now_ms;
                 self.home.on_msg(home, now_ms, &mut self.effects);
+                self.counters.history_bytes.set(self.home.history_bytes() as u64);
             }
         }
         self.apply_effects();
@@ -80,19 +101,43 @@ impl Core {
                         self.queue_lane(key, frame, Priority::High);
                     }
                 }
-                Effect::Subscribe { conn, channel } => {
-                    if self.local(conn).is_some()
-                        && self.channels.subscribe(&channel, conn.slot) == Change::Changed
-                    {
-                        self.counters.subscriptions.inc();
-                        self.count_channel(channel, 1);
+                Effect::Welcome { conn, body } => {
+                    if let Some(key) = self.local(conn) {
+                        self.conns[key].clear(flag::WELCOME_PENDING);
+                        self.queue_control(key, crate::proto::OpCode::Text, &body);
+                    }
+                }
+                Effect::Subscribe { conn, channel, since, count } => {
+                    let shard = home_of(&channel, self.mesh.shards());
+                    let msg = ShardMsg::Subscribe { channel, conn, since, count };
+                    if !self.mesh.update(shard, msg) {
+                        self.counters.mesh_retries.inc();
                     }
                 }
                 Effect::Unsubscribe { conn, channel } => {
+                    // The home counted it when asked, answered or not, so it always hears.
                     if self.channels.unsubscribe(&channel, conn.slot) == Change::Changed {
                         self.counters.subscriptions.sub(1);
-                        self.count_channel(channel, -1);
                     }
+                    self.count_channel(channel, -1);
+                }
+                Effect::Replay { conn, stream, at, frames } => {
+                    let Some(key) = self.local(conn) else { continue };
+                    let mut t = Totals::default();
+                    for bytes in frames {
+                        t.recipients += 1;
+                        if self.queue_push(key, &Frame { bytes, priority: Priority::Normal }) {
+                            t.queued += 1;
+                        } else {
+                            // The rest would leave a gap: say so, and continue live.
+                            let body = client::reset(&stream.wire(), at, ResetReason::OutboxFull);
+                            self.queue_control(key, crate::proto::OpCode::Text, &body);
+                            self.counters.replay_overflows.inc();
+                            break;
+                        }
+                    }
+                    self.counters.replayed.add(t.queued);
+                    self.counters.frames_out.add(t.queued);
                 }
                 Effect::ClientError => self.counters.client_errors.inc(),
                 Effect::Close { conn, reason } => {

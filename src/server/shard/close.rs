@@ -29,6 +29,8 @@ impl Core {
     /// pushes were dropped.
     pub(super) fn close_for(&mut self, key: usize, reason: CloseReason) -> u64 {
         self.counters.count_close(&reason);
+        // A close does not wait for a welcome still waiting for its positions.
+        self.conns[key].clear(flag::WELCOME_PENDING);
         // After our own close frame (phase Closing) no second one may follow.
         let dropped = if self.conns[key].phase.is_open() {
             let (code, text) = reason.frame();

@@ -36,6 +36,7 @@ use crate::proto::frame::encode_frame;
 use crate::proto::handshake::HandshakePolicy;
 use crate::proto::{Limits, OpCode};
 use crate::push::effect::{Effects, Now};
+use crate::push::history::{Guarantee, Keep, Rule, Rules};
 use crate::push::home::{Home, HomeParams};
 use crate::push::identity::Identify;
 use crate::push::ids::ConnId;
@@ -82,6 +83,9 @@ pub(crate) struct Params {
     pub(crate) session: SessionParams,
     pub(crate) home: HomeParams,
     pub(crate) stream_idle_ttl_ms: u64,
+    /// What each stream keeps, and the bytes this shard's histories may hold together.
+    pub(crate) history: Rules,
+    pub(crate) history_budget: usize,
 }
 
 impl Params {
@@ -140,8 +144,36 @@ impl Params {
                 shards,
             },
             stream_idle_ttl_ms: cfg.delivery.stream_idle_ttl.as_millis() as u64,
+            history: history_rules(cfg),
+            history_budget: (cfg.history.history_memory / shards.max(1) as u64) as usize,
         }
     }
+}
+
+/// The `[[streams]]` rules with each missing cap taken from the `--history-*` flags; streams
+/// no rule names are recoverable within those flags (the broadcast stays ephemeral).
+fn history_rules(cfg: &Config) -> Rules {
+    let h = &cfg.history;
+    let default = Keep {
+        guarantee: Guarantee::Recoverable,
+        size: h.history_size,
+        ttl_ms: h.history_ttl.as_millis() as u64,
+        bytes: h.history_bytes as usize,
+    };
+    let rules = h
+        .streams
+        .iter()
+        .map(|r| Rule {
+            pattern: r.pattern.clone(),
+            keep: Keep {
+                guarantee: Guarantee::parse(&r.guarantee).unwrap_or(Guarantee::Recoverable),
+                size: r.history_size.unwrap_or(default.size),
+                ttl_ms: r.history_ttl.map_or(default.ttl_ms, |d| d.as_millis() as u64),
+                bytes: r.history_bytes.map_or(default.bytes, |b| b as usize),
+            },
+        })
+        .collect();
+    Rules { rules, default }
 }
 
 /// What the event loop does after a turn.
@@ -233,7 +265,13 @@ impl Shard {
         let ShardParts { id, capacity, shared, counters, wake, router, inbox, identify, peers } =
             parts;
         let p = Params::new(cfg, shared.epoch, router.shards());
-        let home = Home::new(p.home, Streams::new(shared.epoch, p.stream_idle_ttl_ms));
+        let streams = Streams::with_history(
+            shared.epoch,
+            p.stream_idle_ttl_ms,
+            p.history.clone(),
+            p.history_budget,
+        );
+        let home = Home::new(p.home, streams);
         let epoll = Epoll::new()?;
         let tickfd = TimerFd::periodic(cfg.timeouts.tick)?;
         epoll.add(wake.raw(), WAKE_TOKEN, EV_IN)?;

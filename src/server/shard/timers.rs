@@ -32,6 +32,7 @@ impl Core {
         if self.now >= self.next_stream_sweep {
             self.next_stream_sweep = self.now + self.p.minute_ticks.max(1);
             self.home.sweep(self.now_ms);
+            self.counters.history_bytes.set(self.home.history_bytes() as u64);
         }
     }
 

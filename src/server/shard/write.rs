@@ -65,7 +65,7 @@ impl Core {
     /// Writes everything queued for a connection in gather writes.
     pub(super) fn flush(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        if conn.has(flag::WRITE_BLOCKED) {
+        if conn.has(flag::WRITE_BLOCKED | flag::WELCOME_PENDING) {
             return;
         }
         if let Some(ob) = conn.outbox.as_mut() {

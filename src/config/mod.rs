@@ -9,6 +9,14 @@ use std::time::Duration;
 
 use clap::Parser;
 
+mod load;
+mod streams;
+mod units;
+
+pub use load::{render, Loaded, Source};
+pub(crate) use streams::StreamRule;
+pub(crate) use units::{parse_duration, parse_size};
+
 /// A WebSocket push gateway: one io_uring runtime per core.
 ///
 /// Settings come from, in rising precedence: built-in defaults, a TOML file (--config),
@@ -37,6 +45,8 @@ pub struct Config {
     pub api: Api,
     #[command(flatten)]
     pub(crate) delivery: Delivery,
+    #[command(flatten)]
+    pub(crate) history: History,
     #[command(flatten)]
     pub log: Logging,
 }
@@ -220,6 +230,30 @@ pub(crate) struct Delivery {
     pub(crate) max_client_errors: u32,
 }
 
+/// Stream history.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Stream history")]
+pub(crate) struct History {
+    /// Messages a recoverable stream keeps for clients that resume (the default for streams no
+    /// `[[streams]]` rule names).
+    #[arg(long, env = "RINGCAST_HISTORY_SIZE", default_value_t = 100)]
+    pub(crate) history_size: usize,
+    /// How long a recoverable stream keeps a message.
+    #[arg(long, env = "RINGCAST_HISTORY_TTL", default_value = "2m", value_parser = parse_duration)]
+    pub(crate) history_ttl: Duration,
+    /// Frame bytes one stream's history may hold.
+    #[arg(long, env = "RINGCAST_HISTORY_BYTES", default_value = "1MiB", value_parser = parse_size)]
+    pub(crate) history_bytes: u64,
+    /// Frame bytes all histories together may hold (split evenly over the shards); past it the
+    /// oldest messages of the largest histories go first.
+    #[arg(long, env = "RINGCAST_HISTORY_MEMORY", default_value = "256MiB", value_parser = parse_size)]
+    pub(crate) history_memory: u64,
+    /// What streams keep, by name pattern: `[[streams]]` tables of the configuration file
+    /// (pattern, guarantee, history_size, history_ttl, history_bytes), first match wins.
+    #[arg(skip)]
+    pub(crate) streams: Vec<StreamRule>,
+}
+
 /// Logging.
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Logging")]
@@ -258,158 +292,6 @@ impl std::fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
-
-/// Where an effective setting came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    Default,
-    File,
-    Env,
-    Flag,
-}
-
-impl Source {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Source::Default => "default",
-            Source::File => "file",
-            Source::Env => "env",
-            Source::Flag => "flag",
-        }
-    }
-}
-
-/// A loaded configuration, with the source of every setting.
-#[derive(Debug, Clone)]
-pub struct Loaded {
-    pub config: Config,
-    /// (key, value as given, source), in flag order.
-    pub settings: Vec<(String, String, Source)>,
-}
-
-fn file_value(key: &str, v: &toml::Value, file: &str) -> Result<String, ConfigError> {
-    match v {
-        toml::Value::String(s) => Ok(s.clone()),
-        toml::Value::Integer(i) => Ok(i.to_string()),
-        toml::Value::Float(f) => Ok(f.to_string()),
-        toml::Value::Boolean(b) => Ok(b.to_string()),
-        toml::Value::Array(items) => items
-            .iter()
-            .map(|i| match i {
-                toml::Value::String(s) => Ok(s.clone()),
-                _ => Err(ConfigError(format!("{file}: key `{key}`: the list must hold strings"))),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(|v| v.join(",")),
-        _ => Err(ConfigError(format!(
-            "{file}: key `{key}`: expected a string, number, boolean or list of strings"
-        ))),
-    }
-}
-
-impl Config {
-    /// Loads defaults, then the `--config` file, then the environment, then `args` (which
-    /// start with the program name), and validates the result.
-    pub fn load<I, T>(args: I) -> Result<Loaded, ConfigError>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        use clap::{CommandFactory, FromArgMatches};
-        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
-        let cmd = Config::command();
-        let plain = cmd
-            .clone()
-            .try_get_matches_from(&args)
-            .map_err(|e| ConfigError(e.render().to_string()))?;
-        let file = plain.get_one::<std::path::PathBuf>("config").cloned();
-        let mut argv: Vec<std::ffi::OsString> =
-            vec![args.first().cloned().unwrap_or_else(|| "ringcast".into())];
-        let mut from_file: Vec<String> = Vec::new();
-        if let Some(path) = &file {
-            let name = path.display().to_string();
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError(format!("cannot read {name}: {e}")))?;
-            let table: toml::Table =
-                text.parse().map_err(|e| ConfigError(format!("{name} is not valid TOML: {e}")))?;
-            let known: Vec<(&str, &str)> = cmd
-                .get_arguments()
-                .filter_map(|a| Some((a.get_id().as_str(), a.get_long()?)))
-                .filter(|(id, _)| *id != "config")
-                .collect();
-            for (key, value) in &table {
-                let long = key.replace('_', "-");
-                let Some((id, long)) = known.iter().find(|(_, l)| *l == long) else {
-                    let mut names: Vec<&str> = known.iter().map(|(_, l)| *l).collect();
-                    names.sort_unstable();
-                    return Err(ConfigError(format!(
-                        "{name}: unknown key `{key}`; known keys: {}",
-                        names.join(", ")
-                    )));
-                };
-                let env = format!("RINGCAST_{}", id.to_uppercase());
-                if std::env::var_os(&env).is_some() {
-                    continue; // the environment beats the file
-                }
-                let v = file_value(key, value, &name)?;
-                // Check the file's values alone first, so an error names the file.
-                let one = [argv[0].clone(), format!("--{long}").into(), v.clone().into()];
-                if let Err(e) = cmd.clone().try_get_matches_from(one) {
-                    let msg = e.render().to_string();
-                    let first =
-                        msg.lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
-                    return Err(ConfigError(format!("{name}: key `{key}`: {first}")));
-                }
-                argv.push(format!("--{long}").into());
-                argv.push(v.into());
-                from_file.push(id.to_string());
-            }
-        }
-        argv.extend(args.iter().skip(1).cloned());
-        let matches = cmd
-            .clone()
-            .try_get_matches_from(&argv)
-            .map_err(|e| ConfigError(e.render().to_string()))?;
-        let config =
-            Config::from_arg_matches(&matches).map_err(|e| ConfigError(e.render().to_string()))?;
-        config.validate()?;
-        let mut settings = Vec::new();
-        for a in cmd.get_arguments() {
-            let id = a.get_id().as_str();
-            let Some(long) = a.get_long() else { continue };
-            let source = match plain.value_source(id) {
-                Some(clap::parser::ValueSource::CommandLine) => Source::Flag,
-                Some(clap::parser::ValueSource::EnvVariable) => Source::Env,
-                _ if from_file.iter().any(|f| f == id) => Source::File,
-                _ => Source::Default,
-            };
-            let value: Vec<String> = matches
-                .get_raw(id)
-                .map(|v| v.map(|x| x.to_string_lossy().into_owned()).collect())
-                .unwrap_or_default();
-            let shown = if id == "api_key" && !value.is_empty() {
-                "<set>".to_string()
-            } else {
-                value.join(",")
-            };
-            settings.push((long.to_string(), shown, source));
-        }
-        Ok(Loaded { config, settings })
-    }
-}
-
-/// Renders the effective configuration as TOML, with each value's source.
-pub fn render(settings: &[(String, String, Source)]) -> String {
-    let mut out = String::from("# effective ringcast configuration (value  # source)\n");
-    for (k, v, src) in settings {
-        if k == "config" {
-            continue;
-        }
-        let quoted = toml::Value::String(v.clone()).to_string();
-        out.push_str(&format!("{k} = {quoted}  # {}\n", src.as_str()));
-    }
-    out
-}
 
 impl Default for Config {
     fn default() -> Self {
@@ -465,6 +347,13 @@ impl Config {
                 self.delivery.stream_idle_ttl
             ));
         }
+        if self.history.history_ttl > self.delivery.stream_idle_ttl {
+            return err(format!(
+                "--history-ttl ({:?}) must not exceed --stream-idle-ttl ({:?}): a stream forgotten \
+                 while idle takes its history with it",
+                self.history.history_ttl, self.delivery.stream_idle_ttl
+            ));
+        }
         if self.outbox.outbox_max_bytes < 1024 || self.outbox.outbox_max_frames < 8 {
             return err(
                 "--outbox-max-bytes must be at least 1KiB and --outbox-max-frames at least 8"
@@ -509,42 +398,6 @@ impl Config {
         let t = self.timeouts.tick.as_nanos().max(1);
         d.as_nanos().div_ceil(t) as u64
     }
-}
-
-/// Parses `250ms`, `10s`, `2m`, `1h` (or a bare number of seconds).
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let v: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 250ms, 10s, 2m"))?;
-    let secs = match unit.trim() {
-        "ms" => v / 1000.0,
-        "" | "s" => v,
-        "m" => v * 60.0,
-        "h" => v * 3600.0,
-        u => return Err(format!("unknown duration unit {u:?} (use ms, s, m or h)")),
-    };
-    if !(0.0..=1e9).contains(&secs) {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-/// Parses `512`, `512B`, `64KiB`, `1MiB`, `1GiB` (also `K`, `KB`, `M`, `MB`, `G`, `GB` as
-/// binary units).
-pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let v: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 4096, 64KiB, 1MiB"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        u => return Err(format!("unknown size unit {u:?} (use B, KiB, MiB or GiB)")),
-    };
-    v.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[cfg(test)]
