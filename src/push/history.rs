@@ -44,7 +44,7 @@ impl Keep {
     pub const NOTHING: Keep =
         Keep { guarantee: Guarantee::Ephemeral, size: 0, ttl_ms: 0, bytes: 0 };
 
-    fn keeps(&self) -> bool {
+    pub fn keeps(&self) -> bool {
         self.guarantee == Guarantee::Recoverable && self.size > 0 && self.bytes > 0
     }
 }

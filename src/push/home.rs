@@ -113,8 +113,13 @@ impl Home {
                 }
             }
             ShardMsg::Publish { channel, payload, priority, report } => {
-                let Some(shards) = self.channels.publish(&channel) else { return };
                 let key = StreamKey::Channel(channel.clone());
+                let shards = self.channels.publish(&channel).unwrap_or_default();
+                // Nobody listens: an ephemeral stream has nothing to keep; a recoverable one
+                // numbers and keeps the message for whoever resumes.
+                if shards.is_empty() && !self.streams.recoverable(&key) {
+                    return;
+                }
                 let (_, bytes) = self
                     .streams
                     .append_with(&key, now_ms, |pos| encode_at(&key.wire(), pos, &payload));

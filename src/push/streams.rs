@@ -121,6 +121,11 @@ impl Streams {
         self.entries.get_mut(key).expect("entry present")
     }
 
+    /// Whether `key` keeps a history (by its entry, else by the rules).
+    pub(crate) fn recoverable(&self, key: &StreamKey) -> bool {
+        self.entries.get(key).map_or_else(|| self.rules.keep_for(key), |e| e.keep).keeps()
+    }
+
     /// Where `key` stands: its epoch and last seq (0 before its first message). A stream asked
     /// about is remembered from then on, so its epoch holds for the one who asked.
     pub(crate) fn position(&mut self, key: &StreamKey, now_ms: u64) -> Position {

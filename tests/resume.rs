@@ -1,0 +1,70 @@
+//! Resume on real sockets, two shards: a client that was away gets exactly what it missed, in
+//! order, then live messages, with no gap and no duplicate; and a resume past the history is
+//! told so with a `reset`.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // reason: a panic is the failure report
+
+mod common;
+
+use common::{Client, Server};
+use serde_json::json;
+
+#[test]
+fn a_client_that_was_away_resumes_where_it_was() {
+    let s = Server::start(&[]);
+    let mut c = Client::connect(s.addr, "/ws?channels=ticker");
+    let pos = c.welcome.clone().unwrap()["streams"]["channel:ticker"].clone();
+    assert_eq!(pos["seq"], 0, "a position before the first event: {pos}");
+    let epoch = pos["epoch"].as_u64().unwrap();
+    s.wait_for("/v1/channels/ticker", |v| v["subscribers"] == 1);
+    let (_, r) = s.post("/v1/publish", json!({"channel": "ticker", "data": 0}));
+    assert_eq!(r["queued"], 1);
+    assert_eq!(c.json()["seq"], 1);
+    drop(c);
+    s.wait_for("/v1/channels/ticker", |v| v["subscribers"] == 0);
+    for i in 1..=50 {
+        let (status, r) = s.post("/v1/publish", json!({"channel": "ticker", "data": i}));
+        assert_eq!((status, r["recipients"].as_u64()), (200, Some(0)), "nobody listens: {r}");
+    }
+    // Back, with a publish racing the resume.
+    let mut back = Client::connect(s.addr, "/ws");
+    back.text(&format!(
+        r#"{{"type":"resume","streams":{{"channel:ticker":{{"epoch":{epoch},"seq":1}}}}}}"#
+    ));
+    let (_, r) = s.post("/v1/publish", json!({"channel": "ticker", "data": 51}));
+    assert!(r["recipients"].as_u64().unwrap() <= 1);
+    let resumed = back.json();
+    assert_eq!((resumed["type"].as_str(), resumed["from"].as_u64()), (Some("resumed"), Some(2)));
+    let mut got = Vec::new();
+    while got.len() < 51 {
+        let m = back.json();
+        assert_eq!(m["type"], "message", "{m}");
+        got.push((m["seq"].as_u64().unwrap(), m["data"].as_u64().unwrap()));
+    }
+    let want: Vec<(u64, u64)> = (2..=52).map(|s| (s, s - 1)).collect();
+    assert_eq!(got, want, "exactly what was missed, then live, once each, in order");
+}
+
+#[test]
+fn a_resume_past_the_history_gets_a_reset_and_continues_live() {
+    let s = Server::start(&["--history-size", "5"]);
+    let epoch = Client::connect(s.addr, "/ws").welcome.clone().unwrap()["epoch"].as_u64().unwrap();
+    for i in 1..=20 {
+        s.post("/v1/publish", json!({"channel": "short", "data": i}));
+    }
+    let mut c = Client::connect(s.addr, "/ws");
+    c.text(&format!(
+        r#"{{"type":"subscribe","channel":"short","since":{{"epoch":{epoch},"seq":3}}}}"#
+    ));
+    let r = c.json();
+    assert_eq!(
+        (r["type"].as_str(), r["reason"].as_str(), r["seq"].as_u64()),
+        (Some("reset"), Some("history_exceeded"), Some(20)),
+        "{r}"
+    );
+    s.wait_for("/v1/channels/short", |v| v["subscribers"] == 1);
+    s.post("/v1/publish", json!({"channel": "short", "data": 21}));
+    let m = c.json();
+    assert_eq!((m["seq"].as_u64(), m["data"].as_u64()), (Some(21), Some(21)));
+    let (_, stats) = s.get("/v1/stats");
+    assert_eq!(stats["totals"]["resets"], 1, "{stats}");
+}
