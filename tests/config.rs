@@ -139,3 +139,22 @@ fn a_config_file_runs_the_server() {
     );
     assert_eq!(v["fields"]["shards"], 1);
 }
+
+#[test]
+fn stream_rules_load_from_the_file_and_print_as_toml() {
+    let toml = "history_size = 50\n[[streams]]\npattern = \"ticks.*\"\nguarantee = \"ephemeral\"\n\
+                [[streams]]\npattern = \"chat.*\"\nhistory_size = 1000\nhistory_ttl = \"10m\"\n";
+    let out = check(toml, &[], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(setting(&out, "history-size"), ("50".into(), "file".into()));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // The printed configuration is TOML again, rules included.
+    let parsed: toml::Table = text.parse().unwrap_or_else(|e| panic!("{e}: {text}"));
+    let rules = parsed["streams"].as_array().unwrap();
+    assert_eq!(rules.len(), 2);
+    assert_eq!(rules[0]["pattern"].as_str(), Some("ticks.*"));
+    assert_eq!(rules[1]["history_ttl"].as_str(), Some("600000ms"));
+    let bad = check("[[streams]]\npattern = \"x\"\nguarantee = \"durable\"\n", &[], &[]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("[[streams]] #1"));
+}
