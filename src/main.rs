@@ -80,6 +80,10 @@ fn main() -> ExitCode {
     let api_key = cfg.api.api_key.clone();
     let api_max_body = cfg.api.api_max_body as usize;
     let api_max_connections = cfg.api.api_max_connections as usize;
+    let idempotency = ringcast::api::idempotency::Idempotency::new(
+        cfg.api.idempotency_window,
+        cfg.api.idempotency_max_keys,
+    );
     let api_addr = cfg.api.api_listen;
     let backlog = cfg.listen.backlog;
     let server = match Server::start(cfg) {
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
         max_body: api_max_body,
         driver: server.driver(),
         max_connections: api_max_connections,
+        idempotency,
     };
     let api_addr = api_listener.local_addr().unwrap_or(api_addr);
     let api = match ringcast::api::spawn(api_listener, ctx, server.driver() == "io_uring") {

@@ -68,3 +68,39 @@ fn a_resume_past_the_history_gets_a_reset_and_continues_live() {
     let (_, stats) = s.get("/v1/stats");
     assert_eq!(stats["totals"]["resets"], 1, "{stats}");
 }
+
+#[test]
+fn an_idempotent_publish_repeated_delivers_once() {
+    let s = Server::start(&[]);
+    let mut c = Client::connect(s.addr, "/ws?channels=orders");
+    s.wait_for("/v1/channels/orders", |v| v["subscribers"] == 1);
+    let body = json!({"channel": "orders", "data": {"id": 7}, "idempotency_key": "order-7"});
+    let (status, first) = s.post("/v1/publish", body.clone());
+    assert_eq!((status, &first["queued"]), (200, &json!(1)));
+    assert!(first.get("duplicate").is_none());
+    let (status, again) = s.post("/v1/publish", body.clone());
+    assert_eq!(status, 200);
+    assert_eq!(again["duplicate"], true);
+    assert_eq!((&again["recipients"], &again["queued"]), (&first["recipients"], &first["queued"]));
+    // The same key in a batch line, and a fresh one next to it.
+    let lines = format!(
+        "{}\n{}\n",
+        json!({"op": "publish", "channel": "orders", "data": {"id": 7}, "idempotency_key": "order-7"}),
+        json!({"op": "publish", "channel": "orders", "data": {"id": 8}, "idempotency_key": "order-8"})
+    );
+    let (status, _, out) = s.http("POST", "/v1/batch", "", lines.as_bytes());
+    assert_eq!(status, 200);
+    let results: Vec<serde_json::Value> =
+        out.lines().filter(|l| !l.is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(
+        (results[0]["duplicate"].as_bool(), results[1].get("duplicate")),
+        (Some(true), None)
+    );
+    let m = c.json();
+    assert_eq!((m["seq"].as_u64(), m["data"]["id"].as_u64()), (Some(1), Some(7)));
+    let m = c.json();
+    assert_eq!((m["seq"].as_u64(), m["data"]["id"].as_u64()), (Some(2), Some(8)), "7 once, then 8");
+    let (status, bad) =
+        s.post("/v1/publish", json!({"channel": "orders", "data": 1, "idempotency_key": ""}));
+    assert_eq!((status, bad["field"].as_str()), (400, Some("idempotency_key")));
+}

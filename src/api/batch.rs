@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::error::{ApiError, Reply};
 use super::fields::{BadRequest, Fields};
-use super::ops::{dispatch, Op, Pending};
+use super::ops::{prepare, Op, Prepared};
 use super::ApiContext;
 
 const OPS: &str = "\"op\" must be \"publish\", \"push\", \"send\", \"broadcast\" or \"kick\"";
@@ -23,8 +23,8 @@ pub(crate) async fn batch(ctx: &ApiContext, body: &[u8]) -> Reply {
     let mut out = Vec::new();
     for p in pending {
         let line: Value = match p {
-            Ok(p) => match p.finish().await {
-                Ok(done) => done.json(),
+            Ok(p) => match p.answer(ctx).await {
+                Ok(v) => v,
                 Err(e) => e.json(true),
             },
             Err(e) => e.json(true),
@@ -37,7 +37,7 @@ pub(crate) async fn batch(ctx: &ApiContext, body: &[u8]) -> Reply {
 
 /// One batch line: a JSON object whose `op` names the operation. Its values stay raw, as in a
 /// single request, so the same rules (and the same depth limit on `data`) hold.
-fn batch_line(ctx: &ApiContext, line: &[u8]) -> Result<Pending, ApiError> {
+fn batch_line(ctx: &ApiContext, line: &[u8]) -> Result<Prepared, ApiError> {
     let mut f = Fields::parse_any(line).map_err(|e| {
         BadRequest::body(format!(
             "line is not a JSON object: {}",
@@ -49,7 +49,7 @@ fn batch_line(ctx: &ApiContext, line: &[u8]) -> Result<Pending, ApiError> {
         _ => None,
     };
     let op = op.ok_or_else(|| BadRequest::new("op", OPS))?;
-    dispatch(ctx, op, f)
+    prepare(ctx, op, f)
 }
 
 #[cfg(test)]

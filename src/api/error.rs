@@ -57,6 +57,8 @@ pub(crate) enum ApiError {
     Busy { shard: usize },
     /// 503: `--api-max-connections` are open.
     TooManyConnections,
+    /// 503: the idempotency table holds `--idempotency-max-keys` keys still in their window.
+    IdempotencyFull { max: usize },
     /// 504: a delivery report or a query answer did not come back in time.
     NoAnswer(&'static str),
 }
@@ -73,7 +75,9 @@ impl ApiError {
             ApiError::LengthRequired => 411,
             ApiError::BodyTooLarge { .. } => 413,
             ApiError::HeadTooLarge => 431,
-            ApiError::Busy { .. } | ApiError::TooManyConnections => 503,
+            ApiError::Busy { .. }
+            | ApiError::TooManyConnections
+            | ApiError::IdempotencyFull { .. } => 503,
             ApiError::NoAnswer(_) => 504,
         }
     }
@@ -100,6 +104,9 @@ impl ApiError {
             ApiError::TooManyConnections => {
                 Cow::Borrowed("too many API connections (--api-max-connections)")
             }
+            ApiError::IdempotencyFull { max } => Cow::Owned(format!(
+                "{max} idempotency keys are within their window (--idempotency-max-keys); retry later"
+            )),
         }
     }
 
@@ -163,12 +170,13 @@ mod tests {
             ApiError::HeadTooLarge,
             ApiError::Busy { shard: 1 },
             ApiError::TooManyConnections,
+            ApiError::IdempotencyFull { max: 3 },
             ApiError::NoAnswer("no answer"),
         ];
         let statuses: Vec<u16> = errors.iter().map(ApiError::status).collect();
         assert_eq!(
             statuses,
-            [400, 400, 400, 401, 403, 404, 405, 408, 411, 413, 431, 503, 503, 504]
+            [400, 400, 400, 401, 403, 404, 405, 408, 411, 413, 431, 503, 503, 503, 504]
         );
         for e in &errors {
             let v: Value = serde_json::from_slice(&e.reply().body).unwrap();

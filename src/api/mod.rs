@@ -11,6 +11,7 @@ mod batch;
 pub(crate) mod error;
 pub(crate) mod fields;
 pub(crate) mod http;
+pub mod idempotency;
 pub(crate) mod metrics;
 pub(crate) mod ops;
 mod query;
@@ -44,6 +45,8 @@ pub struct ApiContext {
     pub driver: &'static str,
     /// Concurrent API connections allowed.
     pub max_connections: usize,
+    /// Keys of idempotent requests within their window.
+    pub idempotency: idempotency::Idempotency,
 }
 
 /// Binds the API listener (so a bad address fails start-up with a clear error).

@@ -16,6 +16,7 @@ use crate::push::streams::StreamKey;
 
 use super::error::ApiError;
 use super::fields::{BadRequest, Fields};
+use super::idempotency::Claim;
 use super::{ApiContext, REPORT_TIMEOUT};
 
 /// An operation, as `/v1/<name>` and a batch line's `op` name it.
@@ -90,6 +91,93 @@ impl Pending {
         }
         Ok(Done { totals: self.report.totals(), kick: self.kick })
     }
+}
+
+/// An operation ready to answer: handed to the shards, or already answered for its
+/// idempotency key.
+#[derive(Debug)]
+pub enum Prepared {
+    Sent {
+        pending: Pending,
+        key: Option<String>,
+    },
+    /// Done before within the window: this is its answer.
+    Duplicate(Value),
+    /// Under way for another request with the same key.
+    Wait(String),
+}
+
+/// The longest an idempotency key may be.
+const MAX_KEY: usize = 256;
+
+/// Takes the operation's `idempotency_key` (if any), and hands it to the shards unless that key
+/// was used within the window. Never awaits, so a batch sends every line before it waits.
+pub fn prepare(ctx: &ApiContext, op: Op, mut f: Fields) -> Result<Prepared, ApiError> {
+    let Some(key) = f.take_str("idempotency_key")? else {
+        return Ok(Prepared::Sent { pending: dispatch(ctx, op, f)?, key: None });
+    };
+    if key.is_empty() || key.len() > MAX_KEY || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        let m = "\"idempotency_key\" must be 1-256 printable ASCII characters";
+        return Err(BadRequest::new("idempotency_key", m).into());
+    }
+    let scoped = format!("{}:{key}", op.name());
+    match ctx.idempotency.claim(&scoped, clock::now())? {
+        Claim::Duplicate(v) => Ok(Prepared::Duplicate(v)),
+        Claim::Wait => Ok(Prepared::Wait(scoped)),
+        Claim::First => match dispatch(ctx, op, f) {
+            Ok(pending) => Ok(Prepared::Sent { pending, key: Some(scoped) }),
+            Err(e) => {
+                ctx.idempotency.failed(&scoped);
+                Err(e)
+            }
+        },
+    }
+}
+
+impl Prepared {
+    /// The operation's answer: its report, or the first one's with `"duplicate": true`.
+    pub async fn answer(self, ctx: &ApiContext) -> Result<Value, ApiError> {
+        match self {
+            Prepared::Sent { pending, key } => {
+                let v = pending.finish().await?.json();
+                if let Some(k) = key {
+                    ctx.idempotency.done(&k, &v);
+                }
+                Ok(v)
+            }
+            Prepared::Duplicate(v) => Ok(duplicate(v)),
+            Prepared::Wait(key) => {
+                let deadline = clock::now() + REPORT_TIMEOUT;
+                loop {
+                    monoio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    match ctx.idempotency.claim(&key, clock::now())? {
+                        Claim::Duplicate(v) => return Ok(duplicate(v)),
+                        // The first one was refused; this is now the first. Nothing was sent
+                        // for it, so the caller's retry does it (the table forgot the key).
+                        Claim::First => {
+                            ctx.idempotency.failed(&key);
+                            return Err(ApiError::NoAnswer(
+                                "the first request with this idempotency key failed; send again",
+                            ));
+                        }
+                        Claim::Wait if clock::now() >= deadline => {
+                            return Err(ApiError::NoAnswer(
+                                "the first request with this idempotency key did not complete in 10 s",
+                            ));
+                        }
+                        Claim::Wait => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn duplicate(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.insert("duplicate".into(), Value::Bool(true));
+    }
+    v
 }
 
 /// Checks an operation's fields and hands it to the shards.

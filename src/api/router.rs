@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::error::{ApiError, Reply};
 use super::fields::Fields;
-use super::ops::{dispatch, Op};
+use super::ops::{prepare, Op};
 use super::{batch, metrics, query, ApiContext};
 
 /// What a path names.
@@ -89,8 +89,8 @@ async fn route(
             })
         }
         Endpoint::Op(op) => {
-            let done = dispatch(ctx, op, Fields::parse_any(&body)?)?.finish().await?;
-            Ok(Reply::json(200, &done.json()))
+            let answer = prepare(ctx, op, Fields::parse_any(&body)?)?.answer(ctx).await?;
+            Ok(Reply::json(200, &answer))
         }
         Endpoint::Batch => Ok(batch::batch(ctx, &body).await),
         Endpoint::Stats => Ok(query::stats(ctx)),

@@ -197,6 +197,14 @@ pub struct Api {
     /// Largest API request body (413 beyond).
     #[arg(long, env = "RINGCAST_API_MAX_BODY", default_value = "1MiB", value_parser = parse_size)]
     pub api_max_body: u64,
+    /// How long an operation's `idempotency_key` is remembered: the same key again within it
+    /// delivers nothing new and answers the first report with `"duplicate": true`.
+    #[arg(long, env = "RINGCAST_IDEMPOTENCY_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    pub idempotency_window: Duration,
+    /// Idempotency keys remembered at once; when that many are within their window, keyed
+    /// requests get 503 (a key is never forgotten early).
+    #[arg(long, env = "RINGCAST_IDEMPOTENCY_MAX_KEYS", default_value_t = 1_000_000)]
+    pub idempotency_max_keys: usize,
     /// Concurrent API connections; more are answered 503 and closed.
     #[arg(long, env = "RINGCAST_API_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub api_max_connections: u32,
