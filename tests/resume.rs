@@ -104,3 +104,36 @@ fn an_idempotent_publish_repeated_delivers_once() {
         s.post("/v1/publish", json!({"channel": "orders", "data": 1, "idempotency_key": ""}));
     assert_eq!((status, bad["field"].as_str()), (400, Some("idempotency_key")));
 }
+
+#[test]
+fn the_history_api_shows_positions_and_kept_messages() {
+    let s = Server::start(&["--history-size", "3"]);
+    let (status, v) = s.get("/v1/streams/channel:hist");
+    assert_eq!((status, &v["seq"], &v["epoch"]), (200, &json!(0), &json!(null)), "{v}");
+    assert_eq!(v["guarantee"], "recoverable");
+    for i in 1..=5 {
+        s.post("/v1/publish", json!({"channel": "hist", "data": {"n": i}}));
+    }
+    s.post("/v1/publish", json!({"channel": "hist", "data_base64": "AAE="}));
+    let (status, v) = s.get("/v1/streams/channel:hist");
+    assert_eq!((status, &v["seq"]), (200, &json!(6)), "{v}");
+    assert_eq!(v["history"], json!({"messages": 3, "bytes": v["history"]["bytes"], "oldest": 4}));
+    let (status, h) = s.get("/v1/streams/channel:hist/history?since=4&limit=10");
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(h["messages"], json!([{"seq": 5, "data": {"n": 5}}, {"seq": 6, "data_base64": "AAE="}]));
+    assert_eq!(h["complete"], true);
+    let (_, h) = s.get("/v1/streams/channel:hist/history?since=1");
+    assert_eq!((h["complete"].as_bool(), h["messages"].as_array().map(Vec::len)), (Some(false), Some(3)));
+    for (path, field) in [
+        ("/v1/streams/channel:hist/history?since=x", "since"),
+        ("/v1/streams/channel:hist/history?limit=0", "limit"),
+        ("/v1/streams/channel:hist/history?from=1", "from"),
+    ] {
+        let (status, e) = s.get(path);
+        assert_eq!((status, e["field"].as_str()), (400, Some(field)), "{path}: {e}");
+    }
+    let (status, _) = s.get("/v1/streams/chan:hist");
+    assert_eq!(status, 400);
+    let (_, b) = s.get("/v1/streams/broadcast");
+    assert_eq!(b["guarantee"], "ephemeral");
+}

@@ -7,11 +7,15 @@ use std::sync::Arc;
 use futures_channel::oneshot;
 use serde_json::{json, Value};
 
+use crate::proto::frame::FrameHeader;
+use crate::proto::OpCode;
 use crate::push::ids::home_of;
 use crate::push::msg::ShardMsg;
+use crate::push::streams::StreamKey;
 use crate::server::stats;
 
 use super::error::{ApiError, Reply};
+use super::fields::BadRequest;
 use super::{ApiContext, REPORT_TIMEOUT};
 
 fn name_in_path(s: &str) -> Option<Arc<str>> {
@@ -58,6 +62,112 @@ pub(crate) async fn channel(ctx: &ApiContext, channel: &str) -> Result<Reply, Ap
         return Err(ApiError::NoAnswer("no answer from the channel's shard"));
     };
     Ok(Reply::json(200, &json!({ "channel": &*channel, "subscribers": n })))
+}
+
+/// The most messages one history request returns.
+const MAX_HISTORY_LIMIT: usize = 1000;
+
+fn stream_key(name: &str) -> Option<StreamKey> {
+    if name == "broadcast" {
+        return Some(StreamKey::Broadcast);
+    }
+    let (kind, n) = name.split_once(':')?;
+    let n = crate::push::ids::valid_name(n).then(|| Arc::from(n))?;
+    match kind {
+        "channel" => Some(StreamKey::Channel(n)),
+        "user" => Some(StreamKey::User(n)),
+        _ => None,
+    }
+}
+
+/// `since` and `limit` of a history request.
+fn history_query(q: &str) -> Result<(u64, usize), ApiError> {
+    let (mut since, mut limit) = (0u64, 100usize);
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "since" => {
+                since = v.parse().map_err(|_| {
+                    BadRequest::new("since", "\"since\" is a seq (a non-negative integer)")
+                })?
+            }
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_HISTORY_LIMIT).contains(n))
+                    .ok_or_else(|| BadRequest::new("limit", "\"limit\" is 1-1000"))?
+            }
+            _ => {
+                return Err(BadRequest {
+                    field: Some(std::borrow::Cow::Owned(k.to_string())),
+                    message: format!("unknown parameter {k:?} (history takes: since, limit)"),
+                }
+                .into())
+            }
+        }
+    }
+    Ok((since, limit))
+}
+
+/// A kept frame as the API shows it: its seq and its data (`data` for JSON, `data_base64` for
+/// bytes), taken from the very frame subscribers got.
+fn message_json(seq: u64, frame: &[u8]) -> Value {
+    use base64::Engine as _;
+    let Ok(Some((h, n))) = FrameHeader::parse(frame) else { return json!({ "seq": seq }) };
+    let body = &frame[n..];
+    match h.opcode {
+        OpCode::Text => {
+            let data = serde_json::from_slice::<Value>(body).ok().map(|mut v| v["data"].take());
+            json!({ "seq": seq, "data": data })
+        }
+        _ => {
+            let len =
+                body.get(..4).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+            let bytes = body.get(4 + len..).unwrap_or(&[]);
+            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+            json!({ "seq": seq, "data_base64": b64 })
+        }
+    }
+}
+
+/// `GET /v1/streams/{stream}` (`query` None) and `…/history?since=SEQ&limit=N`.
+pub(crate) async fn stream(
+    ctx: &ApiContext,
+    name: &str,
+    query: Option<&str>,
+) -> Result<Reply, ApiError> {
+    let key = stream_key(name)
+        .ok_or(ApiError::BadName("stream names are channel:NAME, user:NAME or broadcast"))?;
+    let (since, limit) = match query {
+        Some(q) => history_query(q)?,
+        None => (0, 0),
+    };
+    let home = home_of(key.home_name(), ctx.router.shards());
+    let (tx, rx) = oneshot::channel();
+    let m = ShardMsg::QueryStream { key, since, limit, reply: tx };
+    ctx.router.send(home, m).map_err(|_| ApiError::Busy { shard: home })?;
+    let Ok(Ok(info)) = monoio::time::timeout(REPORT_TIMEOUT, rx).await else {
+        return Err(ApiError::NoAnswer("no answer from the stream's shard"));
+    };
+    let (epoch, seq) = info.at.map_or((Value::Null, 0), |p| (json!(p.epoch), p.seq));
+    let guarantee = if info.recoverable { "recoverable" } else { "ephemeral" };
+    let mut v = json!({
+        "stream": name,
+        "epoch": epoch,
+        "seq": seq,
+        "guarantee": guarantee,
+        "history": { "messages": info.held, "bytes": info.bytes, "oldest": info.oldest },
+    });
+    if query.is_some() {
+        let messages: Vec<Value> = info.messages.iter().map(|(s, f)| message_json(*s, f)).collect();
+        // Complete when the history still held the message right after `since` (or there was
+        // nothing after it).
+        let complete = since >= seq || info.oldest.is_some_and(|o| o <= since + 1);
+        v["messages"] = json!(messages);
+        v["complete"] = json!(complete);
+    }
+    Ok(Reply::json(200, &v))
 }
 
 pub(crate) fn stats(ctx: &ApiContext) -> Reply {

@@ -21,6 +21,8 @@ enum Endpoint<'a> {
     Stats,
     User(&'a str),
     Channel(&'a str),
+    Stream(&'a str),
+    StreamHistory(&'a str),
 }
 
 impl Endpoint<'_> {
@@ -32,7 +34,12 @@ impl Endpoint<'_> {
             "/v1/batch" => Endpoint::Batch,
             "/v1/stats" => Endpoint::Stats,
             p => {
-                if let Some(user) = p.strip_prefix("/v1/users/") {
+                if let Some(rest) = p.strip_prefix("/v1/streams/") {
+                    match rest.strip_suffix("/history") {
+                        Some(stream) => Endpoint::StreamHistory(stream),
+                        None => Endpoint::Stream(rest),
+                    }
+                } else if let Some(user) = p.strip_prefix("/v1/users/") {
                     Endpoint::User(user)
                 } else if let Some(channel) = p.strip_prefix("/v1/channels/") {
                     Endpoint::Channel(channel)
@@ -48,7 +55,11 @@ impl Endpoint<'_> {
         match self {
             Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => None,
             Endpoint::Op(_) | Endpoint::Batch => Some(http::Method::POST),
-            Endpoint::Stats | Endpoint::User(_) | Endpoint::Channel(_) => Some(http::Method::GET),
+            Endpoint::Stats
+            | Endpoint::User(_)
+            | Endpoint::Channel(_)
+            | Endpoint::Stream(_)
+            | Endpoint::StreamHistory(_) => Some(http::Method::GET),
         }
     }
 }
@@ -96,6 +107,10 @@ async fn route(
         Endpoint::Stats => Ok(query::stats(ctx)),
         Endpoint::User(user) => query::user(ctx, user).await,
         Endpoint::Channel(channel) => query::channel(ctx, channel).await,
+        Endpoint::Stream(stream) => query::stream(ctx, stream, None).await,
+        Endpoint::StreamHistory(stream) => {
+            query::stream(ctx, stream, Some(head.uri.query().unwrap_or(""))).await
+        }
     }
 }
 
@@ -114,6 +129,11 @@ mod tests {
         assert_eq!(Endpoint::of("/v1/kick"), Some(Endpoint::Op(Op::Kick)));
         assert_eq!(Endpoint::of("/v1/users/42"), Some(Endpoint::User("42")));
         assert_eq!(Endpoint::of("/v1/channels/"), Some(Endpoint::Channel("")));
+        assert_eq!(Endpoint::of("/v1/streams/channel:a"), Some(Endpoint::Stream("channel:a")));
+        assert_eq!(
+            Endpoint::of("/v1/streams/user:7/history"),
+            Some(Endpoint::StreamHistory("user:7"))
+        );
         for missing in ["/", "/v1", "/v1/", "/v1/nope", "/v2/publish", "/v1/publish/x"] {
             assert_eq!(Endpoint::of(missing), None, "{missing}");
         }

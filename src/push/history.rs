@@ -179,6 +179,10 @@ impl Ring {
         self.bytes
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     /// The oldest seq held.
     pub fn oldest(&self) -> Option<u64> {
         self.entries.front().map(|e| e.seq)

@@ -183,6 +183,9 @@ impl Home {
                 // The asker may have given up (its deadline passed); nothing is owed then.
                 let _ = reply.send(conns);
             }
+            ShardMsg::QueryStream { key, since, limit, reply } => {
+                let _ = reply.send(self.streams.info(&key, since, limit));
+            }
             ShardMsg::QueryChannel { channel, reply } => {
                 let _ = reply.send(self.channels.subscribers(&channel));
             }

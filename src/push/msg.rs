@@ -9,7 +9,7 @@ use futures_channel::oneshot;
 use super::directory::Policy;
 use super::ids::ConnId;
 use super::report::ReportPart;
-use super::streams::{CatchUp, Position};
+use super::streams::{CatchUp, Position, StreamKey};
 
 /// Delivery priority: the lanes of a connection's outbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,6 +50,19 @@ pub enum Target {
     Conns(Vec<ConnId>),
     Channel(Arc<str>),
     All,
+}
+
+/// A stream as its home knows it, for the history API.
+#[derive(Clone, Debug, Default)]
+pub struct StreamInfo {
+    /// None: the home has no entry for it (never used, or forgotten).
+    pub at: Option<Position>,
+    pub recoverable: bool,
+    pub held: usize,
+    pub bytes: usize,
+    pub oldest: Option<u64>,
+    /// (seq, encoded frame) after `since`, oldest first.
+    pub messages: Vec<(u64, Bytes)>,
 }
 
 /// A connection as the user directory lists it.
@@ -124,6 +137,13 @@ pub enum ShardMsg {
     QueryUser {
         user: Arc<str>,
         reply: oneshot::Sender<Vec<ConnInfo>>,
+    },
+    /// Where a stream stands and what its history holds after `since` (at most `limit`).
+    QueryStream {
+        key: StreamKey,
+        since: u64,
+        limit: usize,
+        reply: oneshot::Sender<StreamInfo>,
     },
     QueryChannel {
         channel: Arc<str>,

@@ -16,10 +16,11 @@ use bytes::Bytes;
 use crate::proto::client::{ResetReason, Stream};
 
 use super::history::{Keep, Ring, Rules, Stored};
+use super::msg::StreamInfo;
 
 /// A stream that outlives connections.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum StreamKey {
+pub enum StreamKey {
     Channel(Arc<str>),
     User(Arc<str>),
     Broadcast,
@@ -239,6 +240,24 @@ impl Streams {
         let gone = before - self.entries.len();
         self.forgot_any |= gone > 0;
         gone
+    }
+
+    /// What the history API shows of `key`, without creating an entry for it.
+    pub(crate) fn info(&self, key: &StreamKey, since: u64, limit: usize) -> StreamInfo {
+        let Some(e) = self.entries.get(key) else {
+            return StreamInfo {
+                recoverable: self.rules.keep_for(key).keeps(),
+                ..Default::default()
+            };
+        };
+        StreamInfo {
+            at: Some(Position { epoch: e.epoch, seq: e.seq }),
+            recoverable: e.keep.keeps(),
+            held: e.ring.len(),
+            bytes: e.ring.bytes(),
+            oldest: e.ring.oldest(),
+            messages: e.ring.after(since).take(limit).map(|s| (s.seq, s.frame.clone())).collect(),
+        }
     }
 
     /// Frame bytes held in this shard's rings.
