@@ -80,6 +80,7 @@ fn main() -> ExitCode {
     let api_key = cfg.api.api_key.clone();
     let api_max_body = cfg.api.api_max_body as usize;
     let api_max_connections = cfg.api.api_max_connections as usize;
+    let session_key_set = cfg.session_key_set();
     let idempotency = ringcast::api::idempotency::Idempotency::new(
         cfg.api.idempotency_window,
         cfg.api.idempotency_max_keys,
@@ -120,6 +121,12 @@ fn main() -> ExitCode {
         }
     };
     tracing::info!("API on http://{api_addr}");
+    if !session_key_set {
+        tracing::info!(
+            "session tokens are signed with a key made at start-up; set --session-key (the same \
+             on every node) to keep them valid across restarts"
+        );
+    }
     if let Some(somaxconn) = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .ok()
         .and_then(|v| v.trim().parse::<u32>().ok())

@@ -120,10 +120,16 @@ fn the_history_api_shows_positions_and_kept_messages() {
     assert_eq!(v["history"], json!({"messages": 3, "bytes": v["history"]["bytes"], "oldest": 4}));
     let (status, h) = s.get("/v1/streams/channel:hist/history?since=4&limit=10");
     assert_eq!(status, 200, "{h}");
-    assert_eq!(h["messages"], json!([{"seq": 5, "data": {"n": 5}}, {"seq": 6, "data_base64": "AAE="}]));
+    assert_eq!(
+        h["messages"],
+        json!([{"seq": 5, "data": {"n": 5}}, {"seq": 6, "data_base64": "AAE="}])
+    );
     assert_eq!(h["complete"], true);
     let (_, h) = s.get("/v1/streams/channel:hist/history?since=1");
-    assert_eq!((h["complete"].as_bool(), h["messages"].as_array().map(Vec::len)), (Some(false), Some(3)));
+    assert_eq!(
+        (h["complete"].as_bool(), h["messages"].as_array().map(Vec::len)),
+        (Some(false), Some(3))
+    );
     for (path, field) in [
         ("/v1/streams/channel:hist/history?since=x", "since"),
         ("/v1/streams/channel:hist/history?limit=0", "limit"),

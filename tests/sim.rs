@@ -642,3 +642,51 @@ proptest::proptest! {
         proptest::prop_assert!(f.data_seen.windows(2).all(|w| w[0] < w[1]));
     }
 }
+
+#[test]
+fn a_session_token_brings_back_the_subscriptions_and_a_forged_one_is_refused() {
+    let mut sim = node(&["--session-ttl", "2m"]);
+    let (a, b) = (homed_on(0, "ta"), homed_on(1, "tb"));
+    let mut c = Client::open(&mut sim, 0, &format!("user=7&channels={a},{b}"));
+    let w = c.messages().remove(0);
+    let token = w["session"].as_str().unwrap().to_string();
+    let at_a = position(&w["streams"][format!("channel:{a}")]);
+    drop(c);
+    sim.run();
+    publish(&sim, &a, "1");
+    publish(&sim, &b, "1");
+    sim.run();
+    let mut back = Client::open(&mut sim, 1, "user=7");
+    back.messages();
+    let resume = format!(
+        r#"{{"type":"resume","session":"{token}","streams":{{"channel:{a}":{{"epoch":{},"seq":{}}}}}}}"#,
+        at_a.0, at_a.1
+    );
+    back.send(OpCode::Text, resume.as_bytes());
+    sim.run();
+    let got = back.messages();
+    assert_eq!(channel_data(&got, &a), [(1, 1)], "a from its position: {got:?}");
+    assert!(got.iter().any(|m| m["type"] == "subscribed" && m["channel"] == b.as_str()), "{got:?}");
+    publish(&sim, &b, "2");
+    sim.run();
+    assert_eq!(channel_data(&back.messages(), &b), [(2, 2)], "b came back by the token alone");
+    // Forged, and another user's: refused, and the connection goes on as a new one.
+    let mut other = Client::open(&mut sim, 0, "user=8");
+    other.messages();
+    for t in [format!("{token}x"), token.clone()] {
+        other.send(OpCode::Text, format!(r#"{{"type":"resume","session":"{t}"}}"#).as_bytes());
+        sim.run();
+        let got = other.messages();
+        assert_eq!(
+            (got[0]["type"].as_str(), got[0]["reason"].as_str()),
+            (Some("reset"), Some("session_expired"))
+        );
+    }
+    // Expired: past the ttl.
+    sim.advance_by_steps(Duration::from_secs(121), Duration::from_secs(1));
+    let mut late = Client::open(&mut sim, 1, &format!("user=7&session={token}"));
+    let got = late.messages();
+    assert_eq!(got[0]["type"], "welcome");
+    assert_eq!(got[0]["channels"], serde_json::json!([]));
+    assert_eq!(got[1]["reason"], "session_expired");
+}

@@ -39,8 +39,12 @@ pub enum ClientMsg {
     },
     Unsubscribe(String),
     Ping,
-    /// Resume channel streams (by channel name) from these positions, in name order.
-    Resume(Vec<(String, Position)>),
+    /// Resume: the subscriptions a session token names (if given), and channel streams (by
+    /// channel name) from these positions, in name order.
+    Resume {
+        session: Option<String>,
+        streams: Vec<(String, Position)>,
+    },
 }
 
 /// Why a client message was rejected; the `code` of the `error` message sent back.
@@ -90,7 +94,9 @@ impl ClientError {
             ClientError::BadPosition => {
                 "a position is {\"epoch\":E,\"seq\":S} with non-negative integers"
             }
-            ClientError::BadStream => "only channel streams (\"channel:NAME\") resume",
+            ClientError::BadStream => {
+                "resume takes \"session\" and/or \"streams\", and only channel streams (\"channel:NAME\") resume"
+            }
             ClientError::TooManyStreams => "too many streams in one resume",
             ClientError::AlreadySubscribed => {
                 "already subscribed: resume a channel by naming it in resume or ?resume=, not in ?channels= too"
@@ -109,6 +115,8 @@ struct Wire<'a> {
     since: Option<&'a RawValue>,
     #[serde(default, borrow)]
     streams: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    session: Option<std::borrow::Cow<'a, str>>,
 }
 
 fn position(raw: &RawValue) -> Result<Position, ClientError> {
@@ -156,8 +164,13 @@ pub fn parse_client(text: &[u8]) -> Result<ClientMsg, ClientError> {
         "unsubscribe" => Ok(ClientMsg::Unsubscribe(channel()?)),
         "ping" => Ok(ClientMsg::Ping),
         "resume" => {
-            let raw = w.streams.ok_or(ClientError::BadStream)?;
-            Ok(ClientMsg::Resume(parse_resume_streams(raw.get())?))
+            let session = w.session.map(|s| s.into_owned());
+            let streams = match (w.streams, &session) {
+                (Some(raw), _) => parse_resume_streams(raw.get())?,
+                (None, Some(_)) => Vec::new(),
+                (None, None) => return Err(ClientError::BadStream),
+            };
+            Ok(ClientMsg::Resume { session, streams })
         }
         _ => Err(ClientError::UnknownType),
     }
@@ -273,6 +286,7 @@ pub fn welcome(
     epoch: u64,
     channels: &[&str],
     streams: &[(Stream<'_>, Position)],
+    session: Option<&str>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(b"{\"type\":\"welcome\",\"conn\":");
@@ -308,9 +322,30 @@ pub fn welcome(
         out.push(b':');
         push_position(&mut out, *p);
     }
-    out.extend_from_slice(b"}}");
+    out.push(b'}');
+    if let Some(t) = session {
+        out.extend_from_slice(b",\"session\":");
+        push_json_str(&mut out, t);
+    }
+    out.push(b'}');
     out
 }
+
+/// Adds `"session":TOKEN` to a server message (a fresh session token rides on the answers to
+/// subscription changes and on `pong`).
+pub fn with_session(mut body: Vec<u8>, token: &str) -> Vec<u8> {
+    if body.last() == Some(&b'}') {
+        body.pop();
+        body.extend_from_slice(b",\"session\":");
+        push_json_str(&mut body, token);
+        body.push(b'}');
+    }
+    body
+}
+
+/// `{"type":"reset","reason":"session_expired"}`: a session token was refused (expired,
+/// forged, or another user's); the connection goes on as a new one.
+pub const SESSION_EXPIRED: &[u8] = b"{\"type\":\"reset\",\"reason\":\"session_expired\"}";
 
 /// `{"type":"subscribed","channel":…,"epoch":E,"seq":S}`: subscribed, and where the channel's
 /// stream stands (the next message is S+1, or 1 of a new epoch).
@@ -424,16 +459,23 @@ mod tests {
         );
         assert_eq!(
             parse_client(br#"{"type":"resume","streams":{"channel:b":{"epoch":1,"seq":2},"channel:a":{"epoch":1,"seq":0}}}"#),
-            Ok(ClientMsg::Resume(vec![
-                ("a".into(), Position { epoch: 1, seq: 0 }),
-                ("b".into(), Position { epoch: 1, seq: 2 })
-            ]))
+            Ok(ClientMsg::Resume {
+                session: None,
+                streams: vec![
+                    ("a".into(), Position { epoch: 1, seq: 0 }),
+                    ("b".into(), Position { epoch: 1, seq: 2 })
+                ]
+            })
         );
         assert_eq!(
             parse_client(br#"{"type":"resume","streams":{"user:1":{"epoch":1,"seq":2}}}"#),
             Err(ClientError::BadStream)
         );
         assert_eq!(parse_client(br#"{"type":"resume"}"#), Err(ClientError::BadStream));
+        assert_eq!(
+            parse_client(br#"{"type":"resume","session":"t.s"}"#),
+            Ok(ClientMsg::Resume { session: Some("t.s".into()), streams: vec![] })
+        );
         assert_eq!(
             parse_client(br#"{"channel":"x","type":"unsubscribe"}"#),
             Ok(ClientMsg::Unsubscribe("x".into()))
@@ -466,13 +508,19 @@ mod tests {
             (Stream::User("u\"1"), Position { epoch: 99, seq: 0 }),
             (Stream::Channel("a"), Position { epoch: 99, seq: 4 }),
         ];
-        let w = welcome("c0.1.2", Some("u\"1"), None, 99, &["a", "b"], &streams[1..]);
+        let w = welcome("c0.1.2", Some("u\"1"), None, 99, &["a", "b"], &streams[1..], Some("t.s"));
         let v: serde_json::Value = serde_json::from_slice(&w).unwrap();
         assert_eq!(
             (v["user"].as_str(), v["device"].is_null(), v["channels"][1].as_str()),
             (Some("u\"1"), true, Some("b"))
         );
         assert_eq!(v["streams"]["channel:a"]["seq"], 4);
+        assert_eq!(v["session"], "t.s");
+        let v: serde_json::Value =
+            serde_json::from_slice(&with_session(PONG.to_vec(), "x.y")).unwrap();
+        assert_eq!((v["type"].as_str(), v["session"].as_str()), (Some("pong"), Some("x.y")));
+        let v: serde_json::Value = serde_json::from_slice(SESSION_EXPIRED).unwrap();
+        assert_eq!(v["reason"], "session_expired");
         let v: serde_json::Value =
             serde_json::from_slice(&subscribed("a", Position { epoch: 3, seq: 8 })).unwrap();
         assert_eq!(

@@ -103,7 +103,7 @@ pub fn check_client(data: &[u8]) {
         Ok(ClientMsg::Subscribe { channel, .. }) | Ok(ClientMsg::Unsubscribe(channel)) => {
             assert!(valid_name(&channel))
         }
-        Ok(ClientMsg::Resume(streams)) => {
+        Ok(ClientMsg::Resume { streams, .. }) => {
             assert!(streams.len() <= crate::client::MAX_RESUME_STREAMS);
             assert!(streams.iter().all(|(c, _)| valid_name(c)));
         }

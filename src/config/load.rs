@@ -139,7 +139,7 @@ impl Config {
                 .get_raw(id)
                 .map(|v| v.map(|x| x.to_string_lossy().into_owned()).collect())
                 .unwrap_or_default();
-            let shown = if id == "api_key" && !value.is_empty() {
+            let shown = if (id == "api_key" || id == "session_key") && !value.is_empty() {
                 "<set>".to_string()
             } else {
                 value.join(",")

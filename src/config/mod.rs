@@ -240,7 +240,7 @@ pub(crate) struct Delivery {
 
 /// Stream history.
 #[derive(clap::Args, Debug, Clone)]
-#[command(next_help_heading = "Stream history")]
+#[command(next_help_heading = "Stream history and resume")]
 pub(crate) struct History {
     /// Messages a recoverable stream keeps for clients that resume (the default for streams no
     /// `[[streams]]` rule names).
@@ -256,6 +256,14 @@ pub(crate) struct History {
     /// oldest messages of the largest histories go first.
     #[arg(long, env = "RINGCAST_HISTORY_MEMORY", default_value = "256MiB", value_parser = parse_size)]
     pub(crate) history_memory: u64,
+    /// How long a session token (in `welcome` and `session` messages) lets a client that
+    /// reconnects have its subscriptions back.
+    #[arg(long, env = "RINGCAST_SESSION_TTL", default_value = "2m", value_parser = parse_duration)]
+    pub(crate) session_ttl: Duration,
+    /// Key session tokens are signed with (at least 16 bytes; the same on every node). Without
+    /// it a key is generated at start-up, so tokens do not survive a restart.
+    #[arg(long, env = "RINGCAST_SESSION_KEY")]
+    pub(crate) session_key: Option<String>,
     /// What streams keep, by name pattern: `[[streams]]` tables of the configuration file
     /// (pattern, guarantee, history_size, history_ttl, history_bytes), first match wins.
     #[arg(skip)]
@@ -308,6 +316,11 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Whether `--session-key` was given (else tokens die with the process).
+    pub fn session_key_set(&self) -> bool {
+        self.history.session_key.is_some()
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let err = |s: String| Err(ConfigError(s));
         if self.timeouts.tick < Duration::from_millis(1)
@@ -348,6 +361,12 @@ impl Config {
         }
         if self.limits.max_pending_handshakes == 0 {
             return err("--max-pending-handshakes must be positive".into());
+        }
+        if self.history.session_key.as_ref().is_some_and(|k| k.len() < 16) {
+            return err("--session-key must be at least 16 bytes".into());
+        }
+        if self.history.session_ttl < Duration::from_secs(1) {
+            return err("--session-ttl must be at least 1s".into());
         }
         if self.delivery.stream_idle_ttl < Duration::from_secs(1) {
             return err(format!(

@@ -17,6 +17,8 @@ pub(crate) struct Identity {
     /// Channels to resume from a position (`?resume=`, base64url of a `resume` message's
     /// `streams`); subscribed like `channels`, with what was missed replayed first.
     pub(crate) resume: Vec<(Arc<str>, Position)>,
+    /// A session token from an earlier connection (`?session=`): its channels come back.
+    pub(crate) session: Option<String>,
 }
 
 /// Why an identity was refused: the reason goes into the 400 response body.
@@ -92,6 +94,7 @@ impl Identify for OpenMode {
                         }
                     }
                 }
+                "session" => id.session = Some(v.to_string()),
                 "resume" => {
                     use base64::Engine as _;
                     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -21,3 +21,4 @@ pub(crate) mod session;
 pub(crate) mod streams;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub(crate) mod token;

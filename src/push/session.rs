@@ -14,6 +14,7 @@ use super::identity::Identity;
 use super::ids::{home_of, ConnId};
 use super::msg::ShardMsg;
 use super::streams::{CatchUp, Position, StreamKey};
+use super::token::{SessionToken, TokenKey};
 
 /// What every session of a shard shares, derived from the configuration once.
 #[derive(Debug)]
@@ -31,6 +32,9 @@ pub(crate) struct SessionParams {
     pub(crate) epoch: u64,
     /// Shards on this node (home shards are computed from it).
     pub(crate) shards: usize,
+    /// Session tokens: the key they are signed with and how long one stays valid.
+    pub(crate) token_key: TokenKey,
+    pub(crate) session_ttl_ms: u64,
 }
 
 /// Who a push connection is and what it follows; allocated only for connections that have
@@ -39,6 +43,7 @@ pub(crate) struct SessionParams {
 #[derive(Debug, Default)]
 pub(crate) struct Session {
     pub(crate) user: Option<Arc<str>>,
+    device: Option<Arc<str>>,
     /// Every channel asked for (answered by its home or not yet).
     pub(crate) channels: Vec<Arc<str>>,
     /// Last sequence number of this connection's direct stream.
@@ -48,6 +53,8 @@ pub(crate) struct Session {
     errors_since: u32,
     /// Tick of the last activity report to the user's home shard.
     reported: u32,
+    /// When the client's current session token was issued (Unix ms).
+    token_ms: u64,
     /// Until the welcome goes out: what it will say. Freed once it is sent.
     opening: Option<Box<Opening>>,
 }
@@ -55,8 +62,9 @@ pub(crate) struct Session {
 /// A welcome waiting for the positions of the streams the connection starts with.
 #[derive(Debug)]
 struct Opening {
-    device: Option<Arc<str>>,
     channels: Vec<Arc<str>>,
+    /// When the connection opened (Unix ms): its token's issue time.
+    at_ms: u64,
     streams: Vec<(StreamKey, Position)>,
     /// Answers (from the user's home and each channel's) still to come.
     waiting: usize,
@@ -78,6 +86,20 @@ impl Session {
     ) -> Option<Box<Session>> {
         let mut channels: Vec<(Arc<str>, Option<Position>)> =
             id.channels.iter().map(|c| (c.clone(), None)).collect();
+        let mut after = Vec::new();
+        if let Some(token) = &id.session {
+            match verify(token, id.user.as_deref(), id.device.as_deref(), now, p) {
+                Some(t) => {
+                    for c in t.channels {
+                        let c: Arc<str> = Arc::from(c);
+                        if !channels.iter().any(|(x, _)| *x == c) {
+                            channels.push((c, None));
+                        }
+                    }
+                }
+                None => after.push(client::SESSION_EXPIRED.to_vec()),
+            }
+        }
         for (c, pos) in &id.resume {
             match channels.iter_mut().find(|(x, _)| x == c) {
                 Some(entry) => entry.1 = Some(*pos),
@@ -85,22 +107,35 @@ impl Session {
             }
         }
         if id.user.is_none() && channels.is_empty() {
-            let body =
-                client::welcome(&conn.to_string(), None, id.device.as_deref(), p.epoch, &[], &[]);
+            let token = sign(None, id.device.as_deref(), &[], now.ms, p);
+            let body = client::welcome(
+                &conn.to_string(),
+                None,
+                id.device.as_deref(),
+                p.epoch,
+                &[],
+                &[],
+                Some(&token),
+            );
             out.push_back(Effect::Welcome { conn, body });
+            for body in after {
+                out.push_back(Effect::Reply { conn, body });
+            }
             return None;
         }
         let mut session = Box::new(Session {
             user: id.user.clone(),
+            device: id.device.clone(),
             channels: Vec::with_capacity(channels.len()),
+            token_ms: now.ms,
             ..Default::default()
         });
         let mut opening = Opening {
-            device: id.device.clone(),
             channels: Vec::with_capacity(channels.len()),
+            at_ms: now.ms,
             streams: Vec::with_capacity(channels.len() + 1),
             waiting: 0,
-            after: Vec::new(),
+            after,
         };
         for (ch, since) in channels {
             if session.channels.len() >= p.max_channels || session.channels.contains(&ch) {
@@ -137,8 +172,8 @@ impl Session {
         slot: &mut Option<Box<Session>>,
         conn: ConnId,
         channel: &Arc<str>,
-        at: Position,
-        catch_up: Option<CatchUp>,
+        (at, catch_up): (Position, Option<CatchUp>),
+        now: Now,
         p: &SessionParams,
         out: &mut Effects,
     ) -> bool {
@@ -163,6 +198,10 @@ impl Session {
             Some(CatchUp::Reset { at, reason }) => {
                 replies.push(client::reset(&key.wire(), at, reason));
             }
+        }
+        if session.opening.is_none() {
+            // Answers to a subscription change carry the token for the subscriptions now.
+            replies = replies.into_iter().map(|r| session.fresh_token(r, now, p)).collect();
         }
         session.answered(conn, Some((key, at)), replies, p, out);
         true
@@ -208,13 +247,17 @@ impl Session {
         let Some(o) = self.opening.take() else { return };
         let names: Vec<&str> = o.channels.iter().map(|c| &**c).collect();
         let streams: Vec<_> = o.streams.iter().map(|(k, pos)| (k.wire(), *pos)).collect();
+        // The token names what the session follows now (a channel asked for since the open
+        // included).
+        let token = self.token(o.at_ms, p);
         let body = client::welcome(
             &conn.to_string(),
             self.user.as_deref(),
-            o.device.as_deref(),
+            self.device.as_deref(),
             p.epoch,
             &names,
             &streams,
+            Some(&token),
         );
         out.push_back(Effect::Welcome { conn, body });
         for body in o.after {
@@ -243,7 +286,15 @@ impl Session {
         }
         match client::parse_client(msg) {
             Ok(ClientMsg::Ping) => {
-                out.push_back(Effect::Reply { conn, body: client::PONG.to_vec() })
+                // An active client's token is renewed on its pong once half its ttl has passed,
+                // so it stays valid while the client is around.
+                let mut body = client::PONG.to_vec();
+                if let Some(s) = slot.as_mut() {
+                    if now.ms.saturating_sub(s.token_ms) >= p.session_ttl_ms / 2 {
+                        body = s.fresh_token(body, now, p);
+                    }
+                }
+                out.push_back(Effect::Reply { conn, body })
             }
             Ok(ClientMsg::Subscribe { channel, since }) => {
                 let channel: Arc<str> = Arc::from(channel);
@@ -260,15 +311,32 @@ impl Session {
             }
             Ok(ClientMsg::Unsubscribe(ch)) => {
                 if unsubscribe(slot, conn, &ch, out) {
-                    let body = client::ack("unsubscribed", &ch);
+                    let mut body = client::ack("unsubscribed", &ch);
+                    if let Some(s) = slot.as_mut() {
+                        body = s.fresh_token(body, now, p);
+                    }
                     out.push_back(Effect::Reply { conn, body });
                 } else {
                     client_error(slot, conn, ClientError::NotSubscribed, now, p, out);
                 }
             }
-            Ok(ClientMsg::Resume(streams)) => resume(slot, conn, streams, now, p, out),
+            Ok(ClientMsg::Resume { session, streams }) => {
+                resume(slot, conn, session.as_deref(), streams, now, p, out)
+            }
             Err(e) => client_error(slot, conn, e, now, p, out),
         }
+    }
+
+    /// `body` with a token for what the session follows now, issued now.
+    fn fresh_token(&mut self, body: Vec<u8>, now: Now, p: &SessionParams) -> Vec<u8> {
+        self.token_ms = now.ms;
+        client::with_session(body, &self.token(now.ms, p))
+    }
+
+    /// A token naming this session's user, device and channels, issued at `at_ms`.
+    fn token(&self, at_ms: u64, p: &SessionParams) -> String {
+        let channels: Vec<&str> = self.channels.iter().map(|c| &**c).collect();
+        sign(self.user.as_deref(), self.device.as_deref(), &channels, at_ms, p)
     }
 
     /// The next number of the connection's direct stream.
@@ -296,11 +364,37 @@ impl Session {
 fn resume(
     slot: &mut Option<Box<Session>>,
     conn: ConnId,
+    session: Option<&str>,
     streams: Vec<(String, Position)>,
     now: Now,
     p: &SessionParams,
     out: &mut Effects,
 ) {
+    if let Some(token) = session {
+        let (user, device) =
+            slot.as_ref().map_or((None, None), |s| (s.user.clone(), s.device.clone()));
+        match verify(token, user.as_deref(), device.as_deref(), now, p) {
+            None => out.push_back(Effect::Reply { conn, body: client::SESSION_EXPIRED.to_vec() }),
+            Some(t) => {
+                // The token's channels without a position in `streams` come back plainly.
+                let have: Vec<Arc<str>> =
+                    slot.as_ref().map_or_else(Vec::new, |s| s.channels.clone());
+                for c in t.channels {
+                    let named = streams.iter().any(|(x, _)| *x == c);
+                    if !named
+                        && !have.iter().any(|x| **x == *c)
+                        && !subscribe(slot, conn, Arc::from(c), None, p, out)
+                    {
+                        client_error(slot, conn, ClientError::TooManyChannels, now, p, out);
+                        break;
+                    }
+                }
+            }
+        }
+        if streams.is_empty() {
+            return;
+        }
+    }
     let have = slot.as_ref().map_or(0, |s| s.channels.len());
     let subscribed = |c: &str| slot.as_ref().is_some_and(|s| s.channels.iter().any(|x| &**x == c));
     if streams.iter().any(|(c, _)| subscribed(c)) {
@@ -314,6 +408,33 @@ fn resume(
     for (channel, since) in streams {
         subscribe(slot, conn, Arc::from(channel), Some(since), p, out);
     }
+}
+
+/// The token's claims if `token` is ours, unexpired, and for this user and device.
+fn verify(
+    token: &str,
+    user: Option<&str>,
+    device: Option<&str>,
+    now: Now,
+    p: &SessionParams,
+) -> Option<SessionToken> {
+    let t = p.token_key.verify(token, now.ms).ok()?;
+    (t.user.as_deref() == user && t.device.as_deref() == device).then_some(t)
+}
+
+fn sign(
+    user: Option<&str>,
+    device: Option<&str>,
+    channels: &[&str],
+    at_ms: u64,
+    p: &SessionParams,
+) -> String {
+    p.token_key.sign(&SessionToken {
+        user: user.map(str::to_string),
+        device: device.map(str::to_string),
+        channels: channels.iter().map(|c| c.to_string()).collect(),
+        expires_ms: at_ms.saturating_add(p.session_ttl_ms),
+    })
 }
 
 /// Asks the channel's home to count a new subscription (answered by `Subscribed`); false if
@@ -408,15 +529,25 @@ mod tests {
             heartbeat_frame: Bytes::from_static(b"\x81\x02ok"),
             epoch: 9,
             shards: 4,
+            token_key: TokenKey::new(b"session test key"),
+            session_ttl_ms: 120_000,
         }
     }
 
     const C: ConnId = ConnId { shard: 1, slot: 7, gen: 3 };
 
+    /// The effects as text, replies without the session token they may carry (checked by
+    /// `a_session_token_…`).
     fn text(out: &Effects) -> Vec<String> {
         out.iter()
             .map(|e| match e {
-                Effect::Reply { body, .. } => String::from_utf8_lossy(body).into_owned(),
+                Effect::Reply { body, .. } => {
+                    let t = String::from_utf8_lossy(body).into_owned();
+                    match t.find(r#","session":"#) {
+                        Some(i) => format!("{}}}", &t[..i]),
+                        None => t,
+                    }
+                }
                 Effect::Welcome { body, .. } => String::from_utf8_lossy(body).into_owned(),
                 Effect::Subscribe { channel, since, count: true, .. } => match since {
                     None => format!("+{channel}"),
@@ -441,6 +572,7 @@ mod tests {
             device: None,
             channels: channels.iter().map(|c| Arc::from(*c)).collect(),
             resume: Vec::new(),
+            session: None,
         };
         Session::open(C, id, Now { tick: 0, ms: 100 }, &params(), out)
     }
@@ -453,7 +585,7 @@ mod tests {
         catch_up: Option<CatchUp>,
         out: &mut Effects,
     ) -> bool {
-        Session::on_subscribed(s, C, &Arc::from(ch), AT, catch_up, &params(), out)
+        Session::on_subscribed(s, C, &Arc::from(ch), (AT, catch_up), Now::default(), &params(), out)
     }
 
     #[test]
@@ -578,6 +710,94 @@ mod tests {
         );
     }
 
+    fn token_of(out: &Effects) -> Option<String> {
+        out.iter().rev().find_map(|e| match e {
+            Effect::Reply { body, .. } | Effect::Welcome { body, .. } => {
+                let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+                v["session"].as_str().map(str::to_string)
+            }
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_session_token_brings_the_subscriptions_back_and_only_for_its_user() {
+        let p = params();
+        let mut out = Effects::new();
+        let mut s = open(Some("u"), &["a"], &mut out);
+        answer(&mut s, "a", None, &mut out);
+        Session::on_joined(&mut s, C, AT, &p, &mut out);
+        let welcome_token = token_of(&out).expect("the welcome carries a token");
+        out.clear();
+        let sub = br#"{"type":"subscribe","channel":"b"}"#;
+        Session::on_message(&mut s, C, true, sub, Now { tick: 1, ms: 1000 }, &p, &mut out);
+        let b = Arc::from("b");
+        Session::on_subscribed(&mut s, C, &b, (AT, None), Now { tick: 1, ms: 1000 }, &p, &mut out);
+        let token = token_of(&out).expect("the answer to a subscription change carries a token");
+        assert_ne!(token, welcome_token);
+        // A new connection of the same user resumes by token: a and b come back.
+        let mut out = Effects::new();
+        let mut again = open(Some("u"), &[], &mut out);
+        Session::on_joined(&mut again, C, AT, &p, &mut out);
+        out.clear();
+        let resume = format!(
+            r#"{{"type":"resume","session":"{token}","streams":{{"channel:b":{{"epoch":9,"seq":1}}}}}}"#
+        );
+        Session::on_message(
+            &mut again,
+            C,
+            true,
+            resume.as_bytes(),
+            Now { tick: 2, ms: 2000 },
+            &p,
+            &mut out,
+        );
+        assert_eq!(text(&out), ["+a", "+b@9.1"], "a plainly, b from its position");
+        // Expired, tampered and another user's tokens are refused with session_expired.
+        let expired = format!(r#"{{"type":"resume","session":"{token}"}}"#);
+        let mut out = Effects::new();
+        let mut late = open(Some("u"), &[], &mut out);
+        Session::on_joined(&mut late, C, AT, &p, &mut out);
+        out.clear();
+        Session::on_message(
+            &mut late,
+            C,
+            true,
+            expired.as_bytes(),
+            Now { tick: 3, ms: 1000 + 120_000 },
+            &p,
+            &mut out,
+        );
+        assert_eq!(text(&out), [r#"{"type":"reset","reason":"session_expired"}"#]);
+        let tampered = format!(r#"{{"type":"resume","session":"x{token}"}}"#);
+        let mut other = open(Some("v"), &[], &mut out);
+        Session::on_joined(&mut other, C, AT, &p, &mut out);
+        for msg in [tampered, format!(r#"{{"type":"resume","session":"{token}"}}"#)] {
+            out.clear();
+            Session::on_message(
+                &mut other,
+                C,
+                true,
+                msg.as_bytes(),
+                Now { tick: 3, ms: 3000 },
+                &p,
+                &mut out,
+            );
+            assert_eq!(text(&out), [r#"{"type":"reset","reason":"session_expired"}"#], "{msg}");
+        }
+        // ?session= at connect does the same before the welcome.
+        let mut out = Effects::new();
+        let id = Identity {
+            user: Some(Arc::from("u")),
+            device: None,
+            channels: vec![],
+            resume: vec![],
+            session: Some(token),
+        };
+        let _ = Session::open(C, id, Now { tick: 4, ms: 4000 }, &p, &mut out);
+        assert_eq!(text(&out), ["+a", "+b", "joined"]);
+    }
+
     #[test]
     fn answers_to_a_resume_at_connect_follow_the_welcome() {
         let mut out = Effects::new();
@@ -586,6 +806,7 @@ mod tests {
             device: None,
             channels: vec![],
             resume: vec![(Arc::from("a"), Position { epoch: 9, seq: 2 })],
+            session: None,
         };
         let mut s = Session::open(C, id, Now::default(), &params(), &mut out);
         assert_eq!(text(&out), ["+a@9.2"]);

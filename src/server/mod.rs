@@ -24,6 +24,7 @@ use socket2::{Domain, Socket, Type};
 
 use crate::config::{Config, IoDriver};
 use crate::push::identity::{Identify, OpenMode};
+use crate::push::token::TokenKey;
 use inbox::Router;
 use limits::IpLimiter;
 use shard::{Shard, ShardParts};
@@ -41,6 +42,19 @@ pub struct Shared {
     /// Start time in Unix milliseconds: clients learn it in `welcome`; a new epoch means
     /// sequence numbers started again.
     pub(crate) epoch: u64,
+    /// What session tokens are signed with (one key for every shard).
+    pub(crate) token_key: TokenKey,
+}
+
+/// The key session tokens are signed with: `--session-key`, or 32 random bytes from the
+/// kernel (logged, since such tokens do not outlive the process).
+pub(crate) fn session_key(cfg: &Config) -> io::Result<TokenKey> {
+    if let Some(k) = &cfg.history.session_key {
+        return Ok(TokenKey::new(k.as_bytes()));
+    }
+    let mut key = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)?;
+    Ok(TokenKey::new(&key))
 }
 
 impl Shared {
@@ -184,6 +198,8 @@ impl Server {
             limiter: (cfg.limits.max_connections_per_ip > 0)
                 .then(|| IpLimiter::new(cfg.limits.max_connections_per_ip)),
             epoch: crate::clock::unix_ms(),
+            token_key: session_key(&cfg)
+                .map_err(|e| StartError(format!("cannot make a session key: {e}")))?,
         });
         let cfg = Arc::new(cfg);
         let mut threads = Vec::with_capacity(n);

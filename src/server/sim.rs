@@ -54,6 +54,7 @@ impl SimNode {
             limiter: (cfg.limits.max_connections_per_ip > 0)
                 .then(|| IpLimiter::new(cfg.limits.max_connections_per_ip)),
             epoch: clock::unix_ms(),
+            token_key: super::session_key(cfg)?,
         });
         let counters: Vec<Arc<Counters>> = (0..n).map(|_| Arc::new(Counters::default())).collect();
         let peers: Arc<[Arc<Counters>]> = counters.clone().into();

@@ -47,9 +47,17 @@ impl Core {
                 if matches!(catch_up, Some(CatchUp::Reset { .. })) {
                     self.counters.resets.inc();
                 }
+                let now = self.at();
                 let (slot, p) = (&mut self.conns[key].session, &self.p.session);
-                if Session::on_subscribed(slot, conn, &channel, at, catch_up, p, &mut self.effects)
-                    && self.channels.subscribe(&channel, conn.slot) == Change::Changed
+                if Session::on_subscribed(
+                    slot,
+                    conn,
+                    &channel,
+                    (at, catch_up),
+                    now,
+                    p,
+                    &mut self.effects,
+                ) && self.channels.subscribe(&channel, conn.slot) == Change::Changed
                 {
                     self.counters.subscriptions.inc();
                 }

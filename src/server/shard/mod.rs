@@ -43,6 +43,7 @@ use crate::push::ids::ConnId;
 use crate::push::index::ChannelIndex;
 use crate::push::session::SessionParams;
 use crate::push::streams::Streams;
+use crate::push::token::TokenKey;
 use crate::timer_wheel::TimerWheel;
 
 use super::conn::{Conn, Deadlines, Route};
@@ -89,7 +90,7 @@ pub(crate) struct Params {
 }
 
 impl Params {
-    pub(crate) fn new(cfg: &Config, epoch: u64, shards: usize) -> Params {
+    pub(crate) fn new(cfg: &Config, epoch: u64, shards: usize, token_key: TokenKey) -> Params {
         let mut routes = vec![Route::Ws];
         let mut paths = vec![cfg.routes.ws_path.clone()];
         if cfg.routes.echo {
@@ -137,6 +138,8 @@ impl Params {
                 heartbeat_frame: Bytes::from(heartbeat_frame),
                 epoch,
                 shards,
+                token_key,
+                session_ttl_ms: cfg.history.session_ttl.as_millis() as u64,
             },
             home: HomeParams {
                 replace: cfg.delivery.replace_same_device,
@@ -264,7 +267,7 @@ impl Shard {
     pub(crate) fn new(cfg: &Config, parts: ShardParts, now: Instant) -> io::Result<Shard> {
         let ShardParts { id, capacity, shared, counters, wake, router, inbox, identify, peers } =
             parts;
-        let p = Params::new(cfg, shared.epoch, router.shards());
+        let p = Params::new(cfg, shared.epoch, router.shards(), shared.token_key.clone());
         let streams = Streams::with_history(
             shared.epoch,
             p.stream_idle_ttl_ms,
