@@ -16,6 +16,9 @@
 //                               until POST /stop). Resets the message counter to 0 first, so a
 //                               run's messages are numbered from 1. 409 if already publishing.
 //   POST /stop                  stop publishing; answers the final stats.
+//   GET  /times                 JSON array: element k is the publish time t (ns) of message k+1 in
+//                               this run (storm.js uses it to know what was published when, also
+//                               for messages that no client received).
 //   GET  /stats                 JSON {clients, sent, publishing, connections, recovered,
 //                               disconnect_reasons}: clients = Socket.IO sockets connected now,
 //                               sent = messages emitted so far in this run, connections = all
@@ -59,6 +62,7 @@ for (let k = 1; k < argv.length; k += 2) {
 
 const state = {
   sent: 0,
+  times: [], // times[k] = t of message k+1
   publishing: false,
   timer: null,
   connections: 0,
@@ -85,6 +89,7 @@ function stopPublishing() {
 
 function startPublishing(rate, n) {
   state.sent = 0;
+  state.times = [];
   state.publishing = true;
   const start = process.hrtime.bigint();
   const periodNs = 1e9 / rate;
@@ -95,7 +100,9 @@ function startPublishing(rate, n) {
     if (n > 0 && due > n) due = n;
     while (state.sent < due) {
       state.sent += 1;
-      io.to("bench").emit("m", { i: state.sent, t: Number(process.hrtime.bigint()) });
+      const t = Number(process.hrtime.bigint());
+      state.times.push(t);
+      io.to("bench").emit("m", { i: state.sent, t });
     }
     if (n > 0 && state.sent >= n) {
       stopPublishing();
@@ -119,6 +126,7 @@ const httpServer = http.createServer((req, res) => {
   const url = new URL(req.url, "http://127.0.0.1");
   req.resume(); // bodies are ignored
   if (req.method === "GET" && url.pathname === "/stats") return reply(res, 200, stats());
+  if (req.method === "GET" && url.pathname === "/times") return reply(res, 200, state.times);
   if (req.method === "POST" && url.pathname === "/publish") {
     const rate = Number(url.searchParams.get("rate"));
     const n = Number(url.searchParams.get("n") || 0);

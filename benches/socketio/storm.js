@@ -39,7 +39,8 @@
 // each advance happened after the drop. Catch-up (catchup_ms) is measured from the client's
 // reconnect start (its first reconnect attempt after the drop) until it holds every message
 // published up to that moment, i.e. all i whose publish time t (server's CLOCK_MONOTONIC ns,
-// compared with this process's process.hrtime, same clock) is <= the reconnect start.
+// compared with this process's process.hrtime, same clock; taken from the server's GET /times)
+// is <= the reconnect start.
 // catchup_after_connect_ms is the same with the moment the reconnected socket's "connect" event
 // fired instead (Socket.IO writes the replayed packets before the CONNECT packet, so this is
 // ~0 for recovered sockets). A client that never gets whole (lost messages) "never caught up".
@@ -95,9 +96,6 @@ async function http(method, path) {
   if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(body)}`);
   return body;
 }
-
-// ---------- publish times seen (shared by all clients: message i's t) ----------
-const tPub = []; // tPub[i] = server publish time of message i (ns), once any client saw it
 
 // ---------- one client ----------
 class Client {
@@ -157,7 +155,6 @@ class Client {
   onMessage(msg) {
     const i = msg && msg.i;
     if (!Number.isInteger(i) || i < 1) return;
-    if (tPub[i] === undefined) tPub[i] = msg.t;
     if (i >= this.cnt.length) {
       let len = this.cnt.length;
       while (i >= len) len *= 2;
@@ -228,14 +225,16 @@ function pct(values) {
   return { n: s.length, p50: r(at(0.5)), p99: r(at(0.99)), max: r(s[s.length - 1]) };
 }
 
-// Largest message number whose publish time is <= tNs (messages are published in order).
-function publishedBy(tNs, known) {
-  let lo = 0, hi = known.length - 1, best = 0;
-  while (lo <= hi) {
+// Number of messages published at or before tNs; times[k] = publish time of message k+1
+// (from the server's GET /times; non-decreasing, messages are published in order).
+function publishedBy(tNs, times) {
+  let lo = 0, hi = times.length; // first k with times[k] > tNs
+  while (lo < hi) {
     const mid = (lo + hi) >> 1;
-    if (known[mid][1] <= tNs) { best = known[mid][0]; lo = mid + 1; } else hi = mid - 1;
+    if (times[mid] <= tNs) lo = mid + 1;
+    else hi = mid;
   }
-  return best;
+  return lo;
 }
 
 // ms from tStart until the client held all of 1..m (null if never).
@@ -304,10 +303,9 @@ async function main() {
   const drainEnd = Date.now() + A.drain * 1000;
   while (Date.now() < drainEnd && clients.some((c) => c.socket.connected && c.hw < published)) await sleep(20);
   const server = await http("GET", "/stats");
+  const times = (await http("GET", "/times")).slice(0, published);
 
   // ---------- results ----------
-  const known = [];
-  for (let i = 1; i <= published; i++) if (tPub[i] !== undefined) known.push([i, tPub[i]]);
   let missingTotal = 0, clientsWithMissing = 0, dupTotal = 0, clientsWithDup = 0;
   let reconnected = 0, recovered = 0, neverCaughtUp = 0, extraReconnects = 0;
   const catchup = [], catchupAfterConnect = [], reconnectMs = [], firstAttemptAfterDropMs = [];
@@ -328,11 +326,11 @@ async function main() {
     const tStart = c.tAttempt !== null ? c.tAttempt : c.tConnect;
     if (c.tAttempt !== null) firstAttemptAfterDropMs.push((c.tAttempt - c.tDrop) / 1e6);
     if (c.tAttempt !== null && c.tConnect !== null) reconnectMs.push((c.tConnect - c.tAttempt) / 1e6);
-    const ms = tStart === null ? null : catchUpMs(c, publishedBy(tStart, known), tStart);
+    const ms = tStart === null ? null : catchUpMs(c, publishedBy(tStart, times), tStart);
     if (ms === null) neverCaughtUp += 1;
     else catchup.push(ms);
     if (c.tConnect !== null) {
-      const ms2 = catchUpMs(c, publishedBy(c.tConnect, known), c.tConnect);
+      const ms2 = catchUpMs(c, publishedBy(c.tConnect, times), c.tConnect);
       if (ms2 !== null) catchupAfterConnect.push(ms2);
     }
   }
