@@ -64,6 +64,11 @@ pub struct Plan {
     pub slow_every: usize,
     /// Echo: messages to send over the open connections.
     pub send: Option<SendPlan>,
+    /// A request path per connection (by global index), instead of `path`.
+    pub paths: Option<Arc<Vec<String>>>,
+    /// At stop, leave the open connections' sockets open and unread (a silent drop the server
+    /// has not noticed) and hand them back in `Tally::kept`.
+    pub keep_open: bool,
 }
 
 /// Messages a thread sends (the `echo` scenario): `per_conn` on each of its connections, at
@@ -113,6 +118,8 @@ pub struct Tally {
     pub sent: u64,
     /// Connections that stopped reading (slow).
     pub slow: u64,
+    /// Sockets left open at stop (`Plan::keep_open`).
+    pub kept: Vec<OwnedFd>,
 }
 
 impl Tally {
@@ -134,6 +141,7 @@ impl Tally {
             close_answered: 0,
             sent: 0,
             slow: 0,
+            kept: Vec::new(),
         }
     }
 
@@ -163,6 +171,7 @@ impl Tally {
         self.close_answered += o.close_answered;
         self.sent += o.sent;
         self.slow += o.slow;
+        self.kept.extend(o.kept);
     }
 
     pub fn empty() -> Tally {
@@ -197,7 +206,10 @@ struct Conn {
 }
 
 fn request(plan: &Plan, index: usize) -> Vec<u8> {
-    let path = plan.path.replace("{i}", &index.to_string());
+    let path = match plan.paths.as_ref().and_then(|p| p.get(index)) {
+        Some(p) => p.clone(),
+        None => plan.path.replace("{i}", &index.to_string()),
+    };
     format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\r\n",
@@ -518,6 +530,13 @@ pub fn run(
     for (_, c) in conns.iter() {
         if matches!(c.state, State::Open | State::Deaf) {
             tally.open_at_end += 1;
+        }
+    }
+    if plan.keep_open {
+        for c in conns.drain() {
+            if matches!(c.state, State::Open | State::Deaf) {
+                tally.kept.push(c.fd);
+            }
         }
     }
     drop(conns); // closes every socket

@@ -26,6 +26,7 @@ use scenario::churn::ChurnArgs;
 use scenario::echo::EchoArgs;
 use scenario::fanout::{FanoutArgs, SlowArgs};
 use scenario::push::PushArgs;
+use scenario::resume::ResumeArgs;
 
 #[derive(Parser, Debug)]
 #[command(name = "loadgen", version, about = "Load generator for ringcast and any RFC 6455 server")]
@@ -53,6 +54,9 @@ enum Scenario {
     Slow(SlowArgs),
     /// Round trips against an echo endpoint (any RFC 6455 server): latency and throughput.
     Echo(EchoArgs),
+    /// N subscribers; every connection drops (closed, or silently) and comes back resuming
+    /// from its position: missing, duplicated, resets, time to catch up, server CPU.
+    Resume(ResumeArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Scenario::Churn(a) => scenario::churn::churn(a),
         Scenario::Slow(a) => scenario::fanout::slow(a),
         Scenario::Echo(a) => scenario::echo::echo(a),
+        Scenario::Resume(a) => scenario::resume::resume(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

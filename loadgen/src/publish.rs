@@ -53,23 +53,32 @@ impl Publisher {
 
     /// POSTs `body` and returns the status and the response body; reconnects once.
     pub fn post(&mut self, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
-        match self.try_post(body) {
+        self.request("POST", body)
+    }
+
+    /// GETs the URL (the history API, for `resume`).
+    pub fn get(&mut self) -> Result<(u16, Vec<u8>), String> {
+        self.request("GET", b"")
+    }
+
+    fn request(&mut self, method: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
+        match self.try_request(method, body) {
             Ok(r) => Ok(r),
             Err(_) => {
                 self.stream = None;
-                self.try_post(body)
+                self.try_request(method, body)
             }
         }
     }
 
-    fn try_post(&mut self, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    fn try_request(&mut self, method: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
         let auth = self
             .auth
             .as_ref()
             .map(|k| format!("Authorization: Bearer {k}\r\n"))
             .unwrap_or_default();
         let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}\r\n",
+            "{method} {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}\r\n",
             self.url.path,
             self.url.host,
             body.len()

@@ -40,12 +40,15 @@ pub(crate) struct Running<S> {
 }
 
 /// What a scenario adds to the plain connect-and-hold plan.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Extras {
     pub(crate) lifetime: Option<Duration>,
     pub(crate) slow_every: usize,
     /// (messages per connection, total rate, size) for echo.
     pub(crate) send: Option<(u64, f64, usize)>,
+    /// A path per connection (resume), and whether to leave sockets open at stop.
+    pub(crate) paths: Option<Arc<Vec<String>>>,
+    pub(crate) keep_open: bool,
 }
 
 /// Starts the client threads, each with a sink made by `sink(first, count)`.
@@ -89,6 +92,8 @@ pub(crate) fn start_connections<S: MessageSink + Send + 'static>(
                 size,
                 first_msg: first as u64 * per_conn,
             }),
+            paths: extras.paths.clone(),
+            keep_open: extras.keep_open,
         };
         let mut s = sink(first, share);
         first += share;

@@ -42,7 +42,6 @@ pub struct Tracker {
 }
 
 /// Reads the unsigned number after `key` (e.g. `"i":`) in `data`.
-#[cfg(test)]
 pub fn field(data: &[u8], key: &[u8]) -> Option<u64> {
     number_at(data, memchr::memmem::find(data, key)? + key.len())
 }

@@ -247,3 +247,40 @@ fn clear_errors() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["refused_by_status"]["404"], 3);
 }
+
+#[test]
+fn resume_loses_nothing_whether_the_drop_is_seen_or_silent() {
+    let r = Ringcast::start(&[]);
+    let ws = r.ws.to_string();
+    let publish = format!("http://{}/v1/publish", r.api);
+    for mode in ["close", "silent"] {
+        let before = r.totals();
+        let v = loadgen(&[
+            "resume",
+            "--target",
+            &ws,
+            "-n",
+            "40",
+            "--pub-rate",
+            "50",
+            "--before",
+            "500ms",
+            "--away",
+            "300ms",
+            "--after",
+            "500ms",
+            "--mode",
+            mode,
+            "--channel",
+            &format!("storm-{mode}"),
+            "--pub-url",
+            &publish,
+        ]);
+        assert_eq!((u(&v, "missing"), u(&v, "duplicates")), (0, 0), "{mode}: {v}");
+        assert_eq!((u(&v, "reconnected"), u(&v, "resumed")), (40, 40), "{mode}: {v}");
+        assert_eq!(u(&v, "clients_behind_at_end"), 0, "{mode}: {v}");
+        assert_eq!(u(&v, "caught_up"), 40, "{mode}: {v}");
+        // What the clients missed while away came from the history.
+        assert!(r.delta(&before, "replayed") > 0, "{mode}: {v}");
+    }
+}

@@ -5,3 +5,4 @@ pub(crate) mod echo;
 pub(crate) mod fanout;
 pub(crate) mod hold;
 pub(crate) mod push;
+pub(crate) mod resume;
