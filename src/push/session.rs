@@ -66,8 +66,8 @@ struct Opening {
     /// When the connection opened (Unix ms): its token's issue time.
     at_ms: u64,
     streams: Vec<(StreamKey, Position)>,
-    /// Answers (from the user's home and each channel's) still to come.
-    waiting: usize,
+    /// Streams whose home has not answered yet (the user's, each channel's).
+    awaited: Vec<StreamKey>,
     /// Replies that must follow the welcome (`resumed`, `reset`).
     after: Vec<Vec<u8>>,
 }
@@ -134,7 +134,7 @@ impl Session {
             channels: Vec::with_capacity(channels.len()),
             at_ms: now.ms,
             streams: Vec::with_capacity(channels.len() + 1),
-            waiting: 0,
+            awaited: Vec::with_capacity(channels.len() + 1),
             after,
         };
         for (ch, since) in channels {
@@ -143,7 +143,7 @@ impl Session {
             }
             session.channels.push(ch.clone());
             opening.channels.push(ch.clone());
-            opening.waiting += 1;
+            opening.awaited.push(StreamKey::Channel(ch.clone()));
             out.push_back(Effect::Subscribe { conn, channel: ch, since, count: true });
         }
         if let Some(user) = &id.user {
@@ -153,7 +153,7 @@ impl Session {
                 conn,
                 at_ms: now.ms,
             };
-            opening.waiting += 1;
+            opening.awaited.push(StreamKey::User(user.clone()));
             out.push_back(Effect::Update { shard: home_of(user, p.shards), msg });
         }
         session.opening = Some(Box::new(opening));
@@ -178,14 +178,17 @@ impl Session {
         out: &mut Effects,
     ) -> bool {
         let Some(session) = slot.as_mut() else { return false };
+        let key = StreamKey::Channel(channel.clone());
         if !session.channels.contains(channel) {
+            // Left before the answer: nothing to say of it, but a welcome may wait for it.
+            session.answered(conn, key, None, Vec::new(), p, out);
             return false;
         }
-        let key = StreamKey::Channel(channel.clone());
+        let for_welcome = session.opening.as_ref().is_some_and(|o| o.awaited.contains(&key));
         let mut replies = Vec::new();
         match catch_up {
             None => {
-                if session.opening.is_none() {
+                if !for_welcome {
                     replies.push(client::subscribed(channel, at));
                 }
             }
@@ -203,7 +206,7 @@ impl Session {
             // Answers to a subscription change carry the token for the subscriptions now.
             replies = replies.into_iter().map(|r| session.fresh_token(r, now, p)).collect();
         }
-        session.answered(conn, Some((key, at)), replies, p, out);
+        session.answered(conn, key, Some(at), replies, p, out);
         true
     }
 
@@ -217,15 +220,17 @@ impl Session {
     ) {
         let Some(session) = slot.as_mut() else { return };
         let Some(user) = session.user.clone() else { return };
-        session.answered(conn, Some((StreamKey::User(user), at)), Vec::new(), p, out);
+        session.answered(conn, StreamKey::User(user), Some(at), Vec::new(), p, out);
     }
 
-    /// One awaited answer is in: its replies go out now, or after the welcome while that
-    /// still waits; the last answer sends the welcome.
+    /// A home answered for `key`: its replies go out now, or after the welcome while that
+    /// still waits; the last awaited answer sends the welcome. An answer the welcome does not
+    /// wait for (a stream asked for after the open) only queues its replies behind it.
     fn answered(
         &mut self,
         conn: ConnId,
-        position: Option<(StreamKey, Position)>,
+        key: StreamKey,
+        position: Option<Position>,
         replies: Vec<Vec<u8>>,
         p: &SessionParams,
         out: &mut Effects,
@@ -236,16 +241,19 @@ impl Session {
             }
             return;
         };
-        if let Some(sp) = position {
-            opening.streams.push(sp);
-        }
         opening.after.extend(replies);
-        opening.waiting = opening.waiting.saturating_sub(1);
-        if opening.waiting > 0 {
+        let Some(i) = opening.awaited.iter().position(|k| *k == key) else { return };
+        opening.awaited.swap_remove(i);
+        if let Some(pos) = position {
+            opening.streams.push((key, pos));
+        }
+        if !opening.awaited.is_empty() {
             return;
         }
         let Some(o) = self.opening.take() else { return };
-        let names: Vec<&str> = o.channels.iter().map(|c| &**c).collect();
+        // The channels it still follows (one may have been left before the welcome).
+        let names: Vec<&str> =
+            o.channels.iter().filter(|c| self.channels.contains(c)).map(|c| &**c).collect();
         let streams: Vec<_> = o.streams.iter().map(|(k, pos)| (k.wire(), *pos)).collect();
         // The token names what the session follows now (a channel asked for since the open
         // included).
@@ -796,6 +804,35 @@ mod tests {
         };
         let _ = Session::open(C, id, Now { tick: 4, ms: 4000 }, &p, &mut out);
         assert_eq!(text(&out), ["+a", "+b", "joined"]);
+    }
+
+    #[test]
+    fn what_a_client_does_before_its_welcome_never_holds_or_reorders_it() {
+        let p = params();
+        let mut out = Effects::new();
+        let mut s = open(Some("u"), &["a", "b"], &mut out);
+        out.clear();
+        // Leaves `a` and resumes `c` before any home has answered.
+        let unsub = br#"{"type":"unsubscribe","channel":"a"}"#;
+        Session::on_message(&mut s, C, true, unsub, Now::default(), &p, &mut out);
+        let resume = br#"{"type":"resume","streams":{"channel:c":{"epoch":9,"seq":1}}}"#;
+        Session::on_message(&mut s, C, true, resume, Now::default(), &p, &mut out);
+        out.clear();
+        // The answer for c (not awaited) must not send the welcome early.
+        let frames = vec![Bytes::from_static(b"2")];
+        answer(&mut s, "c", Some(CatchUp::Replay { from: 2, to: AT, frames }), &mut out);
+        assert!(!text(&out).iter().any(|t| t.contains("welcome")), "{:?}", text(&out));
+        // a's late answer and b's and the user's complete it.
+        assert!(!answer(&mut s, "a", None, &mut out));
+        answer(&mut s, "b", None, &mut out);
+        assert!(Session::welcome_pending(&s));
+        Session::on_joined(&mut s, C, AT, &p, &mut out);
+        let t = text(&out);
+        let w = t.iter().position(|x| x.starts_with(r#"{"type":"welcome""#)).expect("welcomed");
+        let v: serde_json::Value = serde_json::from_str(&t[w]).unwrap();
+        assert_eq!(v["channels"], serde_json::json!(["b"]), "a was left");
+        let resumed = t.iter().position(|x| x.starts_with(r#"{"type":"resumed""#)).unwrap();
+        assert!(resumed > w, "answers queue behind the welcome: {t:?}");
     }
 
     #[test]

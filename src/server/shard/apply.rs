@@ -2,8 +2,11 @@
 //! deliveries, direct sends and kicks are for this shard's connections. Whatever the session
 //! and home state machines return is applied here, in order.
 
+use bytes::Bytes;
+
 use crate::clock;
 use crate::proto::client::{self, ResetReason, Stream};
+use crate::proto::frame::encode_frame;
 use crate::proto::CloseReason;
 use crate::push::delivery::encode_message;
 use crate::push::effect::{Effect, Expected};
@@ -101,12 +104,16 @@ impl Core {
             match e {
                 Effect::Reply { conn, body } => {
                     if let Some(key) = self.local(conn) {
-                        self.queue_control(key, crate::proto::OpCode::Text, &body);
+                        let mut v = Vec::with_capacity(body.len() + 4);
+                        encode_frame(&mut v, crate::proto::OpCode::Text, true, None, &body);
+                        let lane = self.reply_lane(key);
+                        self.queue_lane(key, Bytes::from(v), lane);
                     }
                 }
                 Effect::ReplyFrame { conn, frame } => {
                     if let Some(key) = self.local(conn) {
-                        self.queue_lane(key, frame, Priority::High);
+                        let lane = self.reply_lane(key);
+                        self.queue_lane(key, frame, lane);
                     }
                 }
                 Effect::Welcome { conn, body } => {
@@ -171,6 +178,16 @@ impl Core {
                     }
                 }
             }
+        }
+    }
+
+    /// Protocol replies go in the high lane, except while the welcome is held: then in the
+    /// normal lane, so the welcome (high lane, queued when it is ready) still goes first.
+    fn reply_lane(&self, key: usize) -> Priority {
+        if self.conns[key].has(flag::WELCOME_PENDING) {
+            Priority::Normal
+        } else {
+            Priority::High
         }
     }
 
