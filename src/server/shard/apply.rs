@@ -144,9 +144,12 @@ impl Core {
                         if self.queue_push(key, &Frame { bytes, priority: Priority::Normal }) {
                             t.queued += 1;
                         } else {
-                            // The rest would leave a gap: say so, and continue live.
+                            // The rest would leave a gap: say so right behind what was
+                            // queued (same lane, outside the caps), and continue live.
                             let body = client::reset(&stream.wire(), at, ResetReason::OutboxFull);
-                            self.queue_control(key, crate::proto::OpCode::Text, &body);
+                            let mut v = Vec::with_capacity(body.len() + 4);
+                            encode_frame(&mut v, crate::proto::OpCode::Text, true, None, &body);
+                            self.queue_lane(key, Bytes::from(v), Priority::Normal);
                             self.counters.replay_overflows.inc();
                             break;
                         }
