@@ -690,3 +690,40 @@ fn a_session_token_brings_back_the_subscriptions_and_a_forged_one_is_refused() {
     assert_eq!(got[0]["channels"], serde_json::json!([]));
     assert_eq!(got[1]["reason"], "session_expired");
 }
+
+#[test]
+fn a_replay_larger_than_the_outbox_stops_with_a_reset_after_what_fit() {
+    let mut sim = node(&["--outbox-max-frames", "8", "--history-size", "100"]);
+    let ch = homed_on(0, "big");
+    let mut c = Client::open(&mut sim, 1, &format!("channels={ch}"));
+    let epoch = c.messages()[0]["epoch"].as_u64().unwrap();
+    drop(c);
+    sim.run();
+    for i in 1..=40 {
+        publish(&sim, &ch, &i.to_string());
+    }
+    sim.run();
+    let mut back = Client::open(&mut sim, 1, "");
+    back.messages();
+    back.send(OpCode::Text, resume_msg(&ch, (epoch, 0)).as_bytes());
+    sim.run();
+    let got = back.messages();
+    let data = channel_data(&got, &ch);
+    assert!(!data.is_empty() && data.len() < 40, "{got:?}");
+    assert_eq!(
+        data,
+        (1..=data.len() as u64).map(|s| (s, s)).collect::<Vec<_>>(),
+        "in order from 1"
+    );
+    // The reset comes after the frames that fit, and says where the stream continues.
+    let reset = got.iter().position(|m| m["type"] == "reset").expect("a reset");
+    let last_msg = got.iter().rposition(|m| m["type"] == "message").unwrap();
+    assert!(reset > last_msg, "{got:?}");
+    assert_eq!(
+        (got[reset]["reason"].as_str(), got[reset]["seq"].as_u64()),
+        (Some("outbox_full"), Some(40))
+    );
+    publish(&sim, &ch, "41");
+    sim.run();
+    assert_eq!(channel_data(&back.messages(), &ch), [(41, 41)]);
+}
