@@ -208,18 +208,24 @@ fn push_stream(out: &mut Vec<u8>, stream: &Stream<'_>) {
     out.push(b'"');
 }
 
+/// `,"name":N`.
+fn push_num(out: &mut Vec<u8>, name: &str, n: u64) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(n.to_string().as_bytes());
+}
+
 fn push_epoch(out: &mut Vec<u8>, epoch: Option<u64>) {
     if let Some(e) = epoch {
-        out.extend_from_slice(b",\"epoch\":");
-        out.extend_from_slice(e.to_string().as_bytes());
+        push_num(out, "epoch", e);
     }
 }
 
 fn push_position(out: &mut Vec<u8>, p: Position) {
     out.extend_from_slice(b"{\"epoch\":");
     out.extend_from_slice(p.epoch.to_string().as_bytes());
-    out.extend_from_slice(b",\"seq\":");
-    out.extend_from_slice(p.seq.to_string().as_bytes());
+    push_num(out, "seq", p.seq);
     out.push(b'}');
 }
 
@@ -241,8 +247,7 @@ pub fn message_json_at(
     out.extend_from_slice(b"{\"type\":\"message\",");
     push_stream(&mut out, stream);
     push_epoch(&mut out, epoch);
-    out.extend_from_slice(b",\"seq\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
+    push_num(&mut out, "seq", seq);
     out.extend_from_slice(b",\"data\":");
     out.extend_from_slice(data.get().as_bytes());
     out.push(b'}');
@@ -266,8 +271,7 @@ pub fn message_binary_at(
     head.extend_from_slice(b"{\"type\":\"message\",");
     push_stream(&mut head, stream);
     push_epoch(&mut head, epoch);
-    head.extend_from_slice(b",\"seq\":");
-    head.extend_from_slice(seq.to_string().as_bytes());
+    push_num(&mut head, "seq", seq);
     head.push(b'}');
     let mut out = Vec::with_capacity(4 + head.len() + data.len());
     out.extend_from_slice(&(head.len() as u32).to_be_bytes());
@@ -301,8 +305,7 @@ pub fn welcome(
         Some(d) => push_json_str(&mut out, d),
         None => out.extend_from_slice(b"null"),
     }
-    out.extend_from_slice(b",\"epoch\":");
-    out.extend_from_slice(epoch.to_string().as_bytes());
+    push_num(&mut out, "epoch", epoch);
     out.extend_from_slice(b",\"channels\":[");
     for (i, c) in channels.iter().enumerate() {
         if i > 0 {
@@ -353,10 +356,8 @@ pub fn subscribed(channel: &str, p: Position) -> Vec<u8> {
     let mut out = Vec::with_capacity(80 + channel.len());
     out.extend_from_slice(b"{\"type\":\"subscribed\",\"channel\":");
     push_json_str(&mut out, channel);
-    out.extend_from_slice(b",\"epoch\":");
-    out.extend_from_slice(p.epoch.to_string().as_bytes());
-    out.extend_from_slice(b",\"seq\":");
-    out.extend_from_slice(p.seq.to_string().as_bytes());
+    push_num(&mut out, "epoch", p.epoch);
+    push_num(&mut out, "seq", p.seq);
     out.push(b'}');
     out
 }
@@ -367,10 +368,8 @@ pub fn resumed(stream: &Stream<'_>, from: u64, to: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(80);
     out.extend_from_slice(b"{\"type\":\"resumed\",");
     push_stream(&mut out, stream);
-    out.extend_from_slice(b",\"from\":");
-    out.extend_from_slice(from.to_string().as_bytes());
-    out.extend_from_slice(b",\"to\":");
-    out.extend_from_slice(to.to_string().as_bytes());
+    push_num(&mut out, "from", from);
+    push_num(&mut out, "to", to);
     out.push(b'}');
     out
 }
@@ -402,10 +401,8 @@ pub fn reset(stream: &Stream<'_>, p: Position, reason: ResetReason) -> Vec<u8> {
     let mut out = Vec::with_capacity(112);
     out.extend_from_slice(b"{\"type\":\"reset\",");
     push_stream(&mut out, stream);
-    out.extend_from_slice(b",\"epoch\":");
-    out.extend_from_slice(p.epoch.to_string().as_bytes());
-    out.extend_from_slice(b",\"seq\":");
-    out.extend_from_slice(p.seq.to_string().as_bytes());
+    push_num(&mut out, "epoch", p.epoch);
+    push_num(&mut out, "seq", p.seq);
     out.extend_from_slice(b",\"reason\":");
     push_json_str(&mut out, reason.as_str());
     out.push(b'}');
