@@ -58,11 +58,17 @@ fn encode_and_queue(c: &mut Criterion) {
         })
     });
     let frame = encode_message(&Stream::Channel("prices"), 17, &payload, Priority::Normal).bytes;
+    let mut shed = Vec::new();
     g.bench_function("queue a shared frame into an empty outbox and drain it", |b| {
         b.iter_batched_ref(
             Outbox::default,
             |o| {
-                let q = o.push_bounded(Bytes::clone(&frame), Priority::Normal, 1 << 20, 4096);
+                let q = o.push_bounded(
+                    Bytes::clone(&frame),
+                    Priority::Normal,
+                    (1 << 20, 4096),
+                    &mut shed,
+                );
                 let _ = o.flush(|iov| Ok(iov.iter().map(|s| s.len()).sum()));
                 black_box(q.queued)
             },

@@ -143,3 +143,42 @@ fn the_history_api_shows_positions_and_kept_messages() {
     let (_, b) = s.get("/v1/streams/broadcast");
     assert_eq!(b["guarantee"], "ephemeral");
 }
+
+#[test]
+fn a_slow_consumer_that_stopped_reading_gets_its_gap_refilled_once_it_reads_again() {
+    let s = Server::start(&[
+        "--outbox-max-bytes",
+        "64KiB",
+        "--history-size",
+        "1000",
+        "--history-bytes",
+        "64MiB",
+        "--slow-consumer-timeout",
+        "30s",
+    ]);
+    let mut c = Client::connect(s.addr, "/ws?channels=gaps");
+    s.wait_for("/v1/channels/gaps", |v| v["subscribers"] == 1);
+    // The client reads nothing while 12 MB are published: the socket buffers fill, then the
+    // outbox, and the rest is deferred to gap repair.
+    let data = "x".repeat(30_000);
+    let (mut queued, mut deferred) = (0, 0);
+    for _ in 0..400 {
+        let (status, r) = s.post("/v1/publish", json!({"channel": "gaps", "data": data}));
+        assert_eq!((status, r["dropped"].as_u64()), (200, Some(0)), "{r}");
+        queued += r["queued"].as_u64().unwrap();
+        deferred += r["deferred"].as_u64().unwrap();
+    }
+    assert_eq!(queued + deferred, 400);
+    assert!(deferred > 0, "the outbox never filled");
+    // It reads again: every message arrives once, in order, then live ones.
+    for want in 1..=400u64 {
+        let m = c.json();
+        assert_eq!((m["type"].as_str(), m["seq"].as_u64()), (Some("message"), Some(want)));
+    }
+    s.post("/v1/publish", json!({"channel": "gaps", "data": "live"}));
+    let m = c.json();
+    assert_eq!((m["seq"].as_u64(), m["data"].as_str()), (Some(401), Some("live")));
+    let (_, stats) = s.get("/v1/stats");
+    assert!(stats["totals"]["gap_repairs"].as_u64() > Some(0), "{stats}");
+    assert_eq!(stats["totals"]["slow_consumers_closed"], 0);
+}

@@ -40,6 +40,10 @@ struct Client {
     s: UnixStream,
     dec: Decoder,
     buf: Vec<u8>,
+    /// The part of a message received so far.
+    partial: Vec<u8>,
+    /// A close frame has arrived.
+    got_close: bool,
     eof: bool,
 }
 
@@ -53,7 +57,14 @@ impl Client {
         );
         s.write_all(head.as_bytes()).unwrap();
         sim.run();
-        let mut c = Client { s, dec: Decoder::new(Role::Client), buf: Vec::new(), eof: false };
+        let mut c = Client {
+            s,
+            dec: Decoder::new(Role::Client),
+            buf: Vec::new(),
+            partial: Vec::new(),
+            got_close: false,
+            eof: false,
+        };
         c.fill();
         let end = c.buf.windows(4).position(|w| w == b"\r\n\r\n").expect("a whole response") + 4;
         let head: Vec<u8> = c.buf.drain(..end).collect();
@@ -90,10 +101,21 @@ impl Client {
         while let Some((ev, n)) = self.dec.decode(&mut self.buf[pos..], &limits).unwrap() {
             pos += n;
             out.push(match ev {
-                Event::Data { payload, .. } => Got::Text(String::from_utf8_lossy(payload).into()),
+                Event::Data { payload, last, .. } => {
+                    // A message may arrive in pieces, as the socket delivers it.
+                    self.partial.extend_from_slice(payload);
+                    if !last {
+                        continue;
+                    }
+                    let whole = std::mem::take(&mut self.partial);
+                    Got::Text(String::from_utf8_lossy(&whole).into())
+                }
                 Event::Ping(_) => Got::Ping,
                 Event::Pong(_) => continue,
-                Event::Close(code, reason) => Got::Close(code.map(|c| c.0), reason.to_string()),
+                Event::Close(code, reason) => {
+                    self.got_close = true;
+                    Got::Close(code.map(|c| c.0), reason.to_string())
+                }
             });
         }
         self.buf.drain(..pos);
@@ -134,11 +156,15 @@ fn json_payload(v: &str) -> Payload {
 
 /// Publishes as the API does: to the channel's home shard. Returns the report.
 fn publish(sim: &SimNode, channel: &str, data: &str) -> Arc<Report> {
+    publish_at(sim, channel, data, Priority::Normal)
+}
+
+fn publish_at(sim: &SimNode, channel: &str, data: &str, priority: Priority) -> Arc<Report> {
     let (report, part, _done) = Report::new(clock::now());
     let m = ShardMsg::Publish {
         channel: channel.into(),
         payload: json_payload(data),
-        priority: Priority::Normal,
+        priority,
         report: part,
     };
     sim.send(home_of(channel, sim.shards()), m);
@@ -251,7 +277,7 @@ fn a_subscription_is_in_place_before_it_is_acknowledged_across_shards() {
         assert_eq!(got, [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]);
     }
     for r in reports {
-        assert_eq!(r.totals(), Totals { recipients: 2, queued: 2, dropped: 0, offline: 0 });
+        assert_eq!(r.totals(), Totals { recipients: 2, queued: 2, ..Default::default() });
     }
 }
 
@@ -319,13 +345,13 @@ fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     slow.messages();
     let data = format!("\"{}\"", "x".repeat(4000));
     // Far more than the socket buffer and the outbox hold together; the client reads nothing.
-    let mut dropped = 0;
+    let mut deferred = 0;
     for _ in 0..40 {
         let reports: Vec<_> = (0..25).map(|_| publish(&sim, &ch, &data)).collect();
         sim.run();
-        dropped += reports.iter().map(|r| r.totals().dropped).sum::<u64>();
+        deferred += reports.iter().map(|r| r.totals().deferred).sum::<u64>();
     }
-    assert!(dropped > 0, "the outbox cap was never reached");
+    assert!(deferred > 0, "the outbox cap was never reached");
     sim.advance_by_steps(Duration::from_secs(2), TICK);
     assert_eq!(sim.counters(1).slow_consumers_closed.get(), 1);
     // The close handshake gets --close-timeout, which a client that reads nothing misses.
@@ -533,11 +559,44 @@ fn base64url(b: &[u8]) -> String {
     out
 }
 
+/// The connection drops; a new one on `shard` resumes every followed stream from the last
+/// position seen, by a resume message or by `?resume=`. What arrived before the drop counts;
+/// the rest is lost with the socket.
+fn reconnect(
+    sim: &mut SimNode,
+    mut old: Client,
+    followers: [&mut Follower; 2],
+    shard: usize,
+    by_query: bool,
+) -> Client {
+    let m = old.messages();
+    let [f, g] = followers;
+    f.take(&m);
+    g.take(&m);
+    drop(old);
+    sim.run();
+    let json = format!(
+        r#"{{"channel:{}":{{"epoch":{},"seq":{}}},"channel:{}":{{"epoch":{},"seq":{}}}}}"#,
+        f.ch, f.epoch, f.seq, g.ch, g.epoch, g.seq
+    );
+    if by_query {
+        Client::open(sim, shard, &format!("resume={}", base64url(json.as_bytes())))
+    } else {
+        let mut c = Client::open(sim, shard, "");
+        c.messages();
+        c.send(OpCode::Text, format!(r#"{{"type":"resume","streams":{json}}}"#).as_bytes());
+        c
+    }
+}
+
 /// What the logical client does between turns.
 #[derive(Clone, Debug)]
 enum Op {
     /// Publish this many messages.
     Publish(u8),
+    /// Publish this many high-priority messages to the second channel (they shed the first
+    /// channel's queued messages from a full outbox).
+    Urgent(u8),
     /// Let the node run (deliver what is queued).
     Run,
     /// The connection drops; a new one on this shard resumes from the last position seen,
@@ -550,7 +609,8 @@ enum Op {
 fn op() -> impl proptest::strategy::Strategy<Value = Op> {
     use proptest::prelude::*;
     prop_oneof![
-        (1u8..12).prop_map(Op::Publish),
+        (1u8..20).prop_map(Op::Publish),
+        (1u8..6).prop_map(Op::Urgent),
         Just(Op::Run),
         ((0usize..2), any::<bool>()).prop_map(|(s, q)| Op::Reconnect(s, q)),
         Just(Op::Read),
@@ -576,7 +636,7 @@ impl Follower {
                         assert_eq!(p["epoch"].as_u64(), Some(self.epoch), "{m}");
                     }
                 }
-                Some("reset") => {
+                Some("reset") if m["stream"] == stream.as_str() => {
                     // Loss said out loud: continue after where the server says.
                     let (e, s) = position(m);
                     assert!(s >= self.seq && e == self.epoch, "{m} at {}", self.seq);
@@ -601,45 +661,62 @@ proptest::proptest! {
     /// continues; and it only ever misses what the history no longer held.
     #[test]
     fn resume_never_loses_silently(ops in proptest::collection::vec(op(), 1..60)) {
-        let mut sim = node(&["--history-size", "16"]);
+        // A small outbox, so publishes overflow it and gap repair runs as well.
+        let mut sim = node(&["--history-size", "16", "--outbox-max-frames", "8"]);
         let ch = homed_on(1, "prop");
-        let mut c = Client::open(&mut sim, 0, &format!("channels={ch}"));
+        let hot = homed_on(0, "hot");
+        let mut c = Client::open(&mut sim, 0, &format!("channels={ch},{hot}"));
         let w = c.messages();
         let epoch = w[0]["streams"][format!("channel:{ch}")]["epoch"].as_u64().unwrap();
         let mut f = Follower { ch: ch.clone(), epoch, seq: 0, data_seen: Vec::new() };
+        let mut g = Follower { ch: hot.clone(), epoch, seq: 0, data_seen: Vec::new() };
         f.take(&w[1..]);
-        let mut published = 0u64;
+        g.take(&w[1..]);
+        let (mut published, mut urgent) = (0u64, 0u64);
         for op in ops {
             match op {
                 Op::Publish(n) => {
                     for _ in 0..n {
                         published += 1;
-                        publish(&sim, &ch, &published.to_string());
+                        publish_at(&sim, &ch, &published.to_string(), Priority::Low);
+                    }
+                }
+                Op::Urgent(n) => {
+                    for _ in 0..n {
+                        urgent += 1;
+                        publish_at(&sim, &hot, &urgent.to_string(), Priority::High);
                     }
                 }
                 Op::Run => sim.run(),
-                Op::Read => f.take(&c.messages()),
+                Op::Read => {
+                    let m = c.messages();
+                    f.take(&m);
+                    g.take(&m);
+                }
                 Op::Reconnect(shard, by_query) => {
-                    // What arrived before the drop counts; the rest is lost with the socket.
-                    f.take(&c.messages());
-                    drop(std::mem::replace(&mut c, Client::open(&mut sim, shard, "")));
-                    sim.run();
-                    let at = (f.epoch, f.seq);
-                    if by_query {
-                        let json = format!(r#"{{"channel:{ch}":{{"epoch":{},"seq":{}}}}}"#, at.0, at.1);
-                        c = Client::open(&mut sim, shard, &format!("resume={}", base64url(json.as_bytes())));
-                    } else {
-                        c.messages();
-                        c.send(OpCode::Text, resume_msg(&ch, at).as_bytes());
-                    }
+                    c = reconnect(&mut sim, c, [&mut f, &mut g], shard, by_query);
                 }
             }
+            // Closed 4002 (it fell behind its history): a client reconnects and resumes.
+            if c.got_close {
+                c = reconnect(&mut sim, c, [&mut f, &mut g], 1, false);
+            }
         }
-        sim.run();
-        f.take(&c.messages());
+        for _ in 0..4 {
+            sim.run();
+            let m = c.messages();
+            f.take(&m);
+            g.take(&m);
+            if !c.got_close {
+                break;
+            }
+            c = reconnect(&mut sim, c, [&mut f, &mut g], 0, false);
+        }
         proptest::prop_assert_eq!(f.seq, published, "caught up with the stream at the end");
+        proptest::prop_assert_eq!(g.seq, urgent, "caught up with the second stream too");
         // Data arrives in publish order (seq n carries data n).
         proptest::prop_assert!(f.data_seen.windows(2).all(|w| w[0] < w[1]));
+        proptest::prop_assert!(g.data_seen.windows(2).all(|w| w[0] < w[1]));
     }
 }
 
@@ -692,7 +769,7 @@ fn a_session_token_brings_back_the_subscriptions_and_a_forged_one_is_refused() {
 }
 
 #[test]
-fn a_replay_larger_than_the_outbox_stops_with_a_reset_after_what_fit() {
+fn a_replay_larger_than_the_outbox_arrives_whole_over_several_drains() {
     let mut sim = node(&["--outbox-max-frames", "8", "--history-size", "100"]);
     let ch = homed_on(0, "big");
     let mut c = Client::open(&mut sim, 1, &format!("channels={ch}"));
@@ -708,22 +785,201 @@ fn a_replay_larger_than_the_outbox_stops_with_a_reset_after_what_fit() {
     back.send(OpCode::Text, resume_msg(&ch, (epoch, 0)).as_bytes());
     sim.run();
     let got = back.messages();
-    let data = channel_data(&got, &ch);
-    assert!(!data.is_empty() && data.len() < 40, "{got:?}");
-    assert_eq!(
-        data,
-        (1..=data.len() as u64).map(|s| (s, s)).collect::<Vec<_>>(),
-        "in order from 1"
-    );
-    // The reset comes after the frames that fit, and says where the stream continues.
-    let reset = got.iter().position(|m| m["type"] == "reset").expect("a reset");
-    let last_msg = got.iter().rposition(|m| m["type"] == "message").unwrap();
-    assert!(reset > last_msg, "{got:?}");
-    assert_eq!(
-        (got[reset]["reason"].as_str(), got[reset]["seq"].as_u64()),
-        (Some("outbox_full"), Some(40))
-    );
+    assert_eq!(got[0]["type"], "resumed", "{got:?}");
+    assert_eq!((got[0]["from"].as_u64(), got[0]["to"].as_u64()), (Some(1), Some(40)));
+    // Eight frames at a time fit; each drain refills the rest from the history.
+    assert_eq!(channel_data(&got, &ch), (1..=40).map(|s| (s, s)).collect::<Vec<_>>());
+    assert!(got.iter().all(|m| m["type"] != "reset"), "{got:?}");
+    assert!(sim.counters(1).gap_repairs.get() >= 4);
     publish(&sim, &ch, "41");
     sim.run();
     assert_eq!(channel_data(&back.messages(), &ch), [(41, 41)]);
+    assert_eq!(sim.counters(1).gapped_connections.get(), 0);
+}
+
+/// Publishes `n` messages of about 4 KB to `ch`, 25 per run of the node, and returns the sum
+/// of their reports.
+fn flood(sim: &mut SimNode, ch: &str, n: usize) -> Totals {
+    let data = format!("\"{}\"", "x".repeat(4000));
+    let mut t = Totals::default();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(25) {
+        let reports: Vec<_> = chunk.iter().map(|_| publish(sim, ch, &data)).collect();
+        sim.run();
+        for r in reports {
+            let r = r.totals();
+            t.queued += r.queued;
+            t.dropped += r.dropped;
+            t.deferred += r.deferred;
+        }
+    }
+    t
+}
+
+/// The seqs of `ch`'s messages in `got`, and every other text message.
+fn seqs_and_rest(got: &[Got], ch: &str) -> (Vec<u64>, Vec<serde_json::Value>) {
+    let stream = format!("channel:{ch}");
+    let (mut seqs, mut rest) = (Vec::new(), Vec::new());
+    for g in got {
+        if let Got::Text(t) = g {
+            let m: serde_json::Value = serde_json::from_str(t).unwrap();
+            if m["type"] == "message" && m["stream"] == stream.as_str() {
+                seqs.push(m["seq"].as_u64().unwrap());
+            } else {
+                rest.push(m);
+            }
+        }
+    }
+    (seqs, rest)
+}
+
+#[test]
+fn a_slow_consumer_that_drains_gets_its_gap_refilled_in_order_then_live() {
+    let mut sim = node(&[
+        "--outbox-max-frames",
+        "16",
+        "--history-size",
+        "1000",
+        "--history-bytes",
+        "16MiB",
+        "--slow-consumer-timeout",
+        "60s",
+    ]);
+    let ch = homed_on(0, "ticks");
+    let mut slow = Client::open(&mut sim, 1, &format!("channels={ch}"));
+    slow.messages();
+    // The client reads nothing: the socket buffer fills, then the outbox, then the rest waits.
+    let t = flood(&mut sim, &ch, 300);
+    assert!(t.deferred > 0, "{t:?}");
+    assert_eq!(t.dropped, 0, "a recoverable channel loses nothing: {t:?}");
+    assert_eq!(t.queued + t.deferred, 300);
+    assert_eq!(sim.counters(1).gapped_connections.get(), 1);
+    // It reads: each drain asks the home for what the gap missed, until it has caught up.
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        let more = slow.recv();
+        let quiet = more.is_empty();
+        got.extend(more);
+        sim.run();
+        if quiet && sim.counters(1).gapped_connections.get() == 0 {
+            break;
+        }
+    }
+    let (seqs, rest) = seqs_and_rest(&got, &ch);
+    assert_eq!(seqs, (1..=300).collect::<Vec<_>>(), "every message, once, in order");
+    assert!(rest.is_empty(), "no reset, nothing else: {rest:?}");
+    assert!(!slow.closed());
+    assert!(sim.counters(1).gap_repairs.get() > 0);
+    assert_eq!(sim.counters(1).slow_consumers_closed.get(), 0);
+    publish(&sim, &ch, "301");
+    sim.run();
+    assert_eq!(channel_data(&slow.messages(), &ch), [(301, 301)]);
+}
+
+#[test]
+fn a_gap_older_than_the_ring_is_reset_then_closed_4002() {
+    let mut sim = node(&[
+        "--outbox-max-frames",
+        "16",
+        "--history-size",
+        "20",
+        "--slow-consumer-timeout",
+        "60s",
+    ]);
+    let ch = homed_on(0, "ticks");
+    let mut slow = Client::open(&mut sim, 1, &format!("channels={ch}"));
+    slow.messages();
+    let t = flood(&mut sim, &ch, 300);
+    assert!(t.deferred > 0, "{t:?}");
+    // Now it reads; the gap began far before the 20 the ring holds.
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        got.extend(slow.recv());
+        sim.run();
+        if slow.closed() {
+            break;
+        }
+    }
+    got.extend(slow.recv());
+    let (seqs, _) = seqs_and_rest(&got, &ch);
+    let n = seqs.len() as u64;
+    assert!(n > 0 && n < 280, "{n}");
+    assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "in order up to the gap");
+    let texts: Vec<serde_json::Value> = got
+        .iter()
+        .filter_map(|g| match g {
+            Got::Text(t) => Some(serde_json::from_str(t).unwrap()),
+            _ => None,
+        })
+        .collect();
+    let reset = texts.last().unwrap();
+    assert_eq!(
+        (reset["type"].as_str(), reset["reason"].as_str(), reset["seq"].as_u64()),
+        (Some("reset"), Some("history_exceeded"), Some(300)),
+        "the stream is reset first: {reset}"
+    );
+    assert_eq!(got.last(), Some(&Got::Close(Some(4002), "slow consumer".into())));
+    assert_eq!(sim.counters(1).gap_resets.get(), 1);
+    assert_eq!(sim.counters(1).slow_consumers_closed.get(), 1);
+}
+
+#[test]
+fn a_slow_consumer_of_an_ephemeral_channel_is_told_with_a_reset_and_stays() {
+    let dir = std::env::temp_dir().join(format!("ringcast-sim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("eph.toml");
+    std::fs::write(&file, "[[streams]]\npattern = \"ticks*\"\nguarantee = \"ephemeral\"\n")
+        .unwrap();
+    let file = file.to_string_lossy().to_string();
+    let args = [
+        "ringcast",
+        "--tick",
+        "100ms",
+        "--ping-interval",
+        "0",
+        "--outbox-max-frames",
+        "16",
+        "--slow-consumer-timeout",
+        "60s",
+        "--config",
+        &file,
+    ];
+    let cfg = Config::load(args).unwrap().config;
+    let mut sim = SimNode::new(&cfg, 2).unwrap();
+    let ch = homed_on(0, "ticks");
+    let mut slow = Client::open(&mut sim, 1, &format!("channels={ch}"));
+    slow.messages();
+    let t = flood(&mut sim, &ch, 300);
+    assert!(t.dropped > 0 && t.deferred == 0, "no history to defer to: {t:?}");
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        got.extend(slow.recv());
+        sim.run();
+    }
+    // Every gap is told by a reset where it is, saying where the stream goes on.
+    let stream = format!("channel:{ch}");
+    let (mut last, mut resets) = (0, 0);
+    for g in &got {
+        let Got::Text(t) = g else { continue };
+        let m: serde_json::Value = serde_json::from_str(t).unwrap();
+        match m["type"].as_str() {
+            Some("message") if m["stream"] == stream.as_str() => {
+                assert_eq!(m["seq"].as_u64(), Some(last + 1), "an untold gap");
+                last += 1;
+            }
+            Some("reset") => {
+                assert_eq!(m["reason"], "history_exceeded");
+                let seq = m["seq"].as_u64().unwrap();
+                assert!(seq > last, "{m}");
+                (last, resets) = (seq, resets + 1);
+            }
+            _ => panic!("{m}"),
+        }
+    }
+    assert_eq!(last, 300);
+    assert!(resets > 0);
+    assert!(!slow.closed(), "an ephemeral channel's subscriber stays");
+    publish(&sim, &ch, "301");
+    sim.run();
+    assert_eq!(channel_data(&slow.messages(), &ch), [(301, 301)]);
+    let _ = std::fs::remove_dir_all(&dir);
 }

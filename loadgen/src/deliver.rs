@@ -40,7 +40,7 @@ pub(crate) fn publish_loop(
                 scope.spawn(move || {
                     let mut errors = 0u64;
                     let mut last = 0u64;
-                    let mut reported = [0u64; 4];
+                    let mut reported = [0u64; REPORT_FIELDS.len()];
                     let mut statuses: std::collections::BTreeMap<u16, u64> =
                         std::collections::BTreeMap::new();
                     let mut i = k;
@@ -57,10 +57,7 @@ pub(crate) fn publish_loop(
                         match publisher.post(&body(i, last)) {
                             Ok((200, resp)) => {
                                 if let Ok(v) = serde_json::from_slice::<Value>(&resp) {
-                                    for (slot, k) in ["recipients", "queued", "dropped", "offline"]
-                                        .iter()
-                                        .enumerate()
-                                    {
+                                    for (slot, k) in REPORT_FIELDS.iter().enumerate() {
                                         reported[slot] += v[*k].as_u64().unwrap_or(0);
                                     }
                                 }
@@ -87,7 +84,7 @@ pub(crate) fn publish_loop(
     let mut errors = 0;
     let mut last = first;
     let mut statuses = std::collections::BTreeMap::new();
-    let mut reported = [0u64; 4];
+    let mut reported = [0u64; REPORT_FIELDS.len()];
     for r in results {
         let (e, l, st, rep) = r.map_err(|_| "a publisher thread panicked".to_string())?;
         errors += e;
@@ -110,13 +107,21 @@ pub(crate) struct Published {
     /// First and last send time (ns since loadgen started).
     pub(crate) first: u64,
     pub(crate) last: u64,
-    /// The delivery reports the server answered with, summed (recipients, queued, dropped,
-    /// offline), if it sends ringcast's.
-    pub(crate) reported: [u64; 4],
+    /// The delivery reports the server answered with, summed field by field
+    /// ([`REPORT_FIELDS`]), if it sends ringcast's.
+    pub(crate) reported: [u64; REPORT_FIELDS.len()],
 }
 
-pub(crate) fn reported_json(r: [u64; 4]) -> Value {
-    json!({"recipients": r[0], "queued": r[1], "dropped": r[2], "offline": r[3]})
+/// The fields of ringcast's delivery report, in `Published::reported` order.
+const REPORT_FIELDS: [&str; 6] =
+    ["recipients", "queued", "dropped", "deferred", "conflated", "offline"];
+
+pub(crate) fn reported_json(r: [u64; REPORT_FIELDS.len()]) -> Value {
+    let mut o = serde_json::Map::new();
+    for (k, v) in REPORT_FIELDS.iter().zip(r) {
+        o.insert((*k).to_string(), v.into());
+    }
+    Value::Object(o)
 }
 
 /// A live progress line on stderr while deliveries arrive, when stderr is a terminal;

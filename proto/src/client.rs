@@ -280,6 +280,32 @@ pub fn message_binary_at(
     out
 }
 
+/// Where a message frame the server encoded belongs: its wire stream name and seq. Takes the
+/// whole frame as [`message_json_at`] or [`message_binary_at`] made it, WebSocket header
+/// included; anything else is `None`. The shard reads this back only on its rare paths (a
+/// queued message shed from a full outbox), so frames carry no side table of positions.
+pub fn delivered_at(frame: &[u8]) -> Option<(&str, u64)> {
+    let (header, at) = crate::frame::FrameHeader::parse(frame).ok()??;
+    let body = frame.get(at..)?;
+    let body = match header.opcode {
+        crate::OpCode::Text => body,
+        crate::OpCode::Binary => body.get(4..)?,
+        _ => return None,
+    };
+    let rest = body.strip_prefix(b"{\"type\":\"message\",\"stream\":\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    let stream = std::str::from_utf8(&rest[..end]).ok()?;
+    let mut rest = &rest[end + 1..];
+    if let Some(r) = rest.strip_prefix(b",\"epoch\":") {
+        let digits = r.iter().take_while(|b| b.is_ascii_digit()).count();
+        rest = &r[digits..];
+    }
+    let r = rest.strip_prefix(b",\"seq\":")?;
+    let digits = r.iter().take_while(|b| b.is_ascii_digit()).count();
+    let seq = std::str::from_utf8(&r[..digits]).ok()?.parse().ok()?;
+    Some((stream, seq))
+}
+
 /// The first message on a connection: who it is, its channels, and the position of each
 /// stream it starts with (`streams`, wire stream name → position; seq 0 for a stream with no
 /// message yet).
@@ -436,6 +462,51 @@ pub const PONG: &[u8] = b"{\"type\":\"pong\"}";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn a_message_frame_says_where_it_belongs(
+            name in "[a-zA-Z0-9_.:@/-]{1,128}",
+            kind in 0u8..4,
+            epoch in proptest::option::of(proptest::prelude::any::<u64>()),
+            seq in proptest::prelude::any::<u64>(),
+            binary in proptest::prelude::any::<bool>(),
+            len in 0usize..70_000,
+        ) {
+            let stream = match kind {
+                0 => Stream::Channel(&name),
+                1 => Stream::User(&name),
+                2 => Stream::Broadcast,
+                _ => Stream::Direct,
+            };
+            let (op, body) = if binary {
+                (crate::OpCode::Binary, message_binary_at(&stream, epoch, seq, &vec![b'"'; len]))
+            } else {
+                let data = serde_json::value::RawValue::from_string(format!("\"{}\"", "x".repeat(len))).unwrap();
+                (crate::OpCode::Text, message_json_at(&stream, epoch, seq, &data))
+            };
+            let mut frame = Vec::new();
+            crate::frame::encode_frame(&mut frame, op, true, None, &body);
+            let want = match stream {
+                Stream::Channel(c) => format!("channel:{c}"),
+                Stream::User(u) => format!("user:{u}"),
+                Stream::Broadcast => "broadcast".into(),
+                Stream::Direct => "direct".into(),
+            };
+            proptest::prop_assert_eq!(delivered_at(&frame), Some((want.as_str(), seq)));
+            // Cut short, or not a message at all: no answer, and no panic.
+            proptest::prop_assert_eq!(delivered_at(&frame[..12]), None);
+        }
+    }
+
+    #[test]
+    fn only_message_frames_have_a_position() {
+        let mut f = Vec::new();
+        crate::frame::encode_frame(&mut f, crate::OpCode::Text, true, None, PONG);
+        assert_eq!(delivered_at(&f), None);
+        assert_eq!(delivered_at(b""), None);
+        assert_eq!(delivered_at(&[0x81]), None);
+    }
 
     #[test]
     fn parses_client_messages() {

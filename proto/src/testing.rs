@@ -98,7 +98,9 @@ pub fn check_handshake(data: &[u8]) {
 /// The client protocol parser on arbitrary bytes: never panics, and whatever it accepts names
 /// only streams the name rule allows.
 pub fn check_client(data: &[u8]) {
-    use crate::client::{valid_name, ClientMsg};
+    use crate::client::{delivered_at, valid_name, ClientMsg};
+    // The server's own frames read back: any bytes give an answer or none, never a panic.
+    let _ = delivered_at(data);
     match parse_client(data) {
         Ok(ClientMsg::Subscribe { channel, .. }) | Ok(ClientMsg::Unsubscribe(channel)) => {
             assert!(valid_name(&channel))

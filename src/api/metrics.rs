@@ -93,6 +93,12 @@ pub(crate) fn render(
         "Frame bytes held in stream histories (replayed to clients that resume).",
         &|_, s| s.history_bytes.get(),
     );
+    per_shard(
+        &mut o,
+        "ringcast_gapped_connections",
+        "Connections with a gap waiting for repair.",
+        &|_, s| s.gapped_connections.get(),
+    );
     per_shard(&mut o, "ringcast_inbox_depth", "Messages waiting in the shard inbox.", &|i, _| {
         router.depth(i) as u64
     });
@@ -138,7 +144,23 @@ pub(crate) fn render(
         &[
             ("history", sum(c, |s| s.resets.get())),
             ("outbox_full", sum(c, |s| s.replay_overflows.get())),
+            ("gap", sum(c, |s| s.gap_resets.get())),
         ],
+    );
+    o.counter(
+        "ringcast_deferred_total",
+        "Channel pushes a slow subscriber's outbox had no room for, left to gap repair.",
+        sum(c, |s| s.pushes_deferred.get()),
+    );
+    o.counter(
+        "ringcast_gap_repairs_total",
+        "Gaps refilled from history once a slow subscriber's outbox drained.",
+        sum(c, |s| s.gap_repairs.get()),
+    );
+    o.counter(
+        "ringcast_gap_repaired_messages_total",
+        "History messages queued by gap repairs.",
+        sum(c, |s| s.gap_repaired.get()),
     );
     o.counter(
         "ringcast_messages_received_total",

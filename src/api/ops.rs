@@ -71,7 +71,14 @@ impl Done {
         if self.kick {
             json!({ "kicked": t.recipients, "offline": t.offline, "discarded": t.dropped })
         } else {
-            json!({ "recipients": t.recipients, "queued": t.queued, "dropped": t.dropped, "offline": t.offline })
+            json!({
+                "recipients": t.recipients,
+                "queued": t.queued,
+                "dropped": t.dropped,
+                "deferred": t.deferred,
+                "conflated": t.conflated,
+                "offline": t.offline,
+            })
         }
     }
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use crate::proto::CloseReason;
 
 use super::ids::ConnId;
-use super::msg::ShardMsg;
+use super::msg::{Frame, ShardMsg};
 use super::streams::{Position, StreamKey};
 
 /// One thing the shard must do.
@@ -34,7 +34,7 @@ pub(crate) enum Effect {
     Unsubscribe { conn: ConnId, channel: Arc<str> },
     /// Frames `conn` missed of `stream`, in order, within the outbox caps; if they do not all
     /// fit, the client is told with a `reset` at `at`.
-    Replay { conn: ConnId, stream: StreamKey, at: Position, frames: Vec<Bytes> },
+    Replay { conn: ConnId, stream: StreamKey, at: Position, frames: Vec<Frame> },
     /// A client message was refused (counted in `client_errors`).
     ClientError,
     /// Close `conn` for this reason.

@@ -7,6 +7,8 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use super::msg::Priority;
+
 use super::streams::StreamKey;
 
 /// What a stream promises about messages a client missed.
@@ -123,6 +125,9 @@ pub struct Stored {
     pub seq: u64,
     pub at_ms: u64,
     pub frame: Bytes,
+    /// The lane it was delivered in: a replay goes in the same one, so the stream's live
+    /// messages cannot overtake it.
+    pub priority: Priority,
 }
 
 /// A stream's history ring.
@@ -207,7 +212,7 @@ mod tests {
         Keep { guarantee: Guarantee::Recoverable, size: 3, ttl_ms: 1000, bytes: 100 };
 
     fn stored(seq: u64, at_ms: u64, len: usize) -> Stored {
-        Stored { seq, at_ms, frame: Bytes::from(vec![0u8; len]) }
+        Stored { seq, at_ms, frame: Bytes::from(vec![0u8; len]), priority: Priority::Normal }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::effect::{Effect, Effects, Expected};
 use super::ids::ConnId;
 use super::msg::{ConnInfo, Frame, ShardMsg, Target};
 use super::report::Totals;
-use super::streams::{StreamKey, Streams};
+use super::streams::{Position, StreamKey, Streams};
 
 /// How the home service behaves, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +48,7 @@ impl Home {
                 | ShardMsg::SendConn { .. }
                 | ShardMsg::Kick { .. }
                 | ShardMsg::Subscribed { .. }
+                | ShardMsg::Repaired { .. }
                 | ShardMsg::Joined { .. }
         )
     }
@@ -81,6 +82,16 @@ impl Home {
                 let msg = ShardMsg::Subscribed { conn, channel, at, catch_up };
                 out.push_back(Effect::Update { shard: usize::from(conn.shard), msg });
             }
+            ShardMsg::Repair { channel, conn, after } => {
+                // The subscriber follows the channel, so its epoch has held since it
+                // subscribed: the gap is in the current epoch.
+                let key = StreamKey::Channel(channel.clone());
+                let epoch = self.streams.position(&key, now_ms).epoch;
+                let catch_up = self.streams.catch_up(&key, Position { epoch, seq: after }, now_ms);
+                let kept = self.streams.recoverable(&key);
+                let msg = ShardMsg::Repaired { conn, channel, catch_up, kept };
+                out.push_back(Effect::Update { shard: usize::from(conn.shard), msg });
+            }
             ShardMsg::ChannelCount { channel, shard, delta } => {
                 self.channels.count(&channel, usize::from(shard), delta, self.p.shards);
             }
@@ -93,10 +104,10 @@ impl Home {
                     return;
                 };
                 let key = StreamKey::User(user);
-                let (_, bytes) = self
-                    .streams
-                    .append_with(&key, now_ms, |pos| encode_at(&key.wire(), pos, &payload));
-                let frame = Frame { bytes, priority };
+                let (_, bytes) = self.streams.append_with(&key, now_ms, priority, |pos| {
+                    encode_at(&key.wire(), pos, &payload)
+                });
+                let frame = Frame { bytes, priority, kept: self.streams.recoverable(&key) };
                 conns.sort_by_key(|c| c.shard);
                 for group in conns.chunk_by(|a, b| a.shard == b.shard) {
                     let msg = ShardMsg::Deliver {
@@ -120,10 +131,10 @@ impl Home {
                 if shards.is_empty() && !self.streams.recoverable(&key) {
                     return;
                 }
-                let (_, bytes) = self
-                    .streams
-                    .append_with(&key, now_ms, |pos| encode_at(&key.wire(), pos, &payload));
-                let frame = Frame { bytes, priority };
+                let (_, bytes) = self.streams.append_with(&key, now_ms, priority, |pos| {
+                    encode_at(&key.wire(), pos, &payload)
+                });
+                let frame = Frame { bytes, priority, kept: self.streams.recoverable(&key) };
                 for shard in shards {
                     let msg = ShardMsg::Deliver {
                         target: Target::Channel(channel.clone()),
@@ -135,10 +146,12 @@ impl Home {
                 }
             }
             ShardMsg::Broadcast { payload, priority, report } => {
-                let (_, bytes) = self.streams.append_with(&StreamKey::Broadcast, now_ms, |pos| {
-                    encode_at(&Stream::Broadcast, pos, &payload)
-                });
-                let frame = Frame { bytes, priority };
+                let (_, bytes) =
+                    self.streams.append_with(&StreamKey::Broadcast, now_ms, priority, |pos| {
+                        encode_at(&Stream::Broadcast, pos, &payload)
+                    });
+                let kept = self.streams.recoverable(&StreamKey::Broadcast);
+                let frame = Frame { bytes, priority, kept };
                 for shard in 0..self.p.shards {
                     let msg = ShardMsg::Deliver {
                         target: Target::All,
@@ -193,6 +206,7 @@ impl Home {
             | ShardMsg::SendConn { .. }
             | ShardMsg::Kick { .. }
             | ShardMsg::Subscribed { .. }
+            | ShardMsg::Repaired { .. }
             | ShardMsg::Joined { .. } => {
                 debug_assert!(false, "not a home message");
             }

@@ -16,6 +16,7 @@ pub(crate) mod identity;
 pub mod ids;
 pub mod index;
 pub mod msg;
+pub(crate) mod repair;
 pub mod report;
 pub(crate) mod session;
 pub(crate) mod streams;

@@ -38,10 +38,12 @@ pub enum Payload {
 }
 
 /// A frame ready to queue, shared by every recipient.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     pub bytes: Bytes,
     pub priority: Priority,
+    /// The stream keeps a history this message is in, so a gap in it can be refilled.
+    pub kept: bool,
 }
 
 /// Which local connections a delivery is for.
@@ -106,6 +108,13 @@ pub enum ShardMsg {
         shard: u16,
         delta: i32,
     },
+    /// A subscriber's outbox had no room for some of the channel's messages and has drained:
+    /// answer with what came after `after` (in `Repaired`).
+    Repair {
+        channel: Arc<str>,
+        conn: ConnId,
+        after: u64,
+    },
 
     // ----- requests, to the home shard -----
     PushUser {
@@ -158,6 +167,14 @@ pub enum ShardMsg {
         channel: Arc<str>,
         at: Position,
         catch_up: Option<CatchUp>,
+    },
+    /// The answer to `Repair`: what the subscriber missed, or a reset. `kept`: the channel
+    /// keeps history (so a reset means the gap outgrew it).
+    Repaired {
+        conn: ConnId,
+        channel: Arc<str>,
+        catch_up: CatchUp,
+        kept: bool,
     },
     /// The user's home recorded the connection; its user stream stands at `at`.
     Joined {

@@ -17,6 +17,8 @@ pub struct Report {
     queued: AtomicU64,
     dropped: AtomicU64,
     offline: AtomicU64,
+    deferred: AtomicU64,
+    conflated: AtomicU64,
     pending: AtomicI64,
     done: Mutex<Option<oneshot::Sender<()>>>,
 }
@@ -32,6 +34,23 @@ pub struct Totals {
     pub dropped: u64,
     /// Addressed users, or connections, with nothing connected.
     pub offline: u64,
+    /// Frames a slow subscriber's outbox had no room for, which its channel's history will
+    /// refill once it drains (gap repair): late, not lost.
+    pub deferred: u64,
+    /// Older frames with the same conflation key this one replaced in outboxes.
+    pub conflated: u64,
+}
+
+impl Totals {
+    /// One recipient's frame that did not fit: deferred when its stream's history will refill
+    /// it, dropped otherwise.
+    pub(crate) fn add_lost(&mut self, kept: bool) {
+        if kept {
+            self.deferred += 1;
+        } else {
+            self.dropped += 1;
+        }
+    }
 }
 
 impl Report {
@@ -44,6 +63,8 @@ impl Report {
             queued: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             offline: AtomicU64::new(0),
+            deferred: AtomicU64::new(0),
+            conflated: AtomicU64::new(0),
             pending: AtomicI64::new(1),
             done: Mutex::new(Some(tx)),
         });
@@ -56,6 +77,8 @@ impl Report {
             queued: self.queued.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
             offline: self.offline.load(Relaxed),
+            deferred: self.deferred.load(Relaxed),
+            conflated: self.conflated.load(Relaxed),
         }
     }
 }
@@ -81,6 +104,11 @@ impl ReportPart {
         self.0.queued.fetch_add(t.queued, Relaxed);
         self.0.dropped.fetch_add(t.dropped, Relaxed);
         self.0.offline.fetch_add(t.offline, Relaxed);
+        for (total, n) in [(&self.0.deferred, t.deferred), (&self.0.conflated, t.conflated)] {
+            if n > 0 {
+                total.fetch_add(n, Relaxed);
+            }
+        }
     }
 }
 
@@ -106,12 +134,15 @@ mod tests {
         let b = a.split();
         part.add(Totals { recipients: 1, queued: 1, ..Default::default() });
         drop(part);
-        b.add(Totals { recipients: 2, queued: 1, dropped: 1, offline: 0 });
+        b.add(Totals { recipients: 2, queued: 1, dropped: 1, ..Default::default() });
         drop(b);
         assert_eq!(rx.try_recv(), Ok(None), "a part is still out");
         drop(a);
         assert_eq!(rx.try_recv(), Ok(Some(())));
-        assert_eq!(r.totals(), Totals { recipients: 3, queued: 2, dropped: 1, offline: 0 });
+        assert_eq!(
+            r.totals(),
+            Totals { recipients: 3, queued: 2, dropped: 1, ..Default::default() }
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::msg::{Frame, Priority};
+
 use crate::proto::client::{ResetReason, Stream};
 
 use super::history::{Keep, Ring, Rules, Stored};
@@ -63,7 +65,7 @@ struct Entry {
 pub enum CatchUp {
     /// The frames after `since`, oldest first (none when it missed nothing); the stream
     /// continues live after `to`.
-    Replay { from: u64, to: Position, frames: Vec<Bytes> },
+    Replay { from: u64, to: Position, frames: Vec<Frame> },
     /// Continuity is lost; the stream continues live after `at`.
     Reset { at: Position, reason: ResetReason },
 }
@@ -137,7 +139,7 @@ impl Streams {
     /// Numbers the next message of `key`.
     #[cfg(test)]
     pub(crate) fn append(&mut self, key: &StreamKey, now_ms: u64) -> Position {
-        self.append_with(key, now_ms, |_| Bytes::new()).0
+        self.append_with(key, now_ms, Priority::Normal, |_| Bytes::new()).0
     }
 
     /// Numbers the next message of `key`, encodes it with `encode` (given its position and
@@ -146,6 +148,7 @@ impl Streams {
         &mut self,
         key: &StreamKey,
         now_ms: u64,
+        priority: Priority,
         encode: impl FnOnce(Position) -> Bytes,
     ) -> (Position, Bytes) {
         let e = self.entry(key, now_ms);
@@ -155,7 +158,7 @@ impl Streams {
         let frame = encode(pos);
         let keep = e.keep;
         let delta = e.ring.push(
-            Stored { seq: pos.seq, at_ms: now_ms, frame: frame.clone() },
+            Stored { seq: pos.seq, at_ms: now_ms, frame: frame.clone(), priority },
             &keep,
             now_ms,
         );
@@ -213,7 +216,11 @@ impl Streams {
         }
         match e.ring.oldest() {
             Some(oldest) if oldest <= since.seq + 1 => {
-                let frames = e.ring.after(since.seq).map(|s| s.frame.clone()).collect();
+                let frames = e
+                    .ring
+                    .after(since.seq)
+                    .map(|s| Frame { bytes: s.frame.clone(), priority: s.priority, kept: true })
+                    .collect();
                 CatchUp::Replay { from: since.seq + 1, to: at, frames }
             }
             _ => CatchUp::Reset { at, reason: ResetReason::HistoryExceeded },
@@ -307,7 +314,7 @@ mod tests {
     }
 
     fn push(s: &mut Streams, key: &StreamKey, now: u64, len: usize) -> Position {
-        s.append_with(key, now, |p| Bytes::from(vec![p.seq as u8; len])).0
+        s.append_with(key, now, Priority::Normal, |p| Bytes::from(vec![p.seq as u8; len])).0
     }
 
     #[test]
@@ -322,7 +329,7 @@ mod tests {
         match s.catch_up(&ch, Position { epoch: 1000, seq: 5 }, 9) {
             CatchUp::Replay { from, to, frames } => {
                 assert_eq!((from, to), (6, at));
-                assert_eq!(frames.iter().map(|f| f[0]).collect::<Vec<_>>(), [6, 7, 8]);
+                assert_eq!(frames.iter().map(|f| f.bytes[0]).collect::<Vec<_>>(), [6, 7, 8]);
             }
             r => panic!("{r:?}"),
         }

@@ -98,6 +98,11 @@ impl Mesh {
         self.router.shards()
     }
 
+    /// Whether this shard has sent itself a message not handled yet.
+    pub(crate) fn has_local(&self) -> bool {
+        !self.local.is_empty()
+    }
+
     /// The next message this shard sent itself.
     pub(crate) fn next_local(&mut self) -> Option<ShardMsg> {
         self.local.pop_front()

@@ -74,15 +74,16 @@ impl Outbox {
         dropped
     }
 
-    /// Queues a push within the caps, shedding lower priorities first. An empty outbox always
-    /// takes one frame, however large: the caps bound the queue, not the message (whose size
-    /// the API bounds).
+    /// Queues a push within the caps, shedding lower priorities first (the frames shed go into
+    /// `shed`, so the caller can tell which streams lost what). An empty outbox always takes
+    /// one frame, however large: the caps bound the queue, not the message (whose size the API
+    /// bounds).
     pub fn push_bounded(
         &mut self,
         frame: Bytes,
         p: Priority,
-        max_bytes: usize,
-        max_frames: usize,
+        (max_bytes, max_frames): (usize, usize),
+        shed: &mut Vec<Bytes>,
     ) -> Queued {
         let fits = |o: &Outbox| {
             o.frames == 0 || (o.bytes + frame.len() <= max_bytes && o.frames < max_frames)
@@ -95,6 +96,7 @@ impl Outbox {
                         self.bytes -= f.len();
                         self.frames -= 1;
                         evicted += 1;
+                        shed.push(f);
                     }
                     None => continue 'shed,
                 }
@@ -106,6 +108,24 @@ impl Outbox {
         }
         self.push(frame, p);
         Queued { queued: true, evicted }
+    }
+
+    /// Drops the queued frames `drop` picks (not a frame already half-written); returns how
+    /// many.
+    pub(crate) fn purge(&mut self, mut drop: impl FnMut(&Bytes) -> bool) -> usize {
+        let mut n = 0;
+        for lane in &mut self.lanes {
+            lane.retain(|f| {
+                let gone = drop(f);
+                if gone {
+                    self.bytes -= f.len();
+                    self.frames -= 1;
+                    n += 1;
+                }
+                !gone
+            });
+        }
+        n
     }
 
     pub(crate) fn bytes(&self) -> usize {
@@ -267,6 +287,26 @@ mod tests {
     }
 
     #[test]
+    fn purge_drops_what_it_picks_but_not_the_half_written_frame() {
+        let f = |s: &'static str| Bytes::from_static(s.as_bytes());
+        let mut o = Outbox::default();
+        o.push(f("a1"), Priority::Normal);
+        o.push(f("b1"), Priority::Normal);
+        o.push(f("a2"), Priority::Low);
+        let mut first = true;
+        let _ = o.flush(|_| {
+            if std::mem::take(&mut first) {
+                Ok(1)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+        });
+        assert_eq!(o.purge(|x| x[0] == b'a'), 1, "a1 is half out and stays");
+        assert_eq!((o.bytes(), o.frames()), (3, 2));
+        assert_eq!(drain_all(&mut o), b"1b1");
+    }
+
+    #[test]
     fn high_goes_first() {
         let mut o = Outbox::default();
         o.push(Bytes::from_static(b"l"), Priority::Low);
@@ -278,37 +318,39 @@ mod tests {
     #[test]
     fn full_outbox_sheds_lower_priorities_oldest_first() {
         let mut o = Outbox::default();
+        let mut shed = Vec::new();
         let f = |s: &'static str| Bytes::from_static(s.as_bytes());
-        assert!(o.push_bounded(f("l1"), Priority::Low, 6, 10).queued);
-        assert!(o.push_bounded(f("l2"), Priority::Low, 6, 10).queued);
-        assert!(o.push_bounded(f("n1"), Priority::Normal, 6, 10).queued);
+        assert!(o.push_bounded(f("l1"), Priority::Low, (6, 10), &mut shed).queued);
+        assert!(o.push_bounded(f("l2"), Priority::Low, (6, 10), &mut shed).queued);
+        assert!(o.push_bounded(f("n1"), Priority::Normal, (6, 10), &mut shed).queued);
         // Full (6 bytes): a low push finds nothing lower to shed and is dropped.
         assert_eq!(
-            o.push_bounded(f("l3"), Priority::Low, 6, 10),
+            o.push_bounded(f("l3"), Priority::Low, (6, 10), &mut shed),
             Queued { queued: false, evicted: 0 }
         );
         // A high push sheds the oldest low frame.
         assert_eq!(
-            o.push_bounded(f("h1"), Priority::High, 6, 10),
+            o.push_bounded(f("h1"), Priority::High, (6, 10), &mut shed),
             Queued { queued: true, evicted: 1 }
         );
         // A normal push sheds the remaining low frame.
         assert_eq!(
-            o.push_bounded(f("n2"), Priority::Normal, 6, 10),
+            o.push_bounded(f("n2"), Priority::Normal, (6, 10), &mut shed),
             Queued { queued: true, evicted: 1 }
         );
         // Nothing lower than normal is left: the next normal push is dropped.
         assert_eq!(
-            o.push_bounded(f("n3"), Priority::Normal, 6, 10),
+            o.push_bounded(f("n3"), Priority::Normal, (6, 10), &mut shed),
             Queued { queued: false, evicted: 0 }
         );
+        assert_eq!(shed, [f("l1"), f("l2")], "what was shed, in order");
         assert_eq!(drain_all(&mut o), b"h1n1n2");
         // The frame cap counts too.
-        assert!(o.push_bounded(f("a"), Priority::Low, 100, 1).queued);
-        assert!(!o.push_bounded(f("b"), Priority::Low, 100, 1).queued);
+        assert!(o.push_bounded(f("a"), Priority::Low, (100, 1), &mut shed).queued);
+        assert!(!o.push_bounded(f("b"), Priority::Low, (100, 1), &mut shed).queued);
         // A frame larger than the byte cap still goes into an empty outbox, alone.
         let mut o = Outbox::default();
-        assert!(o.push_bounded(f("toolarge"), Priority::Normal, 4, 10).queued);
-        assert!(!o.push_bounded(f("x"), Priority::Normal, 4, 10).queued);
+        assert!(o.push_bounded(f("toolarge"), Priority::Normal, (4, 10), &mut shed).queued);
+        assert!(!o.push_bounded(f("x"), Priority::Normal, (4, 10), &mut shed).queued);
     }
 }

@@ -210,6 +210,11 @@ impl Session {
         true
     }
 
+    /// The channel named `name`, if the session follows it (asked for, answered or not).
+    pub(crate) fn channel(&self, name: &str) -> Option<Arc<str>> {
+        self.channels.iter().find(|c| &***c == name).cloned()
+    }
+
     /// The user's home recorded the connection; its user stream stands at `at`.
     pub(crate) fn on_joined(
         slot: &mut Option<Box<Session>>,

@@ -167,7 +167,7 @@ fn resuming_replays_or_resets_and_never_repeats_a_live_subscription() {
     Session::on_message(&mut s, C, true, resume, Now::default(), &p, &mut out);
     assert_eq!(text(&out), ["+a@9.1"]);
     out.clear();
-    let frames = vec![Bytes::from_static(b"2"), Bytes::from_static(b"3"), Bytes::from_static(b"4")];
+    let frames = vec![frame(b"2"), frame(b"3"), frame(b"4")];
     let replay = CatchUp::Replay { from: 2, to: AT, frames };
     assert!(answer(&mut s, "a", Some(replay), &mut out));
     assert_eq!(
@@ -290,7 +290,7 @@ fn what_a_client_does_before_its_welcome_never_holds_or_reorders_it() {
     Session::on_message(&mut s, C, true, resume, Now::default(), &p, &mut out);
     out.clear();
     // The answer for c (not awaited) must not send the welcome early.
-    let frames = vec![Bytes::from_static(b"2")];
+    let frames = vec![frame(b"2")];
     answer(&mut s, "c", Some(CatchUp::Replay { from: 2, to: AT, frames }), &mut out);
     assert!(!text(&out).iter().any(|t| t.contains("welcome")), "{:?}", text(&out));
     // a's late answer and b's and the user's complete it.
@@ -319,7 +319,7 @@ fn answers_to_a_resume_at_connect_follow_the_welcome() {
     let mut s = Session::open(C, id, Now::default(), &params(), &mut out);
     assert_eq!(text(&out), ["+a@9.2"]);
     out.clear();
-    let frames = vec![Bytes::from_static(b"3"), Bytes::from_static(b"4")];
+    let frames = vec![frame(b"3"), frame(b"4")];
     answer(&mut s, "a", Some(CatchUp::Replay { from: 3, to: AT, frames }), &mut out);
     let t = text(&out);
     assert_eq!(t[0], "replay 2", "frames wait behind the held welcome in the outbox");
@@ -356,4 +356,12 @@ fn activity_reaches_the_home_at_most_once_per_report_interval() {
     }
     let active = text(&out).iter().filter(|t| *t == "active").count();
     assert_eq!(active, 2);
+}
+
+fn frame(b: &'static [u8]) -> crate::push::msg::Frame {
+    crate::push::msg::Frame {
+        bytes: Bytes::from_static(b),
+        priority: crate::push::msg::Priority::Normal,
+        kept: true,
+    }
 }

@@ -48,6 +48,9 @@ pub(crate) mod flag {
     pub(crate) const PEER_CLOSED: u16 = 256;
     /// The welcome waits for its streams' positions: nothing is written before it.
     pub(crate) const WELCOME_PENDING: u16 = 512;
+    /// A channel's messages did not fit the outbox: the shard's `Repairs` holds the gap, to
+    /// refill once the outbox drains.
+    pub(crate) const GAPPED: u16 = 1024;
 }
 
 /// Input kept between reads: an incomplete request head, frame header or control frame, and

@@ -2,6 +2,8 @@
 //! deliveries, direct sends and kicks are for this shard's connections. Whatever the session
 //! and home state machines return is applied here, in order.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::clock;
@@ -16,7 +18,7 @@ use crate::push::index::Change;
 use crate::push::msg::{Frame, Priority, ShardMsg, Target};
 use crate::push::report::{ReportPart, Totals};
 use crate::push::session::Session;
-use crate::push::streams::CatchUp;
+use crate::push::streams::{CatchUp, Position, StreamKey};
 
 use super::super::conn::{flag, Route};
 use super::Core;
@@ -38,7 +40,7 @@ impl Core {
                     recipients: 1,
                     queued: u64::from(queued),
                     dropped: u64::from(!queued),
-                    offline: 0,
+                    ..Default::default()
                 };
                 self.count_pushes(t);
                 report.add(t);
@@ -64,6 +66,9 @@ impl Core {
                 {
                     self.counters.subscriptions.inc();
                 }
+            }
+            ShardMsg::Repaired { conn, channel, catch_up, kept } => {
+                self.repaired(conn, &channel, catch_up, kept)
             }
             ShardMsg::Joined { conn, at } => {
                 if let Some(key) = self.local(conn) {
@@ -134,28 +139,22 @@ impl Core {
                     if self.channels.unsubscribe(&channel, conn.slot) == Change::Changed {
                         self.counters.subscriptions.sub(1);
                     }
+                    if let Some(key) = self.local(conn) {
+                        if self.conns[key].has(flag::GAPPED) {
+                            self.repairs.left(conn.slot, &channel);
+                            self.gaps_changed(key);
+                        }
+                    }
                     self.count_channel(channel, -1);
                 }
                 Effect::Replay { conn, stream, at, frames } => {
                     let Some(key) = self.local(conn) else { continue };
-                    let mut t = Totals::default();
-                    for bytes in frames {
-                        t.recipients += 1;
-                        if self.queue_push(key, &Frame { bytes, priority: Priority::Normal }) {
-                            t.queued += 1;
-                        } else {
-                            // The rest would leave a gap: say so right behind what was
-                            // queued (same lane, outside the caps), and continue live.
-                            let body = client::reset(&stream.wire(), at, ResetReason::OutboxFull);
-                            let mut v = Vec::with_capacity(body.len() + 4);
-                            encode_frame(&mut v, crate::proto::OpCode::Text, true, None, &body);
-                            self.queue_lane(key, Bytes::from(v), Priority::Normal);
-                            self.counters.replay_overflows.inc();
-                            break;
+                    match stream {
+                        StreamKey::Channel(ch) => {
+                            self.queue_replay(key, &ch, frames);
                         }
+                        other => self.queue_replay_or_reset(key, &other, at, frames),
                     }
-                    self.counters.replayed.add(t.queued);
-                    self.counters.frames_out.add(t.queued);
                 }
                 Effect::ClientError => self.counters.client_errors.inc(),
                 Effect::Close { conn, reason } => {
@@ -209,8 +208,8 @@ impl Core {
         let mut slots = std::mem::take(&mut self.scratch);
         slots.clear();
         match target {
-            Target::Conns(ids) => {
-                for id in ids {
+            Target::Conns(ref ids) => {
+                for &id in ids {
                     match self.local(id) {
                         Some(key) => slots.push(key as u32),
                         None => {
@@ -220,8 +219,8 @@ impl Core {
                     }
                 }
             }
-            Target::Channel(ch) => {
-                if let Some(set) = self.channels.subscribers(&ch) {
+            Target::Channel(ref ch) => {
+                if let Some(set) = self.channels.subscribers(ch) {
                     slots.extend(set.iter().copied());
                 }
             }
@@ -232,10 +231,25 @@ impl Core {
                     .map(|(k, _)| k as u32),
             ),
         }
+        let channel = match &target {
+            Target::Channel(ch) => Some(ch),
+            _ => None,
+        };
         for &slot in &slots {
             t.recipients += 1;
-            if self.queue_push(slot as usize, frame) {
+            let key = slot as usize;
+            if let Some(ch) = channel {
+                if self.conns[key].has(flag::GAPPED) && self.repairs.holds(slot, ch) {
+                    // Behind a gap: this message comes with its repair (or its reset).
+                    t.add_lost(frame.kept);
+                    continue;
+                }
+            }
+            if self.queue_push(key, frame) {
                 t.queued += 1;
+            } else if let Some(ch) = channel.filter(|_| self.conns[key].phase.is_open()) {
+                self.lost(key, ch, &frame.bytes);
+                t.add_lost(frame.kept);
             } else {
                 t.dropped += 1;
             }
@@ -250,6 +264,7 @@ impl Core {
         self.counters.pushes_queued.add(t.queued);
         self.counters.frames_out.add(t.queued);
         self.counters.pushes_dropped.add(t.dropped);
+        self.counters.pushes_deferred.add(t.deferred);
     }
 
     /// Queues a push within the outbox caps; returns whether it was queued (the caller counts
@@ -265,7 +280,8 @@ impl Core {
         }
         let ob = conn.outbox.get_or_insert_with(Default::default);
         let before = ob.bytes();
-        let q = ob.push_bounded(frame.bytes.clone(), frame.priority, max_bytes, max_frames);
+        let caps = (max_bytes, max_frames);
+        let q = ob.push_bounded(frame.bytes.clone(), frame.priority, caps, &mut self.shed);
         let after = ob.bytes();
         if ob.is_empty() {
             conn.outbox = None;
@@ -274,6 +290,12 @@ impl Core {
         self.counters.outbox_bytes.sub(before as u64);
         if q.evicted > 0 {
             self.counters.pushes_evicted.add(q.evicted as u64);
+            let shed = std::mem::take(&mut self.shed);
+            for f in &shed {
+                self.shed_from(key, f);
+            }
+            self.shed = shed;
+            self.shed.clear();
         }
         if q.queued {
             self.mark_dirty(key);
@@ -289,5 +311,113 @@ impl Core {
             }
         }
         q.queued
+    }
+
+    /// A message of `channel` did not reach connection `key`: open (or widen) its gap there,
+    /// to refill once its outbox drains.
+    fn lost(&mut self, key: usize, channel: &Arc<str>, frame: &Bytes) {
+        let Some((_, seq)) = client::delivered_at(frame) else { return };
+        self.repairs.lost(key as u32, channel, seq);
+        self.conns[key].set(flag::GAPPED);
+        self.counters.gapped_connections.set(self.repairs.open() as u64);
+    }
+
+    /// A queued frame was shed to make room for a higher priority. If it is a message of a
+    /// channel the connection follows, the gap opens at it, and the channel's later frames
+    /// still queued go too (they come again with the repair, in order).
+    fn shed_from(&mut self, key: usize, frame: &Bytes) {
+        let Some((stream, seq)) = client::delivered_at(frame) else { return };
+        let Some(name) = stream.strip_prefix("channel:") else { return };
+        let conn = &mut self.conns[key];
+        let Some(ch) = conn.session.as_ref().and_then(|s| s.channel(name)) else { return };
+        let mut purged = 0;
+        if let Some(ob) = conn.outbox.as_mut() {
+            let before = ob.bytes();
+            purged = ob.purge(
+                |f| matches!(client::delivered_at(f), Some((s, q)) if s == stream && q > seq),
+            );
+            self.counters.outbox_bytes.sub((before - ob.bytes()) as u64);
+        }
+        self.counters.pushes_deferred.add(purged as u64);
+        self.lost(key, &ch, frame);
+    }
+
+    /// Queues frames of `channel` a connection missed, in order, within the outbox caps. What
+    /// does not fit opens a gap, refilled from history once the outbox drains.
+    fn queue_replay(&mut self, key: usize, channel: &Arc<str>, frames: Vec<Frame>) -> u64 {
+        let mut queued = 0;
+        for frame in frames {
+            if self.queue_push(key, &frame) {
+                queued += 1;
+            } else {
+                self.lost(key, channel, &frame.bytes);
+                break;
+            }
+        }
+        self.counters.replayed.add(queued);
+        self.counters.frames_out.add(queued);
+        queued
+    }
+
+    /// A replay of a stream that has no gap repair: what does not fit is said right behind
+    /// what was queued (`reset outbox_full`, same lane, outside the caps).
+    fn queue_replay_or_reset(
+        &mut self,
+        key: usize,
+        stream: &StreamKey,
+        at: Position,
+        frames: Vec<Frame>,
+    ) {
+        let mut queued = 0;
+        for frame in frames {
+            if self.queue_push(key, &frame) {
+                queued += 1;
+            } else {
+                let body = client::reset(&stream.wire(), at, ResetReason::OutboxFull);
+                let mut v = Vec::with_capacity(body.len() + 4);
+                encode_frame(&mut v, crate::proto::OpCode::Text, true, None, &body);
+                self.queue_lane(key, Bytes::from(v), Priority::Normal);
+                self.counters.replay_overflows.inc();
+                break;
+            }
+        }
+        self.counters.replayed.add(queued);
+        self.counters.frames_out.add(queued);
+    }
+
+    /// The home answered a gap's repair: queue what was missed, or tell the client it is gone
+    /// (a channel that keeps history then closes the connection 4002: it fell behind its ring).
+    fn repaired(&mut self, conn: ConnId, channel: &Arc<str>, catch_up: CatchUp, kept: bool) {
+        let Some(key) = self.local(conn) else { return };
+        if self.repairs.answered(conn.slot, channel).is_none() {
+            return;
+        }
+        self.gaps_changed(key);
+        match catch_up {
+            CatchUp::Replay { frames, .. } => {
+                self.counters.gap_repairs.inc();
+                let n = self.queue_replay(key, channel, frames);
+                self.counters.gap_repaired.add(n);
+            }
+            CatchUp::Reset { at, reason } => {
+                self.counters.gap_resets.inc();
+                let body = client::reset(&Stream::Channel(channel), at, reason);
+                let mut v = Vec::with_capacity(body.len() + 4);
+                encode_frame(&mut v, crate::proto::OpCode::Text, true, None, &body);
+                let lane = self.reply_lane(key);
+                self.queue_lane(key, Bytes::from(v), lane);
+                if kept {
+                    self.close_for(key, CloseReason::SlowConsumer);
+                }
+            }
+        }
+    }
+
+    /// After a gap closed or went: the connection's flag and the gauge follow `Repairs`.
+    fn gaps_changed(&mut self, key: usize) {
+        if !self.repairs.any(key as u32) {
+            self.conns[key].clear(flag::GAPPED);
+        }
+        self.counters.gapped_connections.set(self.repairs.open() as u64);
     }
 }

@@ -109,6 +109,10 @@ impl Core {
         }
         self.leave_indexes(key);
         let Some(conn) = self.conns.try_remove(key) else { return };
+        if conn.has(flag::GAPPED) {
+            self.repairs.forget(key as u32);
+            self.counters.gapped_connections.set(self.repairs.open() as u64);
+        }
         self.counters.outbox_bytes.sub(conn.outbox_bytes() as u64);
         if let Some(t) = conn.timer {
             self.wheel.cancel(t);

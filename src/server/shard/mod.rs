@@ -41,6 +41,7 @@ use crate::push::home::{Home, HomeParams};
 use crate::push::identity::Identify;
 use crate::push::ids::ConnId;
 use crate::push::index::ChannelIndex;
+use crate::push::repair::Repairs;
 use crate::push::session::SessionParams;
 use crate::push::streams::Streams;
 use crate::push::token::TokenKey;
@@ -244,6 +245,10 @@ pub(super) struct Core {
     /// What the session and home state machines asked for, applied in order.
     effects: Effects,
     scratch: Vec<u32>,
+    /// Frames shed from an outbox by the last push (looked at, then cleared).
+    shed: Vec<Bytes>,
+    /// Slow subscribers' gaps, refilled from history once their outbox drains.
+    repairs: Repairs,
 }
 
 /// What a shard is built from besides the configuration.
@@ -320,6 +325,8 @@ impl Shard {
             peers,
             effects: Effects::new(),
             scratch: Vec::new(),
+            shed: Vec::new(),
+            repairs: Repairs::default(),
         };
         Ok(Shard { read_buf, core })
     }
@@ -361,6 +368,7 @@ impl Shard {
         self.core.expire_timers(); // handshake, ping, pong, idle, slow and close deadlines
         self.core.sweep_streams(); // once a minute: forget streams idle past their TTL
         self.core.flush_dirty(); // one gather write per connection with queued frames
+        self.core.after_flush(); // what drained outboxes asked of this shard itself
         self.core.next_turn(inbox_left, self.core.ready.is_empty())
     }
 }
@@ -423,6 +431,19 @@ impl Core {
 
     /// Handles the messages this shard sent itself, until none are left (a message may send
     /// more; none is handled inside another).
+    /// A drained outbox may have asked this shard's own home for a gap's repair: answer it in
+    /// this turn and write what it queued, which may drain and ask again (a few rounds per
+    /// turn; the next turn comes at once for the rest).
+    fn after_flush(&mut self) {
+        for _ in 0..16 {
+            if !self.mesh.has_local() {
+                return;
+            }
+            self.settle();
+            self.flush_dirty();
+        }
+    }
+
     fn settle(&mut self) {
         while let Some(m) = self.mesh.next_local() {
             self.handle(m);
@@ -439,7 +460,7 @@ impl Core {
     fn next_turn(&self, inbox_left: bool, nothing_to_read: bool) -> Turn {
         if self.draining && self.conns.is_empty() {
             Turn::Done
-        } else if nothing_to_read && !inbox_left {
+        } else if nothing_to_read && !inbox_left && !self.mesh.has_local() {
             Turn::Wait
         } else {
             Turn::Again

@@ -91,6 +91,13 @@ impl Core {
                 }
             }
         }
+        if conn.outbox.is_none() && conn.has(flag::GAPPED) {
+            // Room again: ask the homes for what the gaps missed.
+            let id = self.conn_id(key);
+            self.repairs.drained(id, self.mesh.shards(), &mut self.effects);
+            self.apply_effects();
+        }
+        let conn = &mut self.conns[key];
         if conn.outbox.is_none() && conn.has(flag::SHUT_AFTER_FLUSH) {
             conn.clear(flag::SHUT_AFTER_FLUSH);
             sys::shutdown_write(conn.fd.as_fd());
