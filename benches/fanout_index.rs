@@ -7,7 +7,6 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ringcast::proto::client::Stream;
 use ringcast::push::index::ChannelIndex;
@@ -57,18 +56,13 @@ fn encode_and_queue(c: &mut Criterion) {
             encode_message(&Stream::Channel("prices"), black_box(17), &payload, Priority::Normal)
         })
     });
-    let frame = encode_message(&Stream::Channel("prices"), 17, &payload, Priority::Normal).bytes;
+    let frame = encode_message(&Stream::Channel("prices"), 17, &payload, Priority::Normal);
     let mut shed = Vec::new();
     g.bench_function("queue a shared frame into an empty outbox and drain it", |b| {
         b.iter_batched_ref(
             Outbox::default,
             |o| {
-                let q = o.push_bounded(
-                    Bytes::clone(&frame),
-                    Priority::Normal,
-                    (1 << 20, 4096),
-                    &mut shed,
-                );
+                let q = o.push_bounded(&frame, (1 << 20, 4096), &mut shed);
                 let _ = o.flush(|iov| Ok(iov.iter().map(|s| s.len()).sum()));
                 black_box(q.queued)
             },

@@ -34,6 +34,23 @@ fn every_endpoint_answers() {
     for want in [1, 2, 3, 4] {
         assert_eq!(c.json()["data"], want);
     }
+    // `ttl` and `conflate` are taken by every delivering call.
+    let extra = json!({"ttl": "30s", "conflate": "k"});
+    for (path, mut req) in [
+        ("/v1/publish", json!({"channel": "room", "data": 5})),
+        ("/v1/push", json!({"user": "alice", "data": 6})),
+        ("/v1/send", json!({"conn": c.id(), "data": 7})),
+        ("/v1/broadcast", json!({"data": 8, "ttl": 0.5})),
+    ] {
+        for (k, v) in extra.as_object().unwrap() {
+            req.as_object_mut().unwrap().entry(k.clone()).or_insert(v.clone());
+        }
+        let (status, r) = s.post(path, req);
+        assert_eq!((status, r["queued"].as_u64()), (200, Some(1)), "{path} {r}");
+    }
+    for want in [5, 6, 7, 8] {
+        assert_eq!(c.json()["data"], want);
+    }
     let (status, user) = s.get("/v1/users/alice");
     assert_eq!(status, 200);
     assert_eq!(user["connections"][0]["conn"], c.id());
@@ -91,6 +108,14 @@ fn bad_requests_name_the_bad_field() {
         ("/v1/publish", r#"{"channel":"x","data":1,"data_base64":"AA=="}"#, Some("data")),
         ("/v1/publish", r#"{"channel":"x","data_base64":"%%%"}"#, Some("data_base64")),
         ("/v1/publish", r#"{"channel":"x","data":1,"priority":"urgent"}"#, Some("priority")),
+        ("/v1/publish", r#"{"channel":"x","data":1,"ttl":0}"#, Some("ttl")),
+        ("/v1/publish", r#"{"channel":"x","data":1,"ttl":"2d"}"#, Some("ttl")),
+        ("/v1/publish", r#"{"channel":"x","data":1,"ttl":90000}"#, Some("ttl")),
+        ("/v1/publish", r#"{"channel":"x","data":1,"ttl":-1}"#, Some("ttl")),
+        ("/v1/publish", r#"{"channel":"x","data":1,"ttl":true}"#, Some("ttl")),
+        ("/v1/publish", r#"{"channel":"x","data":1,"conflate":""}"#, Some("conflate")),
+        ("/v1/publish", r#"{"channel":"x","data":1,"conflate":7}"#, Some("conflate")),
+        ("/v1/broadcast", r#"{"data":1,"conflate":"a b"}"#, Some("conflate")),
         ("/v1/push", r#"{"data":1}"#, Some("user")),
         ("/v1/push", r#"{"user":"u","data":1,"policy":"some"}"#, Some("policy")),
         ("/v1/push", r#"{"user":"u","device":"","data":1}"#, Some("device")),

@@ -16,7 +16,7 @@ use ringcast::config::Config;
 use ringcast::proto::frame::encode_frame;
 use ringcast::proto::{CloseReason, Decoder, Event, Limits, OpCode, Role};
 use ringcast::push::ids::home_of;
-use ringcast::push::msg::{Payload, Priority, ShardMsg};
+use ringcast::push::msg::{Meta, Payload, Priority, ShardMsg};
 use ringcast::push::report::{Report, Totals};
 use ringcast::server::sim::SimNode;
 
@@ -160,11 +160,22 @@ fn publish(sim: &SimNode, channel: &str, data: &str) -> Arc<Report> {
 }
 
 fn publish_at(sim: &SimNode, channel: &str, data: &str, priority: Priority) -> Arc<Report> {
+    publish_with(sim, channel, data, priority, None)
+}
+
+fn publish_with(
+    sim: &SimNode,
+    channel: &str,
+    data: &str,
+    priority: Priority,
+    meta: Option<Meta>,
+) -> Arc<Report> {
     let (report, part, _done) = Report::new(clock::now());
     let m = ShardMsg::Publish {
         channel: channel.into(),
         payload: json_payload(data),
         priority,
+        meta: meta.map(Arc::new),
         report: part,
     };
     sim.send(home_of(channel, sim.shards()), m);
@@ -982,4 +993,73 @@ fn a_slow_consumer_of_an_ephemeral_channel_is_told_with_a_reset_and_stays() {
     sim.run();
     assert_eq!(channel_data(&slow.messages(), &ch), [(301, 301)]);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Fills a client's socket buffer with `fill`'s messages (it reads nothing), so what comes next
+/// waits in its outbox.
+fn fill_socket(sim: &mut SimNode, fill: &str) {
+    let t = flood(sim, fill, 120);
+    assert_eq!((t.queued, t.deferred, t.dropped), (120, 0, 0), "the outbox took them all");
+}
+
+#[test]
+fn conflation_keeps_only_the_latest_per_key_waiting_in_an_outbox() {
+    let mut sim = node(&[]);
+    let (fill, prices) = (homed_on(0, "fill"), homed_on(1, "prices"));
+    let mut c = Client::open(&mut sim, 1, &format!("channels={fill},{prices}"));
+    c.messages();
+    fill_socket(&mut sim, &fill);
+    let key = |k: &str| {
+        Some(Meta { expires_ms: 0, conflate: Some(format!("channel:{prices}\0{k}").into()) })
+    };
+    let mut conflated = 0;
+    for i in 1..=10 {
+        let r = publish_with(&sim, &prices, &i.to_string(), Priority::Normal, key("EURUSD"));
+        let r2 =
+            publish_with(&sim, &prices, &(100 + i).to_string(), Priority::Normal, key("GBPUSD"));
+        sim.run();
+        conflated += r.totals().conflated + r2.totals().conflated;
+    }
+    assert_eq!(conflated, 18, "each replaced the one before it with its key");
+    assert_eq!(sim.counters(1).pushes_conflated.get(), 18);
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        got.extend(c.messages());
+        sim.run();
+    }
+    assert_eq!(channel_data(&got, &prices), [(19, 10), (20, 110)], "the latest value of each key");
+}
+
+#[test]
+fn expired_messages_are_neither_written_nor_replayed() {
+    let mut sim = node(&[]);
+    let (fill, news) = (homed_on(0, "fill"), homed_on(1, "news"));
+    let mut c = Client::open(&mut sim, 1, &format!("channels={fill},{news}"));
+    let epoch = c.messages()[0]["epoch"].as_u64().unwrap();
+    fill_socket(&mut sim, &fill);
+    let unix_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            as u64;
+    let soon = || Some(Meta { expires_ms: unix_ms + 1000, conflate: None });
+    for i in 1..=5 {
+        publish_with(&sim, &news, &i.to_string(), Priority::Normal, soon());
+    }
+    publish(&sim, &news, "6");
+    sim.run();
+    sim.advance_by_steps(Duration::from_secs(2), TICK);
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        got.extend(c.messages());
+        sim.run();
+    }
+    assert_eq!(channel_data(&got, &news), [(6, 6)], "1-5 expired in the outbox");
+    assert_eq!(sim.counters(1).pushes_expired.get(), 5);
+    // Nor from history: a resume from the start gets only what has not expired.
+    let mut back = Client::open(&mut sim, 0, "");
+    back.messages();
+    back.send(OpCode::Text, resume_msg(&news, (epoch, 0)).as_bytes());
+    sim.run();
+    let got = back.messages();
+    assert_eq!((got[0]["type"].as_str(), got[0]["to"].as_u64()), (Some("resumed"), Some(6)));
+    assert_eq!(channel_data(&got, &news), [(6, 6)]);
 }

@@ -4,15 +4,17 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use crate::config::parse_duration;
 use crate::proto::CloseCode;
 use crate::push::directory::Policy;
 use crate::push::ids::{valid_name, ConnId};
-use crate::push::msg::{Payload, Priority};
+use crate::push::msg::{Meta, Payload, Priority};
 
 /// A bad request: the message and the field it is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +41,9 @@ pub(crate) struct Fields {
 }
 
 const NAME_RULE: &str = "1-128 bytes of A-Z a-z 0-9 _ - . : @ /";
+
+/// The longest `ttl` a message may ask for.
+const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// How deeply `data` may nest arrays and objects, on every endpoint (batch lines included).
 /// Deeper payloads are refused with 400: clients' JSON parsers are not all built for more.
@@ -139,6 +144,45 @@ impl Fields {
                     BadRequest::new("data_base64", "\"data_base64\" must be standard base64")
                 }),
         }
+    }
+
+    /// `ttl` (seconds as a number, or a duration string such as "500ms", "30s", "2m"; from
+    /// 1 ms to 24 h) and `conflate` (a key by the name rule), for a message of `stream` sent at
+    /// `now_ms` (Unix). `None` when neither is given.
+    pub(crate) fn meta(&self, stream: &str, now_ms: u64) -> Result<Option<Arc<Meta>>, BadRequest> {
+        const TTL: &str = "\"ttl\" must be a duration from 1ms to 24h: seconds as a number, or a string like \"500ms\", \"30s\", \"2m\"";
+        let ttl = match self.map.get("ttl") {
+            None => None,
+            Some(raw) => {
+                let d = match serde_json::from_str::<serde_json::Value>(raw.get()) {
+                    Ok(serde_json::Value::Number(n)) => n
+                        .as_f64()
+                        .filter(|s| s.is_finite() && (0.0..=1e9).contains(s))
+                        .map(Duration::from_secs_f64),
+                    Ok(serde_json::Value::String(s)) => parse_duration(&s).ok(),
+                    _ => None,
+                };
+                match d {
+                    Some(d) if d >= Duration::from_millis(1) && d <= MAX_TTL => Some(d),
+                    _ => return Err(BadRequest::new("ttl", TTL)),
+                }
+            }
+        };
+        let conflate = match self.opt_str("conflate")? {
+            None => None,
+            Some(k) if valid_name(&k) => Some(format!("{stream}\u{0}{k}").into_boxed_str()),
+            Some(_) => {
+                return Err(BadRequest::new(
+                    "conflate",
+                    format!("\"conflate\" must be {NAME_RULE}"),
+                ))
+            }
+        };
+        if ttl.is_none() && conflate.is_none() {
+            return Ok(None);
+        }
+        let expires_ms = ttl.map_or(0, |d| now_ms.saturating_add(d.as_millis() as u64));
+        Ok(Some(Arc::new(Meta { expires_ms, conflate })))
     }
 
     pub(crate) fn priority(&self) -> Result<Priority, BadRequest> {

@@ -196,6 +196,8 @@ pub(crate) fn render(
             ("outbox_full", sum(c, |s| s.pushes_dropped.get())),
             ("evicted_for_priority", sum(c, |s| s.pushes_evicted.get())),
             ("discarded_on_close", sum(c, |s| s.pushes_discarded.get())),
+            ("expired", sum(c, |s| s.pushes_expired.get())),
+            ("conflated", sum(c, |s| s.pushes_conflated.get())),
             ("inbox_full", sum(c, |s| s.inbox_full.get())),
         ],
     );

@@ -49,10 +49,12 @@ impl Op {
     /// The fields the operation takes; any other is refused by name.
     fn fields(self) -> &'static [&'static str] {
         match self {
-            Op::Publish => &["channel", "data", "data_base64", "priority"],
-            Op::Push => &["user", "device", "data", "data_base64", "policy", "priority"],
-            Op::Send => &["conn", "data", "data_base64", "priority"],
-            Op::Broadcast => &["data", "data_base64", "priority"],
+            Op::Publish => &["channel", "data", "data_base64", "priority", "ttl", "conflate"],
+            Op::Push => {
+                &["user", "device", "data", "data_base64", "policy", "priority", "ttl", "conflate"]
+            }
+            Op::Send => &["conn", "data", "data_base64", "priority", "ttl", "conflate"],
+            Op::Broadcast => &["data", "data_base64", "priority", "ttl", "conflate"],
             Op::Kick => &["user", "conn", "code", "reason"],
         }
     }
@@ -192,39 +194,43 @@ pub(crate) fn dispatch(ctx: &ApiContext, op: Op, f: Fields) -> Result<Pending, A
     f.only(op.fields())?;
     let n = ctx.router.shards();
     let (report, part, done) = Report::new(clock::now());
+    let now_ms = clock::unix_ms();
     let pending = Pending { report, done, kick: op == Op::Kick };
     let send =
         |shard: usize, m: ShardMsg| ctx.router.send(shard, m).map_err(|_| ApiError::Busy { shard });
     match op {
         Op::Publish => {
             let (channel, payload, priority) = (f.name("channel")?, f.payload()?, f.priority()?);
+            let meta = f.meta(&format!("channel:{channel}"), now_ms)?;
             let home = home_of(&channel, n);
-            send(home, ShardMsg::Publish { channel, payload, priority, report: part })?;
+            send(home, ShardMsg::Publish { channel, payload, priority, meta, report: part })?;
         }
         Op::Push => {
             let (user, device) = (f.name("user")?, f.opt_name("device")?);
             let (payload, policy, priority) = (f.payload()?, f.policy()?, f.priority()?);
+            let meta = f.meta(&format!("user:{user}"), now_ms)?;
             let home = home_of(&user, n);
-            send(
-                home,
-                ShardMsg::PushUser { user, device, policy, payload, priority, report: part },
-            )?;
+            let m =
+                ShardMsg::PushUser { user, device, policy, payload, priority, meta, report: part };
+            send(home, m)?;
         }
         Op::Send => {
             let conn =
                 f.conn("conn")?.ok_or_else(|| BadRequest::new("conn", "\"conn\" is required"))?;
             let (payload, priority) = (f.payload()?, f.priority()?);
+            let meta = f.meta("direct", now_ms)?;
             let shard = usize::from(conn.shard);
             if shard >= n {
                 part.add(Totals { offline: 1, ..Default::default() });
             } else {
-                send(shard, ShardMsg::SendConn { conn, payload, priority, report: part })?;
+                send(shard, ShardMsg::SendConn { conn, payload, priority, meta, report: part })?;
             }
         }
         Op::Broadcast => {
             let (payload, priority) = (f.payload()?, f.priority()?);
+            let meta = f.meta("broadcast", now_ms)?;
             let home = home_of(StreamKey::Broadcast.home_name(), n);
-            send(home, ShardMsg::Broadcast { payload, priority, report: part })?;
+            send(home, ShardMsg::Broadcast { payload, priority, meta, report: part })?;
         }
         Op::Kick => {
             let reason = CloseReason::kicked(f.close_code()?, f.reason()?);

@@ -16,7 +16,7 @@ pub fn encode_message(
     payload: &Payload,
     priority: Priority,
 ) -> Frame {
-    Frame { bytes: encode(stream, None, seq, payload), priority, kept: false }
+    Frame { bytes: encode(stream, None, seq, payload), priority, kept: false, meta: None }
 }
 
 /// Encodes a numbered stream message: the first message of an epoch carries the epoch, so a

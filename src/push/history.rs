@@ -4,10 +4,11 @@
 //! sends the very bytes live subscribers got.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::msg::Priority;
+use super::msg::{Meta, Priority};
 
 use super::streams::StreamKey;
 
@@ -128,6 +129,9 @@ pub struct Stored {
     /// The lane it was delivered in: a replay goes in the same one, so the stream's live
     /// messages cannot overtake it.
     pub priority: Priority,
+    /// Its expiry and conflation key, if the publisher gave any: an expired message is not
+    /// replayed.
+    pub meta: Option<Arc<Meta>>,
 }
 
 /// A stream's history ring.
@@ -212,7 +216,13 @@ mod tests {
         Keep { guarantee: Guarantee::Recoverable, size: 3, ttl_ms: 1000, bytes: 100 };
 
     fn stored(seq: u64, at_ms: u64, len: usize) -> Stored {
-        Stored { seq, at_ms, frame: Bytes::from(vec![0u8; len]), priority: Priority::Normal }
+        Stored {
+            seq,
+            at_ms,
+            frame: Bytes::from(vec![0u8; len]),
+            priority: Priority::Normal,
+            meta: None,
+        }
     }
 
     #[test]

@@ -4,14 +4,15 @@
 //! out deliveries, kicks and query replies. A pure state machine: messages and the time in,
 //! [`Effect`]s out; the shard sends what it returns.
 
-use crate::proto::client::Stream;
+use std::sync::Arc;
+
 use crate::proto::CloseReason;
 
 use super::delivery::encode_at;
 use super::directory::{ChannelDirectory, UserConn, UserDirectory};
 use super::effect::{Effect, Effects, Expected};
 use super::ids::ConnId;
-use super::msg::{ConnInfo, Frame, ShardMsg, Target};
+use super::msg::{ConnInfo, Frame, Meta, Payload, Priority, ShardMsg, Target};
 use super::report::Totals;
 use super::streams::{Position, StreamKey, Streams};
 
@@ -38,6 +39,23 @@ pub(crate) struct Home {
 impl Home {
     pub(crate) fn new(p: HomeParams, streams: Streams) -> Home {
         Home { users: UserDirectory::default(), channels: ChannelDirectory::default(), streams, p }
+    }
+
+    /// Numbers the next message of `key`, encodes it once and keeps it if the stream keeps
+    /// history: the frame every recipient shares.
+    fn append(
+        &mut self,
+        key: &StreamKey,
+        now_ms: u64,
+        payload: &Payload,
+        priority: Priority,
+        meta: Option<Arc<Meta>>,
+    ) -> Frame {
+        let stamp = (priority, meta.clone());
+        let (_, bytes) = self
+            .streams
+            .append_with(key, now_ms, stamp, |pos| encode_at(&key.wire(), pos, payload));
+        Frame { bytes, priority, kept: self.streams.recoverable(key), meta }
     }
 
     /// Whether a message is for the home service (rather than for local connections).
@@ -95,7 +113,7 @@ impl Home {
             ShardMsg::ChannelCount { channel, shard, delta } => {
                 self.channels.count(&channel, usize::from(shard), delta, self.p.shards);
             }
-            ShardMsg::PushUser { user, device, policy, payload, priority, report } => {
+            ShardMsg::PushUser { user, device, policy, payload, priority, meta, report } => {
                 let window = self.p.active_window_ms;
                 let Some(mut conns) =
                     self.users.targets(&user, device.as_deref(), policy, now_ms, window)
@@ -104,10 +122,7 @@ impl Home {
                     return;
                 };
                 let key = StreamKey::User(user);
-                let (_, bytes) = self.streams.append_with(&key, now_ms, priority, |pos| {
-                    encode_at(&key.wire(), pos, &payload)
-                });
-                let frame = Frame { bytes, priority, kept: self.streams.recoverable(&key) };
+                let frame = self.append(&key, now_ms, &payload, priority, meta);
                 conns.sort_by_key(|c| c.shard);
                 for group in conns.chunk_by(|a, b| a.shard == b.shard) {
                     let msg = ShardMsg::Deliver {
@@ -123,7 +138,7 @@ impl Home {
                     });
                 }
             }
-            ShardMsg::Publish { channel, payload, priority, report } => {
+            ShardMsg::Publish { channel, payload, priority, meta, report } => {
                 let key = StreamKey::Channel(channel.clone());
                 let shards = self.channels.publish(&channel).unwrap_or_default();
                 // Nobody listens: an ephemeral stream has nothing to keep; a recoverable one
@@ -131,10 +146,7 @@ impl Home {
                 if shards.is_empty() && !self.streams.recoverable(&key) {
                     return;
                 }
-                let (_, bytes) = self.streams.append_with(&key, now_ms, priority, |pos| {
-                    encode_at(&key.wire(), pos, &payload)
-                });
-                let frame = Frame { bytes, priority, kept: self.streams.recoverable(&key) };
+                let frame = self.append(&key, now_ms, &payload, priority, meta);
                 for shard in shards {
                     let msg = ShardMsg::Deliver {
                         target: Target::Channel(channel.clone()),
@@ -145,13 +157,8 @@ impl Home {
                     out.push_back(Effect::Deliver { shard, msg, expected });
                 }
             }
-            ShardMsg::Broadcast { payload, priority, report } => {
-                let (_, bytes) =
-                    self.streams.append_with(&StreamKey::Broadcast, now_ms, priority, |pos| {
-                        encode_at(&Stream::Broadcast, pos, &payload)
-                    });
-                let kept = self.streams.recoverable(&StreamKey::Broadcast);
-                let frame = Frame { bytes, priority, kept };
+            ShardMsg::Broadcast { payload, priority, meta, report } => {
+                let frame = self.append(&StreamKey::Broadcast, now_ms, &payload, priority, meta);
                 for shard in 0..self.p.shards {
                     let msg = ShardMsg::Deliver {
                         target: Target::All,
@@ -197,7 +204,7 @@ impl Home {
                 let _ = reply.send(conns);
             }
             ShardMsg::QueryStream { key, since, limit, reply } => {
-                let _ = reply.send(self.streams.info(&key, since, limit));
+                let _ = reply.send(self.streams.info(&key, since, limit, now_ms));
             }
             ShardMsg::QueryChannel { channel, reply } => {
                 let _ = reply.send(self.channels.subscribers(&channel));
@@ -274,6 +281,7 @@ mod tests {
             policy: Policy::All,
             payload: payload(),
             priority: Priority::Normal,
+            meta: None,
             report: part,
         };
         h.on_msg(msg, 6, &mut out);
@@ -317,6 +325,7 @@ mod tests {
                 channel: "news".into(),
                 payload: payload(),
                 priority: Priority::Normal,
+                meta: None,
                 report: part,
             }
         };

@@ -44,6 +44,26 @@ pub struct Frame {
     pub priority: Priority,
     /// The stream keeps a history this message is in, so a gap in it can be refilled.
     pub kept: bool,
+    /// What the publisher asked beyond the data (`ttl`, `conflate`), if anything.
+    pub meta: Option<Arc<Meta>>,
+}
+
+/// What a publisher asked of a message beyond its data. Shared by every recipient's outbox
+/// entry and the history ring, by reference.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// Unix ms from which the message is neither written from an outbox nor replayed
+    /// (`ttl`); 0: never.
+    pub expires_ms: u64,
+    /// The stream and the publisher's conflation key: a later message with the same replaces
+    /// this one while it still waits in an outbox.
+    pub conflate: Option<Box<str>>,
+}
+
+impl Meta {
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_ms != 0 && now_ms >= self.expires_ms
+    }
 }
 
 /// Which local connections a delivery is for.
@@ -123,12 +143,14 @@ pub enum ShardMsg {
         policy: Policy,
         payload: Payload,
         priority: Priority,
+        meta: Option<Arc<Meta>>,
         report: ReportPart,
     },
     Publish {
         channel: Arc<str>,
         payload: Payload,
         priority: Priority,
+        meta: Option<Arc<Meta>>,
         report: ReportPart,
     },
     /// A broadcast, to the broadcast stream's home: it numbers it, encodes it once and hands
@@ -136,6 +158,7 @@ pub enum ShardMsg {
     Broadcast {
         payload: Payload,
         priority: Priority,
+        meta: Option<Arc<Meta>>,
         report: ReportPart,
     },
     KickUser {
@@ -193,6 +216,7 @@ pub enum ShardMsg {
         conn: ConnId,
         payload: Payload,
         priority: Priority,
+        meta: Option<Arc<Meta>>,
         report: ReportPart,
     },
     Kick {

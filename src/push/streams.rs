@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::msg::{Frame, Priority};
+use super::msg::{Frame, Meta, Priority};
 
 use crate::proto::client::{ResetReason, Stream};
 
@@ -139,7 +139,7 @@ impl Streams {
     /// Numbers the next message of `key`.
     #[cfg(test)]
     pub(crate) fn append(&mut self, key: &StreamKey, now_ms: u64) -> Position {
-        self.append_with(key, now_ms, Priority::Normal, |_| Bytes::new()).0
+        self.append_with(key, now_ms, (Priority::Normal, None), |_| Bytes::new()).0
     }
 
     /// Numbers the next message of `key`, encodes it with `encode` (given its position and
@@ -148,7 +148,7 @@ impl Streams {
         &mut self,
         key: &StreamKey,
         now_ms: u64,
-        priority: Priority,
+        (priority, meta): (Priority, Option<Arc<Meta>>),
         encode: impl FnOnce(Position) -> Bytes,
     ) -> (Position, Bytes) {
         let e = self.entry(key, now_ms);
@@ -158,7 +158,7 @@ impl Streams {
         let frame = encode(pos);
         let keep = e.keep;
         let delta = e.ring.push(
-            Stored { seq: pos.seq, at_ms: now_ms, frame: frame.clone(), priority },
+            Stored { seq: pos.seq, at_ms: now_ms, frame: frame.clone(), priority, meta },
             &keep,
             now_ms,
         );
@@ -219,7 +219,13 @@ impl Streams {
                 let frames = e
                     .ring
                     .after(since.seq)
-                    .map(|s| Frame { bytes: s.frame.clone(), priority: s.priority, kept: true })
+                    .filter(|s| !s.meta.as_ref().is_some_and(|m| m.expired(now_ms)))
+                    .map(|s| Frame {
+                        bytes: s.frame.clone(),
+                        priority: s.priority,
+                        kept: true,
+                        meta: s.meta.clone(),
+                    })
                     .collect();
                 CatchUp::Replay { from: since.seq + 1, to: at, frames }
             }
@@ -250,7 +256,14 @@ impl Streams {
     }
 
     /// What the history API shows of `key`, without creating an entry for it.
-    pub(crate) fn info(&self, key: &StreamKey, since: u64, limit: usize) -> StreamInfo {
+    /// Messages whose ttl has passed at `now_ms` are left out, as from a replay.
+    pub(crate) fn info(
+        &self,
+        key: &StreamKey,
+        since: u64,
+        limit: usize,
+        now_ms: u64,
+    ) -> StreamInfo {
         let Some(e) = self.entries.get(key) else {
             return StreamInfo {
                 recoverable: self.rules.keep_for(key).keeps(),
@@ -263,7 +276,13 @@ impl Streams {
             held: e.ring.len(),
             bytes: e.ring.bytes(),
             oldest: e.ring.oldest(),
-            messages: e.ring.after(since).take(limit).map(|s| (s.seq, s.frame.clone())).collect(),
+            messages: e
+                .ring
+                .after(since)
+                .filter(|s| !s.meta.as_ref().is_some_and(|m| m.expired(now_ms)))
+                .take(limit)
+                .map(|s| (s.seq, s.frame.clone()))
+                .collect(),
         }
     }
 
@@ -314,7 +333,7 @@ mod tests {
     }
 
     fn push(s: &mut Streams, key: &StreamKey, now: u64, len: usize) -> Position {
-        s.append_with(key, now, Priority::Normal, |p| Bytes::from(vec![p.seq as u8; len])).0
+        s.append_with(key, now, (Priority::Normal, None), |p| Bytes::from(vec![p.seq as u8; len])).0
     }
 
     #[test]

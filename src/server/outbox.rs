@@ -8,13 +8,25 @@
 //! When a push does not fit (`--outbox-max-bytes` / `--outbox-max-frames`), queued frames of
 //! *lower* priority are dropped, lowest lane and oldest first, until it fits; if that is not
 //! enough, the new frame is dropped. Control frames bypass the caps.
+//!
+//! A push may carry what its publisher asked beyond the data ([`Meta`]): an expiry, after which
+//! it is dropped rather than written, and a conflation key, by which a later push replaces it
+//! while it still waits. Only such frames cost a look; the outbox counts them.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::push::msg::Priority;
+use crate::push::msg::{Frame, Meta, Priority};
+
+/// A queued frame, and what its publisher asked of it.
+#[derive(Debug)]
+struct Entry {
+    bytes: Bytes,
+    meta: Option<Arc<Meta>>,
+}
 
 /// Most slices handed to one gather write (the kernel's IOV_MAX is 1024).
 const MAX_IOV: usize = 64;
@@ -22,11 +34,13 @@ const MAX_IOV: usize = 64;
 #[derive(Debug, Default)]
 pub struct Outbox {
     /// Indexed by `Priority as usize`: low, normal, high.
-    lanes: [VecDeque<Bytes>; 3],
+    lanes: [VecDeque<Entry>; 3],
     /// A frame partly written, and how much of it went out; it goes first.
     head: Option<(Bytes, usize)>,
     bytes: usize,
     frames: usize,
+    /// Queued entries with a `Meta` (an expiry or a conflation key).
+    metas: usize,
 }
 
 /// How a flush ended.
@@ -45,14 +59,28 @@ pub struct Queued {
     pub queued: bool,
     /// Older, lower-priority frames dropped to make room.
     pub(crate) evicted: usize,
+    /// An older frame with the same conflation key it replaced.
+    pub(crate) conflated: bool,
 }
 
 impl Outbox {
     /// Queues a frame regardless of the caps (control frames, handshake responses, echoes).
     pub(crate) fn push(&mut self, frame: Bytes, p: Priority) {
-        self.bytes += frame.len();
+        self.push_entry(Entry { bytes: frame, meta: None }, p);
+    }
+
+    fn push_entry(&mut self, e: Entry, p: Priority) {
+        self.bytes += e.bytes.len();
         self.frames += 1;
-        self.lanes[p as usize].push_back(frame);
+        self.metas += usize::from(e.meta.is_some());
+        self.lanes[p as usize].push_back(e);
+    }
+
+    /// Takes an entry's counts off (it has left a lane).
+    fn forget(&mut self, e: &Entry) {
+        self.bytes -= e.bytes.len();
+        self.frames -= 1;
+        self.metas -= usize::from(e.meta.is_some());
     }
 
     /// Queues the close frame behind everything already queued (the back of the low lane,
@@ -63,9 +91,8 @@ impl Outbox {
         let mut dropped = 0;
         if discard {
             for lane in [Priority::Low, Priority::Normal] {
-                for f in self.lanes[lane as usize].drain(..) {
-                    self.bytes -= f.len();
-                    self.frames -= 1;
+                for e in std::mem::take(&mut self.lanes[lane as usize]) {
+                    self.forget(&e);
                     dropped += 1;
                 }
             }
@@ -75,28 +102,34 @@ impl Outbox {
     }
 
     /// Queues a push within the caps, shedding lower priorities first (the frames shed go into
-    /// `shed`, so the caller can tell which streams lost what). An empty outbox always takes
-    /// one frame, however large: the caps bound the queue, not the message (whose size the API
-    /// bounds).
+    /// `shed`, so the caller can tell which streams lost what). A push with a conflation key
+    /// first replaces the older frame with the same key still waiting, wherever it is queued.
+    /// An empty outbox always takes one frame, however large: the caps bound the queue, not
+    /// the message (whose size the API bounds).
     pub fn push_bounded(
         &mut self,
-        frame: Bytes,
-        p: Priority,
+        frame: &Frame,
         (max_bytes, max_frames): (usize, usize),
         shed: &mut Vec<Bytes>,
     ) -> Queued {
-        let fits = |o: &Outbox| {
-            o.frames == 0 || (o.bytes + frame.len() <= max_bytes && o.frames < max_frames)
-        };
+        let p = frame.priority;
+        let mut conflated = false;
+        if let Some(key) = frame.meta.as_ref().and_then(|m| m.conflate.as_ref()) {
+            if self.metas > 0 {
+                conflated = self.take_conflated(key);
+            }
+        }
+        let len = frame.bytes.len();
+        let fits =
+            |o: &Outbox| o.frames == 0 || (o.bytes + len <= max_bytes && o.frames < max_frames);
         let mut evicted = 0;
         'shed: for lane in 0..(p as usize) {
             while !fits(self) {
                 match self.lanes[lane].pop_front() {
-                    Some(f) => {
-                        self.bytes -= f.len();
-                        self.frames -= 1;
+                    Some(e) => {
+                        self.forget(&e);
                         evicted += 1;
-                        shed.push(f);
+                        shed.push(e.bytes);
                     }
                     None => continue 'shed,
                 }
@@ -104,10 +137,49 @@ impl Outbox {
             break;
         }
         if !fits(self) {
-            return Queued { queued: false, evicted };
+            return Queued { queued: false, evicted, conflated };
         }
-        self.push(frame, p);
-        Queued { queued: true, evicted }
+        self.push_entry(Entry { bytes: frame.bytes.clone(), meta: frame.meta.clone() }, p);
+        Queued { queued: true, evicted, conflated }
+    }
+
+    /// Takes out the queued frame with conflation key `key`, if one waits (at most one does:
+    /// each replaced the one before). Not a frame already half-written.
+    fn take_conflated(&mut self, key: &str) -> bool {
+        for lane in 0..3 {
+            let found = self.lanes[lane].iter().position(|e| {
+                e.meta.as_ref().and_then(|m| m.conflate.as_deref()).is_some_and(|k| k == key)
+            });
+            if let Some(i) = found {
+                if let Some(e) = self.lanes[lane].remove(i) {
+                    self.forget(&e);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Drops the frames whose expiry has passed at `now_ms` (not a frame already
+    /// half-written); returns how many.
+    pub(crate) fn expire(&mut self, now_ms: u64) -> usize {
+        if self.metas == 0 {
+            return 0;
+        }
+        let mut n = 0;
+        for lane in &mut self.lanes {
+            lane.retain(|e| {
+                let gone = e.meta.as_ref().is_some_and(|m| m.expired(now_ms));
+                if gone {
+                    self.bytes -= e.bytes.len();
+                    self.frames -= 1;
+                    self.metas -= 1;
+                    n += 1;
+                }
+                !gone
+            });
+        }
+        n
     }
 
     /// Drops the queued frames `drop` picks (not a frame already half-written); returns how
@@ -115,11 +187,12 @@ impl Outbox {
     pub(crate) fn purge(&mut self, mut drop: impl FnMut(&Bytes) -> bool) -> usize {
         let mut n = 0;
         for lane in &mut self.lanes {
-            lane.retain(|f| {
-                let gone = drop(f);
+            lane.retain(|e| {
+                let gone = drop(&e.bytes);
                 if gone {
-                    self.bytes -= f.len();
+                    self.bytes -= e.bytes.len();
                     self.frames -= 1;
+                    self.metas -= usize::from(e.meta.is_some());
                     n += 1;
                 }
                 !gone
@@ -155,11 +228,11 @@ impl Outbox {
                 n = 1;
             }
             'fill: for lane in self.lanes.iter().rev() {
-                for f in lane {
+                for e in lane {
                     if n == MAX_IOV {
                         break 'fill;
                     }
-                    iov[n] = IoSlice::new(f);
+                    iov[n] = IoSlice::new(&e.bytes);
                     n += 1;
                 }
             }
@@ -193,11 +266,12 @@ impl Outbox {
         for lane in (0..3).rev() {
             while n > 0 {
                 let Some(front) = self.lanes[lane].pop_front() else { break };
-                if n >= front.len() {
-                    n -= front.len();
+                self.metas -= usize::from(front.meta.is_some());
+                if n >= front.bytes.len() {
+                    n -= front.bytes.len();
                     self.frames -= 1;
                 } else {
-                    self.head = Some((front, n));
+                    self.head = Some((front.bytes, n));
                     return;
                 }
             }
@@ -208,6 +282,56 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fr(bytes: Bytes, priority: Priority) -> Frame {
+        Frame { bytes, priority, kept: false, meta: None }
+    }
+
+    fn with(bytes: &'static str, expires_ms: u64, conflate: Option<&str>) -> Frame {
+        let meta = Meta { expires_ms, conflate: conflate.map(Into::into) };
+        Frame {
+            meta: Some(Arc::new(meta)),
+            ..fr(Bytes::from_static(bytes.as_bytes()), Priority::Normal)
+        }
+    }
+
+    #[test]
+    fn a_later_push_with_the_same_key_replaces_the_one_waiting() {
+        let mut o = Outbox::default();
+        let mut shed = Vec::new();
+        let caps = (1000, 100);
+        assert!(!o.push_bounded(&with("a1", 0, Some("s\0a")), caps, &mut shed).conflated);
+        assert!(!o.push_bounded(&with("b1", 0, Some("s\0b")), caps, &mut shed).conflated);
+        o.push(Bytes::from_static(b"x"), Priority::Normal);
+        let q = o.push_bounded(&with("a2", 0, Some("s\0a")), caps, &mut shed);
+        assert!(q.queued && q.conflated);
+        assert!(
+            !o.push_bounded(&with("a3", 0, Some("t\0a")), caps, &mut shed).conflated,
+            "another stream's key"
+        );
+        assert_eq!((o.frames(), o.bytes()), (4, 7));
+        assert_eq!(
+            drain_all(&mut o),
+            b"b1xa2a3",
+            "the latest value, behind what was queued before it"
+        );
+        assert_eq!(o.metas, 0);
+    }
+
+    #[test]
+    fn expired_pushes_are_not_written() {
+        let mut o = Outbox::default();
+        let mut shed = Vec::new();
+        let caps = (1000, 100);
+        o.push_bounded(&with("e1", 100, None), caps, &mut shed);
+        o.push_bounded(&fr(Bytes::from_static(b"k"), Priority::Normal), caps, &mut shed);
+        o.push_bounded(&with("e2", 200, None), caps, &mut shed);
+        assert_eq!(o.expire(99), 0);
+        assert_eq!(o.expire(100), 1, "due at 100");
+        assert_eq!((o.frames(), o.bytes(), o.metas), (2, 3, 1));
+        assert_eq!(o.expire(500), 1);
+        assert_eq!(drain_all(&mut o), b"k");
+    }
 
     fn drain_all(o: &mut Outbox) -> Vec<u8> {
         let mut sink = Vec::new();
@@ -320,37 +444,37 @@ mod tests {
         let mut o = Outbox::default();
         let mut shed = Vec::new();
         let f = |s: &'static str| Bytes::from_static(s.as_bytes());
-        assert!(o.push_bounded(f("l1"), Priority::Low, (6, 10), &mut shed).queued);
-        assert!(o.push_bounded(f("l2"), Priority::Low, (6, 10), &mut shed).queued);
-        assert!(o.push_bounded(f("n1"), Priority::Normal, (6, 10), &mut shed).queued);
+        assert!(o.push_bounded(&fr(f("l1"), Priority::Low), (6, 10), &mut shed).queued);
+        assert!(o.push_bounded(&fr(f("l2"), Priority::Low), (6, 10), &mut shed).queued);
+        assert!(o.push_bounded(&fr(f("n1"), Priority::Normal), (6, 10), &mut shed).queued);
         // Full (6 bytes): a low push finds nothing lower to shed and is dropped.
         assert_eq!(
-            o.push_bounded(f("l3"), Priority::Low, (6, 10), &mut shed),
-            Queued { queued: false, evicted: 0 }
+            o.push_bounded(&fr(f("l3"), Priority::Low), (6, 10), &mut shed),
+            Queued { queued: false, evicted: 0, conflated: false }
         );
         // A high push sheds the oldest low frame.
         assert_eq!(
-            o.push_bounded(f("h1"), Priority::High, (6, 10), &mut shed),
-            Queued { queued: true, evicted: 1 }
+            o.push_bounded(&fr(f("h1"), Priority::High), (6, 10), &mut shed),
+            Queued { queued: true, evicted: 1, conflated: false }
         );
         // A normal push sheds the remaining low frame.
         assert_eq!(
-            o.push_bounded(f("n2"), Priority::Normal, (6, 10), &mut shed),
-            Queued { queued: true, evicted: 1 }
+            o.push_bounded(&fr(f("n2"), Priority::Normal), (6, 10), &mut shed),
+            Queued { queued: true, evicted: 1, conflated: false }
         );
         // Nothing lower than normal is left: the next normal push is dropped.
         assert_eq!(
-            o.push_bounded(f("n3"), Priority::Normal, (6, 10), &mut shed),
-            Queued { queued: false, evicted: 0 }
+            o.push_bounded(&fr(f("n3"), Priority::Normal), (6, 10), &mut shed),
+            Queued { queued: false, evicted: 0, conflated: false }
         );
         assert_eq!(shed, [f("l1"), f("l2")], "what was shed, in order");
         assert_eq!(drain_all(&mut o), b"h1n1n2");
         // The frame cap counts too.
-        assert!(o.push_bounded(f("a"), Priority::Low, (100, 1), &mut shed).queued);
-        assert!(!o.push_bounded(f("b"), Priority::Low, (100, 1), &mut shed).queued);
+        assert!(o.push_bounded(&fr(f("a"), Priority::Low), (100, 1), &mut shed).queued);
+        assert!(!o.push_bounded(&fr(f("b"), Priority::Low), (100, 1), &mut shed).queued);
         // A frame larger than the byte cap still goes into an empty outbox, alone.
         let mut o = Outbox::default();
-        assert!(o.push_bounded(f("toolarge"), Priority::Normal, (4, 10), &mut shed).queued);
-        assert!(!o.push_bounded(f("x"), Priority::Normal, (4, 10), &mut shed).queued);
+        assert!(o.push_bounded(&fr(f("toolarge"), Priority::Normal), (4, 10), &mut shed).queued);
+        assert!(!o.push_bounded(&fr(f("x"), Priority::Normal), (4, 10), &mut shed).queued);
     }
 }

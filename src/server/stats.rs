@@ -83,6 +83,8 @@ counters! {
     pushes_queued: "pushed frames queued to connections",
     pushes_dropped: "pushed frames dropped: outbox full, or connection gone",
     pushes_evicted: "queued frames dropped to make room for higher priorities",
+    pushes_expired: "queued pushes dropped unwritten because their ttl passed",
+    pushes_conflated: "queued pushes replaced by a later one with the same conflation key",
     pushes_discarded: "queued pushes dropped because a kick, replacement, slow-consumer or pong-timeout close went first",
     slow_consumers_closed: "connections closed for losing pushes too long",
     kicks: "connections closed by kick or replacement",

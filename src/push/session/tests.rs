@@ -363,5 +363,6 @@ fn frame(b: &'static [u8]) -> crate::push::msg::Frame {
         bytes: Bytes::from_static(b),
         priority: crate::push::msg::Priority::Normal,
         kept: true,
+        meta: None,
     }
 }

@@ -21,6 +21,7 @@ use crate::push::session::Session;
 use crate::push::streams::{CatchUp, Position, StreamKey};
 
 use super::super::conn::{flag, Route};
+use super::super::outbox::Queued;
 use super::Core;
 
 impl Core {
@@ -28,18 +29,20 @@ impl Core {
     pub(super) fn handle(&mut self, m: ShardMsg) {
         match m {
             ShardMsg::Deliver { target, frame, report } => self.deliver(target, &frame, &report),
-            ShardMsg::SendConn { conn, payload, priority, report } => {
+            ShardMsg::SendConn { conn, payload, priority, meta, report } => {
                 let Some(key) = self.local(conn) else {
                     report.add(Totals { offline: 1, ..Default::default() });
                     return;
                 };
                 let seq = Session::next_direct_seq(&mut self.conns[key].session);
-                let frame = encode_message(&Stream::Direct, seq, &payload, priority);
-                let queued = self.queue_push(key, &frame);
+                let mut frame = encode_message(&Stream::Direct, seq, &payload, priority);
+                frame.meta = meta;
+                let q = self.queue_push(key, &frame);
                 let t = Totals {
                     recipients: 1,
-                    queued: u64::from(queued),
-                    dropped: u64::from(!queued),
+                    queued: u64::from(q.queued),
+                    dropped: u64::from(!q.queued),
+                    conflated: u64::from(q.conflated),
                     ..Default::default()
                 };
                 self.count_pushes(t);
@@ -245,7 +248,9 @@ impl Core {
                     continue;
                 }
             }
-            if self.queue_push(key, frame) {
+            let q = self.queue_push(key, frame);
+            t.conflated += u64::from(q.conflated);
+            if q.queued {
                 t.queued += 1;
             } else if let Some(ch) = channel.filter(|_| self.conns[key].phase.is_open()) {
                 self.lost(key, ch, &frame.bytes);
@@ -271,23 +276,26 @@ impl Core {
     /// it, once per delivery rather than per recipient). Marks the connection slow when pushes
     /// are lost, and arms its slow-consumer deadline. Never removes the connection (fan-out may
     /// be iterating the channel index).
-    fn queue_push(&mut self, key: usize, frame: &Frame) -> bool {
+    fn queue_push(&mut self, key: usize, frame: &Frame) -> Queued {
         let (max_bytes, max_frames) = (self.p.outbox_max_bytes, self.p.outbox_max_frames);
         let now32 = self.now32();
         let conn = &mut self.conns[key];
         if !conn.phase.is_open() {
-            return false;
+            return Queued::default();
         }
         let ob = conn.outbox.get_or_insert_with(Default::default);
         let before = ob.bytes();
         let caps = (max_bytes, max_frames);
-        let q = ob.push_bounded(frame.bytes.clone(), frame.priority, caps, &mut self.shed);
+        let q = ob.push_bounded(frame, caps, &mut self.shed);
         let after = ob.bytes();
         if ob.is_empty() {
             conn.outbox = None;
         }
         self.counters.outbox_bytes.add(after as u64);
         self.counters.outbox_bytes.sub(before as u64);
+        if q.conflated {
+            self.counters.pushes_conflated.inc();
+        }
         if q.evicted > 0 {
             self.counters.pushes_evicted.add(q.evicted as u64);
             let shed = std::mem::take(&mut self.shed);
@@ -310,7 +318,7 @@ impl Core {
                 self.arm(key, Some(d));
             }
         }
-        q.queued
+        q
     }
 
     /// A message of `channel` did not reach connection `key`: open (or widen) its gap there,
@@ -347,7 +355,7 @@ impl Core {
     fn queue_replay(&mut self, key: usize, channel: &Arc<str>, frames: Vec<Frame>) -> u64 {
         let mut queued = 0;
         for frame in frames {
-            if self.queue_push(key, &frame) {
+            if self.queue_push(key, &frame).queued {
                 queued += 1;
             } else {
                 self.lost(key, channel, &frame.bytes);
@@ -370,7 +378,7 @@ impl Core {
     ) {
         let mut queued = 0;
         for frame in frames {
-            if self.queue_push(key, &frame) {
+            if self.queue_push(key, &frame).queued {
                 queued += 1;
             } else {
                 let body = client::reset(&stream.wire(), at, ResetReason::OutboxFull);

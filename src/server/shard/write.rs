@@ -69,6 +69,13 @@ impl Core {
             return;
         }
         if let Some(ob) = conn.outbox.as_mut() {
+            // What its publisher gave a ttl for and has expired is not written.
+            let before = ob.bytes();
+            let expired = ob.expire(self.now_ms);
+            if expired > 0 {
+                self.counters.pushes_expired.add(expired as u64);
+                self.counters.outbox_bytes.sub((before - ob.bytes()) as u64);
+            }
             let (fd, link) = (conn.fd.as_fd(), &mut conn.link);
             let result = ob.flush(|iov| link.write(iov, |w| sys::writev(fd, w)));
             if let Ok((_, n)) = &result {
