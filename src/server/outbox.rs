@@ -11,7 +11,8 @@
 //!
 //! A push may carry what its publisher asked beyond the data ([`Meta`]): an expiry, after which
 //! it is dropped rather than written, and a conflation key, by which a later push replaces it
-//! while it still waits. Only such frames cost a look; the outbox counts them.
+//! while it still waits. Those are kept in a side list naming their frames, so the lanes stay
+//! plain `Bytes` and a push without them costs nothing more.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -21,26 +22,25 @@ use bytes::Bytes;
 
 use crate::push::msg::{Frame, Meta, Priority};
 
-/// A queued frame, and what its publisher asked of it.
-#[derive(Debug)]
-struct Entry {
-    bytes: Bytes,
-    meta: Option<Arc<Meta>>,
-}
-
 /// Most slices handed to one gather write (the kernel's IOV_MAX is 1024).
 const MAX_IOV: usize = 64;
 
 #[derive(Debug, Default)]
 pub struct Outbox {
     /// Indexed by `Priority as usize`: low, normal, high.
-    lanes: [VecDeque<Entry>; 3],
+    lanes: [VecDeque<Bytes>; 3],
     /// A frame partly written, and how much of it went out; it goes first.
     head: Option<(Bytes, usize)>,
     bytes: usize,
     frames: usize,
-    /// Queued entries with a `Meta` (an expiry or a conflation key).
-    metas: usize,
+    /// What their publishers asked of the queued frames that have a `Meta`, by the address of
+    /// their bytes (each message is its own allocation, queued once per connection). Empty,
+    /// and unallocated, for most outboxes.
+    metas: Vec<(usize, Arc<Meta>)>,
+}
+
+fn addr(b: &Bytes) -> usize {
+    b.as_ptr() as usize
 }
 
 /// How a flush ended.
@@ -66,21 +66,24 @@ pub struct Queued {
 impl Outbox {
     /// Queues a frame regardless of the caps (control frames, handshake responses, echoes).
     pub(crate) fn push(&mut self, frame: Bytes, p: Priority) {
-        self.push_entry(Entry { bytes: frame, meta: None }, p);
-    }
-
-    fn push_entry(&mut self, e: Entry, p: Priority) {
-        self.bytes += e.bytes.len();
+        self.bytes += frame.len();
         self.frames += 1;
-        self.metas += usize::from(e.meta.is_some());
-        self.lanes[p as usize].push_back(e);
+        self.lanes[p as usize].push_back(frame);
     }
 
-    /// Takes an entry's counts off (it has left a lane).
-    fn forget(&mut self, e: &Entry) {
-        self.bytes -= e.bytes.len();
+    /// Takes a frame's counts off (it has left a lane), and its `Meta` if it had one.
+    fn forget(&mut self, b: &Bytes) {
+        self.bytes -= b.len();
         self.frames -= 1;
-        self.metas -= usize::from(e.meta.is_some());
+        self.forget_meta(b);
+    }
+
+    fn forget_meta(&mut self, b: &Bytes) {
+        if !self.metas.is_empty() {
+            if let Some(i) = self.metas.iter().position(|(a, _)| *a == addr(b)) {
+                self.metas.swap_remove(i);
+            }
+        }
     }
 
     /// Queues the close frame behind everything already queued (the back of the low lane,
@@ -91,8 +94,8 @@ impl Outbox {
         let mut dropped = 0;
         if discard {
             for lane in [Priority::Low, Priority::Normal] {
-                for e in std::mem::take(&mut self.lanes[lane as usize]) {
-                    self.forget(&e);
+                for b in std::mem::take(&mut self.lanes[lane as usize]) {
+                    self.forget(&b);
                     dropped += 1;
                 }
             }
@@ -115,7 +118,7 @@ impl Outbox {
         let p = frame.priority;
         let mut conflated = false;
         if let Some(key) = frame.meta.as_ref().and_then(|m| m.conflate.as_ref()) {
-            if self.metas > 0 {
+            if !self.metas.is_empty() {
                 conflated = self.take_conflated(key);
             }
         }
@@ -126,10 +129,10 @@ impl Outbox {
         'shed: for lane in 0..(p as usize) {
             while !fits(self) {
                 match self.lanes[lane].pop_front() {
-                    Some(e) => {
-                        self.forget(&e);
+                    Some(b) => {
+                        self.forget(&b);
                         evicted += 1;
-                        shed.push(e.bytes);
+                        shed.push(b);
                     }
                     None => continue 'shed,
                 }
@@ -139,20 +142,31 @@ impl Outbox {
         if !fits(self) {
             return Queued { queued: false, evicted, conflated };
         }
-        self.push_entry(Entry { bytes: frame.bytes.clone(), meta: frame.meta.clone() }, p);
+        if let Some(m) = &frame.meta {
+            self.metas.push((addr(&frame.bytes), m.clone()));
+        }
+        self.push(frame.bytes.clone(), p);
         Queued { queued: true, evicted, conflated }
     }
 
     /// Takes out the queued frame with conflation key `key`, if one waits (at most one does:
     /// each replaced the one before). Not a frame already half-written.
     fn take_conflated(&mut self, key: &str) -> bool {
-        for lane in 0..3 {
-            let found = self.lanes[lane].iter().position(|e| {
-                e.meta.as_ref().and_then(|m| m.conflate.as_deref()).is_some_and(|k| k == key)
-            });
-            if let Some(i) = found {
-                if let Some(e) = self.lanes[lane].remove(i) {
-                    self.forget(&e);
+        let Some(i) = self.metas.iter().position(|(_, m)| m.conflate.as_deref() == Some(key))
+        else {
+            return false;
+        };
+        let (a, _) = self.metas.swap_remove(i);
+        self.remove_at(a)
+    }
+
+    /// Takes the frame at address `a` out of its lane (its `Meta` is gone already).
+    fn remove_at(&mut self, a: usize) -> bool {
+        for lane in &mut self.lanes {
+            if let Some(i) = lane.iter().position(|b| addr(b) == a) {
+                if let Some(b) = lane.remove(i) {
+                    self.bytes -= b.len();
+                    self.frames -= 1;
                     return true;
                 }
             }
@@ -163,21 +177,18 @@ impl Outbox {
     /// Drops the frames whose expiry has passed at `now_ms` (not a frame already
     /// half-written); returns how many.
     pub(crate) fn expire(&mut self, now_ms: u64) -> usize {
-        if self.metas == 0 {
+        if self.metas.is_empty() {
             return 0;
         }
         let mut n = 0;
-        for lane in &mut self.lanes {
-            lane.retain(|e| {
-                let gone = e.meta.as_ref().is_some_and(|m| m.expired(now_ms));
-                if gone {
-                    self.bytes -= e.bytes.len();
-                    self.frames -= 1;
-                    self.metas -= 1;
-                    n += 1;
-                }
-                !gone
-            });
+        let mut i = 0;
+        while i < self.metas.len() {
+            if self.metas[i].1.expired(now_ms) {
+                let (a, _) = self.metas.swap_remove(i);
+                n += usize::from(self.remove_at(a));
+            } else {
+                i += 1;
+            }
         }
         n
     }
@@ -186,17 +197,19 @@ impl Outbox {
     /// many.
     pub(crate) fn purge(&mut self, mut drop: impl FnMut(&Bytes) -> bool) -> usize {
         let mut n = 0;
+        let mut gone = Vec::new();
         for lane in &mut self.lanes {
-            lane.retain(|e| {
-                let gone = drop(&e.bytes);
-                if gone {
-                    self.bytes -= e.bytes.len();
-                    self.frames -= 1;
-                    self.metas -= usize::from(e.meta.is_some());
-                    n += 1;
+            lane.retain(|b| {
+                let out = drop(b);
+                if out {
+                    gone.push(b.clone());
                 }
-                !gone
+                !out
             });
+        }
+        for b in &gone {
+            self.forget(b);
+            n += 1;
         }
         n
     }
@@ -232,7 +245,7 @@ impl Outbox {
                     if n == MAX_IOV {
                         break 'fill;
                     }
-                    iov[n] = IoSlice::new(&e.bytes);
+                    iov[n] = IoSlice::new(e);
                     n += 1;
                 }
             }
@@ -266,12 +279,13 @@ impl Outbox {
         for lane in (0..3).rev() {
             while n > 0 {
                 let Some(front) = self.lanes[lane].pop_front() else { break };
-                self.metas -= usize::from(front.meta.is_some());
-                if n >= front.bytes.len() {
-                    n -= front.bytes.len();
+                // Written, or half-written: past expiring or being replaced either way.
+                self.forget_meta(&front);
+                if n >= front.len() {
+                    n -= front.len();
                     self.frames -= 1;
                 } else {
-                    self.head = Some((front.bytes, n));
+                    self.head = Some((front, n));
                     return;
                 }
             }
@@ -315,7 +329,7 @@ mod tests {
             b"b1xa2a3",
             "the latest value, behind what was queued before it"
         );
-        assert_eq!(o.metas, 0);
+        assert!(o.metas.is_empty());
     }
 
     #[test]
@@ -328,7 +342,7 @@ mod tests {
         o.push_bounded(&with("e2", 200, None), caps, &mut shed);
         assert_eq!(o.expire(99), 0);
         assert_eq!(o.expire(100), 1, "due at 100");
-        assert_eq!((o.frames(), o.bytes(), o.metas), (2, 3, 1));
+        assert_eq!((o.frames(), o.bytes(), o.metas.len()), (2, 3, 1));
         assert_eq!(o.expire(500), 1);
         assert_eq!(drain_all(&mut o), b"k");
     }

@@ -238,10 +238,12 @@ impl Core {
             Target::Channel(ch) => Some(ch),
             _ => None,
         };
+        // Whether any connection here waits for a repair (usually none: no per-recipient look).
+        let gaps = channel.is_some() && self.repairs.open() > 0;
         for &slot in &slots {
             t.recipients += 1;
             let key = slot as usize;
-            if let Some(ch) = channel {
+            if let Some(ch) = channel.filter(|_| gaps) {
                 if self.conns[key].has(flag::GAPPED) && self.repairs.holds(slot, ch) {
                     // Behind a gap: this message comes with its repair (or its reset).
                     t.add_lost(frame.kept);
