@@ -14,6 +14,7 @@
 pub use ringcast_proto as proto;
 
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub(crate) mod cluster;
 pub mod config;

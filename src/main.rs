@@ -138,13 +138,26 @@ fn main() -> ExitCode {
         }
     }
     let handle = server.shutdown_handle();
+    let reload = server.reload_handle();
     std::thread::spawn(move || {
-        let sig = signals.wait();
-        tracing::info!(signal = sig, "stopping: no new connections, closing open ones with 1001");
-        handle.shutdown();
-        let sig = signals.wait();
-        tracing::warn!(signal = sig, "second signal: exiting at once");
-        std::process::exit(1);
+        let mut stopping = false;
+        loop {
+            let sig = signals.wait();
+            if sig == sys::TermSignals::HANGUP {
+                tracing::info!("SIGHUP: reloading keys");
+                reload.reload();
+            } else if !stopping {
+                stopping = true;
+                tracing::info!(
+                    signal = sig,
+                    "stopping: no new connections, closing open ones with 1001"
+                );
+                handle.shutdown();
+            } else {
+                tracing::warn!(signal = sig, "second signal: exiting at once");
+                std::process::exit(1);
+            }
+        }
     });
     let joined = server.join();
     api.stop();

@@ -52,6 +52,24 @@ fn the_push_layer_is_pure() {
 }
 
 #[test]
+fn the_auth_layer_is_pure() {
+    // It reads its key file on reload (std::fs, from the signal thread), never the clock.
+    assert_none(
+        "src/auth",
+        &[
+            "crate::server",
+            "crate::api",
+            "crate::push",
+            "monoio::",
+            "clock::",
+            "SystemTime",
+            "ringcast_sys",
+        ],
+        &["auth/testing.rs"],
+    );
+}
+
+#[test]
 fn connection_state_does_no_io_and_reads_no_clock() {
     assert_none("src/server/conn", &["sys::", "clock::", "monoio::", "crate::api"], &[]);
 }

@@ -45,6 +45,10 @@ pub enum ClientMsg {
         session: Option<String>,
         streams: Vec<(String, Position)>,
     },
+    /// A fresh token for the same user, before the connection's one expires.
+    Refresh {
+        token: String,
+    },
 }
 
 /// Why a client message was rejected; the `code` of the `error` message sent back.
@@ -61,6 +65,10 @@ pub enum ClientError {
     BadStream,
     TooManyStreams,
     AlreadySubscribed,
+    /// The connection's token does not allow it (a channel outside `sub_allow`).
+    Forbidden,
+    /// A `refresh` without a usable token; the error's reason says why.
+    BadToken,
 }
 
 impl ClientError {
@@ -77,6 +85,8 @@ impl ClientError {
             ClientError::BadStream => "bad_stream",
             ClientError::TooManyStreams => "too_many_streams",
             ClientError::AlreadySubscribed => "already_subscribed",
+            ClientError::Forbidden => "forbidden",
+            ClientError::BadToken => "bad_token",
         }
     }
 
@@ -84,7 +94,7 @@ impl ClientError {
         match self {
             ClientError::BadJson => "message is not a JSON object with a string \"type\"",
             ClientError::UnknownType => {
-                "unknown message type (subscribe, unsubscribe, resume, ping)"
+                "unknown message type (subscribe, unsubscribe, resume, refresh, ping)"
             }
             ClientError::MissingChannel => "\"channel\" is required",
             ClientError::BadChannel => "channel names are 1-128 bytes of A-Z a-z 0-9 _ - . : @ /",
@@ -101,6 +111,8 @@ impl ClientError {
             ClientError::AlreadySubscribed => {
                 "already subscribed: resume a channel by naming it in resume or ?resume=, not in ?channels= too"
             }
+            ClientError::Forbidden => "the connection's token does not allow this channel",
+            ClientError::BadToken => "refresh takes \"token\": a token for the connection's user",
         }
     }
 }
@@ -117,6 +129,8 @@ struct Wire<'a> {
     streams: Option<&'a RawValue>,
     #[serde(default, borrow)]
     session: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    token: Option<std::borrow::Cow<'a, str>>,
 }
 
 fn position(raw: &RawValue) -> Result<Position, ClientError> {
@@ -172,6 +186,10 @@ pub fn parse_client(text: &[u8]) -> Result<ClientMsg, ClientError> {
             };
             Ok(ClientMsg::Resume { session, streams })
         }
+        "refresh" => match w.token {
+            Some(t) if !t.is_empty() => Ok(ClientMsg::Refresh { token: t.into_owned() }),
+            _ => Err(ClientError::BadToken),
+        },
         _ => Err(ClientError::UnknownType),
     }
 }
@@ -448,13 +466,52 @@ pub fn ack(kind: &str, channel: &str) -> Vec<u8> {
 
 /// `{"type":"error","code":…,"reason":…}`.
 pub fn error(e: ClientError) -> Vec<u8> {
-    let mut out = Vec::with_capacity(96);
+    error_with(e, e.reason())
+}
+
+/// `{"type":"error","code":…,"reason":…}` with a reason more specific than the code's own.
+pub fn error_with(e: ClientError, reason: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + reason.len());
     out.extend_from_slice(b"{\"type\":\"error\",\"code\":");
     push_json_str(&mut out, e.code());
     out.extend_from_slice(b",\"reason\":");
-    push_json_str(&mut out, e.reason());
+    push_json_str(&mut out, reason);
     out.push(b'}');
     out
+}
+
+/// `{"type":"refreshed","expires":MS}`: a `refresh` was accepted; the connection now lasts
+/// until `expires` (Unix ms).
+pub fn refreshed(expires_ms: u64) -> Vec<u8> {
+    let mut out = b"{\"type\":\"refreshed\"".to_vec();
+    push_num(&mut out, "expires", expires_ms);
+    out.push(b'}');
+    out
+}
+
+/// `*` matches any run of characters (none included); everything else matches itself. The
+/// pattern language of stream rules and of a token's `sub_allow`.
+pub fn glob(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ni < n.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            pi += 1;
+            mark = ni;
+        } else if pi < p.len() && p[pi] == n[ni] {
+            pi += 1;
+            ni += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&b| b == b'*')
 }
 
 pub const PONG: &[u8] = b"{\"type\":\"pong\"}";

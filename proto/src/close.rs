@@ -28,6 +28,8 @@ impl CloseCode {
     pub const KICKED: CloseCode = CloseCode(4001);
     /// ringcast: the connection kept losing pushes for `--slow-consumer-timeout`.
     pub const SLOW_CONSUMER: CloseCode = CloseCode(4002);
+    /// ringcast: the connection's token expired and no `refresh` extended it.
+    pub const TOKEN_EXPIRED: CloseCode = CloseCode(4003);
 
     /// Whether a peer may send this code in a close frame. 1004-1006 and 1015 are reserved,
     /// below 1000 and 1016-2999 are unassigned; 3000-4999 belong to libraries and applications.
@@ -65,6 +67,8 @@ pub enum CloseReason {
     Kicked { code: CloseCode, reason: Arc<str> },
     /// 4002: kept losing pushes for `--slow-consumer-timeout`.
     SlowConsumer,
+    /// 4003: the token's `exp` passed without a `refresh`.
+    TokenExpired,
 }
 
 /// How a close proceeds after the close frame is queued.
@@ -100,6 +104,7 @@ impl CloseReason {
             CloseReason::Replaced => (CloseCode::REPLACED, "replaced"),
             CloseReason::Kicked { code, reason } => (*code, reason),
             CloseReason::SlowConsumer => (CloseCode::SLOW_CONSUMER, "slow consumer"),
+            CloseReason::TokenExpired => (CloseCode::TOKEN_EXPIRED, "token expired"),
         }
     }
 
@@ -109,7 +114,8 @@ impl CloseReason {
             | CloseReason::ShuttingDown
             | CloseReason::Replaced
             | CloseReason::Kicked { .. }
-            | CloseReason::SlowConsumer => Closing::Handshake,
+            | CloseReason::SlowConsumer
+            | CloseReason::TokenExpired => Closing::Handshake,
             CloseReason::Protocol(_) | CloseReason::TooManyBadMessages => Closing::Linger,
             CloseReason::PongTimeout => Closing::Drop,
         }
@@ -125,6 +131,7 @@ impl CloseReason {
                 | CloseReason::Replaced
                 | CloseReason::Kicked { .. }
                 | CloseReason::SlowConsumer
+                | CloseReason::TokenExpired
         )
     }
 }

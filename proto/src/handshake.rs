@@ -37,7 +37,14 @@ pub struct Upgrade {
     pub subprotocol: Option<usize>,
     /// The query string, without the `?`, if any.
     pub query: Option<String>,
+    /// A bearer token from `Authorization: Bearer TOKEN` or, for browsers (which cannot set
+    /// headers), a `Sec-WebSocket-Protocol` entry `ringcast.token.TOKEN`. Never logged.
+    pub bearer: Option<String>,
 }
+
+/// The prefix of a `Sec-WebSocket-Protocol` entry that carries a token; it is never chosen
+/// as the subprotocol.
+pub const TOKEN_PROTOCOL_PREFIX: &str = "ringcast.token.";
 
 /// Why a request was refused before the upgrade.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,11 +81,16 @@ pub enum HandshakeError {
     Draining,
     /// The identity step refused the request (bad user, device or channels).
     BadIdentity,
+    /// No token, or one that is malformed, badly signed, signed by an unknown key, expired
+    /// or not yet valid.
+    Unauthorized,
+    /// A valid token that does not allow what the request asks for.
+    Forbidden,
 }
 
 impl HandshakeError {
     /// Every variant, in a fixed order (metrics index by it).
-    pub const ALL: [HandshakeError; 16] = {
+    pub const ALL: [HandshakeError; 18] = {
         use HandshakeError::*;
         [
             Malformed,
@@ -97,6 +109,8 @@ impl HandshakeError {
             AddressLimit,
             Draining,
             BadIdentity,
+            Unauthorized,
+            Forbidden,
         ]
     };
 
@@ -125,6 +139,8 @@ impl HandshakeError {
             AddressLimit => "address_limit",
             Draining => "draining",
             BadIdentity => "bad_identity",
+            Unauthorized => "unauthorized",
+            Forbidden => "forbidden",
         }
     }
 
@@ -140,7 +156,8 @@ impl HandshakeError {
             HttpVersion => (505, "HTTP Version Not Supported"),
             NotWebSocket | UnsupportedVersion => (426, "Upgrade Required"),
             NotFound => (404, "Not Found"),
-            OriginNotAllowed => (403, "Forbidden"),
+            OriginNotAllowed | Forbidden => (403, "Forbidden"),
+            Unauthorized => (401, "Unauthorized"),
             AddressLimit => (429, "Too Many Requests"),
             ServerFull | Draining => (503, "Service Unavailable"),
         }
@@ -166,6 +183,8 @@ impl HandshakeError {
             AddressLimit => "too many connections from this address",
             Draining => "server shutting down",
             BadIdentity => "invalid identity parameters",
+            Unauthorized => "a valid token is required",
+            Forbidden => "the token does not allow this",
         }
     }
 
@@ -176,6 +195,7 @@ impl HandshakeError {
             HandshakeError::NotWebSocket => "Upgrade: websocket\r\n",
             HandshakeError::MethodNotAllowed => "Allow: GET\r\n",
             HandshakeError::ServerFull | HandshakeError::Draining => "Retry-After: 5\r\n",
+            HandshakeError::Unauthorized => "WWW-Authenticate: Bearer\r\n",
             _ => "",
         }
     }
@@ -262,6 +282,7 @@ pub fn parse_upgrade(
     let mut keys = 0usize;
     let mut origin: Option<&[u8]> = None;
     let mut offered: Vec<&[u8]> = Vec::new();
+    let mut bearer: Option<&[u8]> = None;
     for h in req.headers.iter() {
         let v = h.value;
         let name = h.name;
@@ -282,7 +303,17 @@ pub fn parse_upgrade(
         } else if name.eq_ignore_ascii_case("origin") {
             origin = Some(v.trim_ascii());
         } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
-            offered.extend(v.split(|&b| b == b',').map(<[u8]>::trim_ascii));
+            for p in v.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                match p.strip_prefix(TOKEN_PROTOCOL_PREFIX.as_bytes()) {
+                    Some(t) => bearer = bearer.or(Some(t)),
+                    None => offered.push(p),
+                }
+            }
+        } else if name.eq_ignore_ascii_case("authorization") {
+            let v = v.trim_ascii();
+            if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
+                bearer = Some(v[7..].trim_ascii());
+            }
         } else if name.eq_ignore_ascii_case("content-length") {
             if v.trim_ascii() != b"0" {
                 return Err(HandshakeError::UnexpectedBody);
@@ -320,8 +351,14 @@ pub fn parse_upgrade(
         }
     }
     let subprotocol = policy.subprotocols.iter().position(|s| offered.contains(&s.as_bytes()));
-    let upgrade =
-        Upgrade { route, accept: accept_key(key), subprotocol, query: query.map(str::to_owned) };
+    let bearer = bearer.and_then(|b| std::str::from_utf8(b).ok()).map(str::to_owned);
+    let upgrade = Upgrade {
+        route,
+        accept: accept_key(key),
+        subprotocol,
+        query: query.map(str::to_owned),
+        bearer,
+    };
     Ok(Some((upgrade, head_len)))
 }
 
@@ -387,6 +424,26 @@ mod tests {
         let r = req("").replace("GET /echo", "GET http://x/echo");
         let (up, _) = parse_upgrade(r.as_bytes(), &policy()).unwrap().unwrap();
         assert_eq!(up.route, 1);
+    }
+
+    #[test]
+    fn a_bearer_token_comes_from_authorization_or_a_protocol_entry() {
+        let r = req("Authorization: bearer abc.def.ghi\r\n");
+        let (up, _) = parse_upgrade(r.as_bytes(), &policy()).unwrap().unwrap();
+        assert_eq!(up.bearer.as_deref(), Some("abc.def.ghi"));
+        let r = req("Sec-WebSocket-Protocol: ringcast.token.x.y.z, chat\r\n");
+        let (up, _) = parse_upgrade(r.as_bytes(), &policy()).unwrap().unwrap();
+        assert_eq!(up.bearer.as_deref(), Some("x.y.z"));
+        assert_eq!(up.subprotocol, Some(1), "the token entry is never chosen");
+        let r = req("Authorization: Basic dXNlcjpwdw==\r\n");
+        let (up, _) = parse_upgrade(r.as_bytes(), &policy()).unwrap().unwrap();
+        assert_eq!(up.bearer, None);
+        let mut out = Vec::new();
+        write_refusal_with(&mut out, HandshakeError::Unauthorized, "token expired");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 401 Unauthorized\r\n"));
+        assert!(text.contains("WWW-Authenticate: Bearer\r\n"));
+        assert!(text.ends_with("\r\n\r\ntoken expired\n"));
     }
 
     #[test]

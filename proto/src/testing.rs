@@ -109,6 +109,7 @@ pub fn check_client(data: &[u8]) {
             assert!(streams.len() <= crate::client::MAX_RESUME_STREAMS);
             assert!(streams.iter().all(|(c, _)| valid_name(c)));
         }
+        Ok(ClientMsg::Refresh { token }) => assert!(!token.is_empty()),
         Ok(ClientMsg::Ping) | Err(_) => {}
     }
 }

@@ -131,6 +131,23 @@ pub(crate) fn render(
         "reason",
         &reasons,
     );
+    let auth: Vec<(&str, u64)> = crate::auth::AuthError::LABELS
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (*l, sum(c, |s| s.auth_refused[i].get())))
+        .collect();
+    o.labelled(
+        "ringcast_auth_failures_total",
+        "counter",
+        "Upgrades the authenticator refused (401, 403, or 400 in open mode), by reason.",
+        "reason",
+        &auth,
+    );
+    o.counter(
+        "ringcast_token_refreshes_total",
+        "refresh messages that extended a connection's token.",
+        sum(c, |s| s.token_refreshes.get()),
+    );
     o.counter(
         "ringcast_replayed_messages_total",
         "History messages queued to clients that resumed.",
@@ -216,6 +233,7 @@ pub(crate) fn render(
             ("pong_timeout", sum(c, |s| s.pong_timeouts.get())),
             ("slow_consumer", sum(c, |s| s.slow_consumers_closed.get())),
             ("protocol_error", sum(c, |s| s.protocol_errors.get())),
+            ("token_expired", sum(c, |s| s.token_expired.get())),
         ],
     );
     o.labelled(

@@ -40,6 +40,7 @@ pub(crate) async fn user(ctx: &ApiContext, user: &str) -> Result<Reply, ApiError
                 "device": c.device.as_deref(),
                 "connected_at_ms": c.connected_ms,
                 "active_at_ms": c.active_ms,
+                "info": c.info.as_deref().and_then(|i| serde_json::from_str::<Value>(i).ok()),
             })
         })
         .collect();

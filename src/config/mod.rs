@@ -44,6 +44,8 @@ pub struct Config {
     #[command(flatten)]
     pub api: Api,
     #[command(flatten)]
+    pub(crate) auth: Auth,
+    #[command(flatten)]
     pub(crate) delivery: Delivery,
     #[command(flatten)]
     pub(crate) history: History,
@@ -208,6 +210,44 @@ pub struct Api {
     /// Concurrent API connections; more are answered 503 and closed.
     #[arg(long, env = "RINGCAST_API_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub api_max_connections: u32,
+}
+
+/// Client identity.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Client identity")]
+pub(crate) struct Auth {
+    /// How a connection proves who it is: `jwt` (a signed token, checked against
+    /// --jwt-keys) or `open` (trusts `?user=`; for development and loopback: ringcast refuses
+    /// it on a non-loopback --listen unless --insecure-open-identity true).
+    #[arg(long, env = "RINGCAST_AUTH", value_enum, default_value_t = AuthMode::Open)]
+    pub(crate) auth: AuthMode,
+    /// JWKS file (RFC 7517) of the keys tokens are verified with; each key needs `alg`, and
+    /// `kid` when there are several. Read again on SIGHUP.
+    #[arg(long, env = "RINGCAST_JWT_KEYS")]
+    pub(crate) jwt_keys: Option<std::path::PathBuf>,
+    /// Accepted `aud` values, comma-separated; empty: `aud` is not checked.
+    #[arg(long, env = "RINGCAST_JWT_AUDIENCE", value_delimiter = ',')]
+    pub(crate) jwt_audience: Vec<String>,
+    /// Accepted `iss` values, comma-separated; empty: `iss` is not checked.
+    #[arg(long, env = "RINGCAST_JWT_ISSUER", value_delimiter = ',')]
+    pub(crate) jwt_issuer: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[arg(long, env = "RINGCAST_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
+    pub(crate) jwt_leeway: Duration,
+    /// Largest `info` claim (JSON, shown in presence queries).
+    #[arg(long, env = "RINGCAST_JWT_MAX_INFO", default_value = "1KiB", value_parser = parse_size)]
+    pub(crate) jwt_max_info: u64,
+    /// Allow `--auth open` on a non-loopback --listen: anyone who reaches the port can claim
+    /// any user.
+    #[arg(long, env = "RINGCAST_INSECURE_OPEN_IDENTITY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub(crate) insecure_open_identity: bool,
+}
+
+/// How connections are identified.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AuthMode {
+    Open,
+    Jwt,
 }
 
 /// Delivery.
@@ -408,6 +448,24 @@ impl Config {
         if self.api.api_listen == self.listen.listen && self.listen.listen.port() != 0 {
             return err("--api-listen and --listen must differ".into());
         }
+        match self.auth.auth {
+            AuthMode::Jwt if self.auth.jwt_keys.is_none() => {
+                return err("--auth jwt needs --jwt-keys FILE (a JWKS document)".into());
+            }
+            AuthMode::Open
+                if !self.listen.listen.ip().is_loopback() && !self.auth.insecure_open_identity =>
+            {
+                return err(format!(
+                    "--auth open on a non-loopback --listen ({}) lets anyone claim any user: use \
+                     --auth jwt, or say --insecure-open-identity true",
+                    self.listen.listen
+                ));
+            }
+            _ => {}
+        }
+        if self.auth.jwt_leeway > Duration::from_secs(600) {
+            return err("--jwt-leeway must be at most 10m".into());
+        }
         if self.delivery.inbox_capacity < 16 {
             return err("--inbox-capacity must be at least 16".into());
         }
@@ -455,6 +513,19 @@ mod tests {
         let c = Config::parse_from(["ringcast", "--ws-path", "/x", "--echo-path", "/x"]);
         assert!(c.validate().unwrap_err().0.contains("--echo-path"));
         assert!(Config::try_parse_from(["ringcast", "--tick", "soon"]).is_err());
+        let c = Config::parse_from(["ringcast", "--listen", "0.0.0.0:8080"]);
+        let e = c.validate().unwrap_err().0;
+        assert!(e.contains("--auth open") && e.contains("--insecure-open-identity"), "{e}");
+        let c = Config::parse_from([
+            "ringcast",
+            "--listen",
+            "0.0.0.0:8080",
+            "--insecure-open-identity",
+            "true",
+        ]);
+        c.validate().unwrap();
+        let c = Config::parse_from(["ringcast", "--auth", "jwt"]);
+        assert!(c.validate().unwrap_err().0.contains("--jwt-keys"));
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub(crate) struct UserConn {
     pub(crate) device: Option<Arc<str>>,
     pub(crate) connected_ms: u64,
     pub(crate) active_ms: u64,
+    /// The token's `info` claim (JSON text), shown in presence queries.
+    pub(crate) info: Option<Arc<str>>,
 }
 
 #[derive(Debug, Default)]
@@ -165,6 +167,7 @@ mod tests {
             device: Some(device.into()),
             connected_ms: slot as u64,
             active_ms: active,
+            info: None,
         }
     }
 

@@ -37,6 +37,8 @@ pub(crate) enum Effect {
     Replay { conn: ConnId, stream: StreamKey, at: Position, frames: Vec<Frame> },
     /// A client message was refused (counted in `client_errors`).
     ClientError,
+    /// A `refresh` extended a connection's token (counted in `token_refreshes`).
+    Refreshed,
     /// Close `conn` for this reason.
     Close { conn: ConnId, reason: CloseReason },
     /// A message for a shard (this one included) that must not be lost: a directory update or

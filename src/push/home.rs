@@ -74,9 +74,9 @@ impl Home {
     /// Handles a message for the home service ([`Home::takes`]); others are ignored.
     pub(crate) fn on_msg(&mut self, m: ShardMsg, now_ms: u64, out: &mut Effects) {
         match m {
-            ShardMsg::UserJoined { user, device, conn, at_ms } => {
+            ShardMsg::UserJoined { user, device, conn, at_ms, info } => {
                 let at = self.streams.position(&StreamKey::User(user.clone()), now_ms);
-                let c = UserConn { conn, device, connected_ms: at_ms, active_ms: at_ms };
+                let c = UserConn { conn, device, connected_ms: at_ms, active_ms: at_ms, info };
                 let joined = ShardMsg::Joined { conn, at };
                 out.push_back(Effect::Update { shard: usize::from(conn.shard), msg: joined });
                 for old in self.users.join(&user, c, self.p.replace) {
@@ -197,6 +197,7 @@ impl Home {
                             device: c.device.clone(),
                             connected_ms: c.connected_ms,
                             active_ms: c.active_ms,
+                            info: c.info.clone(),
                         })
                         .collect()
                 });
@@ -260,7 +261,13 @@ mod tests {
     }
 
     fn joined(user: &str, c: ConnId, device: Option<&str>) -> ShardMsg {
-        ShardMsg::UserJoined { user: user.into(), device: device.map(Arc::from), conn: c, at_ms: 5 }
+        ShardMsg::UserJoined {
+            user: user.into(),
+            device: device.map(Arc::from),
+            conn: c,
+            at_ms: 5,
+            info: None,
+        }
     }
 
     #[test]

@@ -12,7 +12,6 @@ pub(crate) mod directory;
 pub(crate) mod effect;
 pub(crate) mod history;
 pub(crate) mod home;
-pub(crate) mod identity;
 pub mod ids;
 pub mod index;
 pub mod msg;

@@ -94,6 +94,7 @@ pub struct ConnInfo {
     pub(crate) device: Option<Arc<str>>,
     pub(crate) connected_ms: u64,
     pub(crate) active_ms: u64,
+    pub(crate) info: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -104,6 +105,8 @@ pub enum ShardMsg {
         device: Option<Arc<str>>,
         conn: ConnId,
         at_ms: u64,
+        /// The token's `info` claim, for presence queries.
+        info: Option<Arc<str>>,
     },
     UserLeft {
         user: Arc<str>,

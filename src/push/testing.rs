@@ -31,7 +31,13 @@ pub fn check_index(data: &[u8]) {
                 let device = Some(Arc::from(format!("d{}", slot % 3)));
                 users.join(
                     n,
-                    UserConn { conn: id, device, connected_ms: 0, active_ms: u64::from(op[2]) },
+                    UserConn {
+                        conn: id,
+                        device,
+                        connected_ms: 0,
+                        active_ms: u64::from(op[2]),
+                        info: None,
+                    },
                     false,
                 );
                 user_model.insert((name, slot));

@@ -22,8 +22,8 @@ use std::thread::JoinHandle;
 
 use socket2::{Domain, Socket, Type};
 
-use crate::config::{Config, IoDriver};
-use crate::push::identity::{Identify, OpenMode};
+use crate::auth::{Authenticator, JwtAuth, JwtSettings, OpenMode};
+use crate::config::{AuthMode, Config, IoDriver};
 use crate::push::token::TokenKey;
 use inbox::Router;
 use limits::IpLimiter;
@@ -44,6 +44,51 @@ pub struct Shared {
     pub(crate) epoch: u64,
     /// What session tokens are signed with (one key for every shard).
     pub(crate) token_key: TokenKey,
+}
+
+/// The authenticator `--auth` names, its keys loaded (a key file that does not load is a
+/// start-up error naming it).
+pub(crate) fn authenticator(cfg: &Config) -> Result<Arc<dyn Authenticator>, StartError> {
+    let max_channels = cfg.delivery.max_channels_per_conn;
+    Ok(match (cfg.auth.auth, &cfg.auth.jwt_keys) {
+        (AuthMode::Jwt, Some(path)) => {
+            let a = JwtAuth::new(JwtSettings {
+                keys_path: path.clone(),
+                audience: cfg.auth.jwt_audience.clone(),
+                issuer: cfg.auth.jwt_issuer.clone(),
+                leeway_ms: cfg.auth.jwt_leeway.as_millis() as u64,
+                max_channels,
+                max_info_bytes: cfg.auth.jwt_max_info as usize,
+            })
+            .map_err(StartError)?;
+            tracing::info!("clients authenticate with JWTs: {}", a.describe());
+            Arc::new(a)
+        }
+        _ => Arc::new(OpenMode { max_channels }),
+    })
+}
+
+/// Reads keys and certificates again (SIGHUP). Cheap to clone; usable from any thread.
+#[derive(Clone, Debug)]
+pub struct ReloadHandle {
+    auth: Arc<dyn Authenticator>,
+}
+
+impl ReloadHandle {
+    /// Reloads everything reloadable and logs what happened; a file that does not load keeps
+    /// what was in use. Returns whether everything loaded.
+    pub fn reload(&self) -> bool {
+        match self.auth.reload() {
+            Ok(what) => {
+                tracing::info!("reloaded client keys: {what}");
+                true
+            }
+            Err(why) => {
+                tracing::error!("client keys not reloaded, the old ones stay: {why}");
+                false
+            }
+        }
+    }
 }
 
 /// The key session tokens are signed with: `--session-key`, or 32 random bytes from the
@@ -110,6 +155,7 @@ pub struct Server {
     router: Arc<Router>,
     shared: Arc<Shared>,
     handle: ShutdownHandle,
+    reload: ReloadHandle,
 }
 
 /// Connections the open-file limit leaves room for: each shard keeps a listener, an epoll
@@ -210,8 +256,7 @@ impl Server {
             .collect::<io::Result<Vec<_>>>()
             .map_err(|e| StartError(format!("eventfd: {e}")))?;
         let (router, inboxes) = Router::new(&wakes, cfg.delivery.inbox_capacity);
-        let identify: Arc<dyn Identify> =
-            Arc::new(OpenMode { max_channels: cfg.delivery.max_channels_per_conn });
+        let auth = authenticator(&cfg)?;
         for (i, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
             let wake = wakes[i].clone();
             let ctr = counters[i].clone();
@@ -227,7 +272,7 @@ impl Server {
                 wake,
                 router: router.clone(),
                 inbox,
-                identify: identify.clone(),
+                auth: auth.clone(),
                 peers: peers.clone(),
             };
             let shard = Shard::new(&cfg, parts, crate::clock::now())
@@ -251,6 +296,7 @@ impl Server {
             router,
             shared: shared.clone(),
             handle: ShutdownHandle { shared, wakes },
+            reload: ReloadHandle { auth },
         })
     }
 
@@ -278,6 +324,10 @@ impl Server {
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.handle.clone()
+    }
+
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
     }
 
     pub fn counters(&self) -> &[Arc<Counters>] {

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use crate::clock;
 use crate::config::Config;
-use crate::push::identity::{Identify, OpenMode};
 use crate::push::msg::ShardMsg;
 
 use super::inbox::Router;
@@ -60,8 +59,7 @@ impl SimNode {
         let peers: Arc<[Arc<Counters>]> = counters.clone().into();
         let wakes = (0..n).map(|_| EventFd::new().map(Arc::new)).collect::<io::Result<Vec<_>>>()?;
         let (router, inboxes) = Router::new(&wakes, cfg.delivery.inbox_capacity);
-        let identify: Arc<dyn Identify> =
-            Arc::new(OpenMode { max_channels: cfg.delivery.max_channels_per_conn });
+        let auth = super::authenticator(cfg).map_err(|e| io::Error::other(e.0))?;
         let mut shards = Vec::with_capacity(n);
         for (i, inbox) in inboxes.into_iter().enumerate() {
             let parts = ShardParts {
@@ -72,7 +70,7 @@ impl SimNode {
                 wake: wakes[i].clone(),
                 router: router.clone(),
                 inbox,
-                identify: identify.clone(),
+                auth: auth.clone(),
                 peers: peers.clone(),
             };
             shards.push(Shard::new(cfg, parts, start)?);

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::auth::AuthError;
 use crate::proto::handshake::HandshakeError;
 use crate::proto::CloseReason;
 
@@ -43,6 +44,8 @@ macro_rules! counters {
             $(#[doc = $help] pub $name: Counter,)*
             /// Handshakes refused, by [`HandshakeError`], in `HandshakeError::ALL` order.
             pub(crate) refused: [Counter; HandshakeError::ALL.len()],
+            /// Upgrades the authenticator refused, by `AuthError::LABELS`.
+            pub(crate) auth_refused: [Counter; AuthError::LABELS.len()],
             /// Time from the API receiving a delivery to this shard queueing it.
             pub(crate) publish_to_queued: LatencyHistogram,
         }
@@ -87,6 +90,8 @@ counters! {
     pushes_conflated: "queued pushes replaced by a later one with the same conflation key",
     pushes_discarded: "queued pushes dropped because a kick, replacement, slow-consumer or pong-timeout close went first",
     slow_consumers_closed: "connections closed for losing pushes too long",
+    token_expired: "connections closed with 4003 because their token expired",
+    token_refreshes: "refresh messages that extended a connection's token",
     kicks: "connections closed by kick or replacement",
     client_errors: "client messages answered with an error",
     inbox_messages: "messages taken from the shard inbox",
@@ -126,6 +131,10 @@ impl Counters {
                 self.slow_consumers_closed.inc();
                 self.kicks.inc();
             }
+            CloseReason::TokenExpired => {
+                self.token_expired.inc();
+                self.closed_by_server.inc();
+            }
         }
     }
 }
@@ -140,11 +149,13 @@ pub(crate) fn sum(shards: &[std::sync::Arc<Counters>]) -> Vec<(String, u64)> {
             }
             out[j].1 += v;
         }
-        for (k, e) in HandshakeError::ALL.iter().enumerate() {
-            let name = format!("refused_{}", e.label());
+        let refused = HandshakeError::ALL.iter().map(|e| format!("refused_{}", e.label()));
+        let auth = AuthError::LABELS.iter().map(|l| format!("auth_refused_{l}"));
+        let values = c.refused.iter().chain(c.auth_refused.iter());
+        for (name, v) in refused.chain(auth).zip(values) {
             match out.iter_mut().find(|(n, _)| *n == name) {
-                Some(slot) => slot.1 += c.refused[k].get(),
-                None => out.push((name, c.refused[k].get())),
+                Some(slot) => slot.1 += v.get(),
+                None => out.push((name, v.get())),
             }
         }
     }

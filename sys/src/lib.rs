@@ -249,7 +249,11 @@ pub struct TermSignals {
 }
 
 impl TermSignals {
-    /// Blocks SIGINT and SIGTERM in the calling thread and every thread it spawns afterwards.
+    /// SIGHUP's number: reload, do not stop.
+    pub const HANGUP: i32 = libc::SIGHUP;
+
+    /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread and every thread it spawns
+    /// afterwards.
     pub fn block() -> io::Result<TermSignals> {
         // SAFETY: sigset_t is plain data and sigemptyset initialises it.
         let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -258,6 +262,7 @@ impl TermSignals {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGHUP);
         }
         // SAFETY: `set` is initialised; the old mask pointer may be null.
         let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -267,7 +272,7 @@ impl TermSignals {
         Ok(TermSignals { set })
     }
 
-    /// Waits for the next SIGINT or SIGTERM and returns its number.
+    /// Waits for the next SIGINT, SIGTERM or SIGHUP and returns its number.
     pub fn wait(&self) -> i32 {
         let mut sig: libc::c_int = 0;
         // SAFETY: `self.set` is initialised and `sig` is a live c_int.

@@ -10,11 +10,11 @@ use crate::proto::client::{self, ClientError, ClientMsg};
 use crate::proto::CloseReason;
 
 use super::effect::{Effect, Effects, Now};
-use super::identity::Identity;
 use super::ids::{home_of, ConnId};
 use super::msg::ShardMsg;
 use super::streams::{CatchUp, Position, StreamKey};
 use super::token::{SessionToken, TokenKey};
+use crate::auth::{Authenticator, Grant, Identity};
 
 /// What every session of a shard shares, derived from the configuration once.
 #[derive(Debug)]
@@ -35,6 +35,8 @@ pub(crate) struct SessionParams {
     /// Session tokens: the key they are signed with and how long one stays valid.
     pub(crate) token_key: TokenKey,
     pub(crate) session_ttl_ms: u64,
+    /// Checks the token of a `refresh`.
+    pub(crate) auth: Arc<dyn Authenticator>,
 }
 
 /// Who a push connection is and what it follows; allocated only for connections that have
@@ -55,6 +57,11 @@ pub(crate) struct Session {
     reported: u32,
     /// When the client's current session token was issued (Unix ms).
     token_ms: u64,
+    /// What the connection's token allows; `None` (open mode): any channel.
+    grant: Option<Arc<Grant>>,
+    /// When the connection's token expires (Unix ms; 0: never): closed then with 4003 unless
+    /// a `refresh` extends it.
+    expires_ms: u64,
     /// Until the welcome goes out: what it will say. Freed once it is sent.
     opening: Option<Box<Opening>>,
 }
@@ -92,7 +99,11 @@ impl Session {
                 Some(t) => {
                     for c in t.channels {
                         let c: Arc<str> = Arc::from(c);
-                        if !channels.iter().any(|(x, _)| *x == c) {
+                        if !allowed(id.grant.as_deref(), &c) {
+                            // The token of this connection no longer allows it: said, not
+                            // dropped silently.
+                            after.push(forbidden(&c));
+                        } else if !channels.iter().any(|(x, _)| *x == c) {
                             channels.push((c, None));
                         }
                     }
@@ -106,7 +117,7 @@ impl Session {
                 None => channels.push((c.clone(), Some(*pos))),
             }
         }
-        if id.user.is_none() && channels.is_empty() {
+        if id.user.is_none() && channels.is_empty() && id.expires_ms.is_none() {
             let token = sign(None, id.device.as_deref(), &[], now.ms, p);
             let body = client::welcome(
                 &conn.to_string(),
@@ -128,6 +139,8 @@ impl Session {
             device: id.device.clone(),
             channels: Vec::with_capacity(channels.len()),
             token_ms: now.ms,
+            grant: id.grant.clone(),
+            expires_ms: id.expires_ms.unwrap_or(0),
             ..Default::default()
         });
         let mut opening = Opening {
@@ -152,12 +165,18 @@ impl Session {
                 device: id.device.clone(),
                 conn,
                 at_ms: now.ms,
+                info: id.info.clone(),
             };
             opening.awaited.push(StreamKey::User(user.clone()));
             out.push_back(Effect::Update { shard: home_of(user, p.shards), msg });
         }
         session.opening = Some(Box::new(opening));
         Some(session)
+    }
+
+    /// When the connection's token expires (Unix ms), if it has one.
+    pub(crate) fn expires_ms(slot: &Option<Box<Session>>) -> Option<u64> {
+        slot.as_ref().map(|s| s.expires_ms).filter(|&e| e > 0)
     }
 
     /// Whether the connection still waits for its welcome (nothing may be written before it).
@@ -318,6 +337,8 @@ impl Session {
                 } else if already {
                     // Answered with the channel's position, counted once.
                     out.push_back(Effect::Subscribe { conn, channel, since: None, count: false });
+                } else if !allowed(slot.as_ref().and_then(|s| s.grant.as_deref()), &channel) {
+                    client_error(slot, conn, ClientError::Forbidden, now, p, out);
                 } else if !subscribe(slot, conn, channel, since, p, out) {
                     client_error(slot, conn, ClientError::TooManyChannels, now, p, out);
                 }
@@ -336,6 +357,7 @@ impl Session {
             Ok(ClientMsg::Resume { session, streams }) => {
                 resume(slot, conn, session.as_deref(), streams, now, p, out)
             }
+            Ok(ClientMsg::Refresh { token }) => refresh(slot, conn, &token, now, p, out),
             Err(e) => client_error(slot, conn, e, now, p, out),
         }
     }
@@ -392,9 +414,12 @@ fn resume(
                 // The token's channels without a position in `streams` come back plainly.
                 let have: Vec<Arc<str>> =
                     slot.as_ref().map_or_else(Vec::new, |s| s.channels.clone());
+                let grant = slot.as_ref().and_then(|s| s.grant.clone());
                 for c in t.channels {
                     let named = streams.iter().any(|(x, _)| *x == c);
-                    if !named
+                    if !allowed(grant.as_deref(), &c) {
+                        out.push_back(Effect::Reply { conn, body: forbidden(&c) });
+                    } else if !named
                         && !have.iter().any(|x| **x == *c)
                         && !subscribe(slot, conn, Arc::from(c), None, p, out)
                     {
@@ -412,6 +437,12 @@ fn resume(
     let subscribed = |c: &str| slot.as_ref().is_some_and(|s| s.channels.iter().any(|x| &**x == c));
     if streams.iter().any(|(c, _)| subscribed(c)) {
         client_error(slot, conn, ClientError::AlreadySubscribed, now, p, out);
+        return;
+    }
+    let grant = slot.as_ref().and_then(|s| s.grant.clone());
+    if let Some((c, _)) = streams.iter().find(|(c, _)| !allowed(grant.as_deref(), c)) {
+        let body = forbidden(c);
+        refuse(slot, conn, body, now, p, out);
         return;
     }
     if have + streams.len() > p.max_channels {
@@ -483,11 +514,68 @@ fn unsubscribe(
     true
 }
 
+/// Whether a connection with this grant may follow `channel` (open mode: any).
+fn allowed(grant: Option<&Grant>, channel: &str) -> bool {
+    grant.is_none_or(|g| g.allows(channel))
+}
+
+/// The `error` for a channel the token does not allow, naming it.
+fn forbidden(channel: &str) -> Vec<u8> {
+    client::error_with(
+        ClientError::Forbidden,
+        &format!("the connection's token does not allow channel {channel}"),
+    )
+}
+
+/// `refresh`: a valid token for the same user (and device, where the token names one)
+/// extends the connection's expiry and replaces what it allows from now on.
+fn refresh(
+    slot: &mut Option<Box<Session>>,
+    conn: ConnId,
+    token: &str,
+    now: Now,
+    p: &SessionParams,
+    out: &mut Effects,
+) {
+    let why = match p.auth.refresh(token, now.ms) {
+        Err(e) => e.reason(),
+        Ok(r) => match slot.as_mut() {
+            Some(s) if s.user.as_deref() == Some(&*r.user) => {
+                if r.device.is_some() && r.device != s.device {
+                    "the token is for another device".to_string()
+                } else {
+                    // Never shortened: the token it replaces was valid until its own expiry.
+                    s.expires_ms = s.expires_ms.max(r.expires_ms);
+                    s.grant = Some(r.grant);
+                    let body = client::refreshed(s.expires_ms);
+                    out.push_back(Effect::Refreshed);
+                    out.push_back(Effect::Reply { conn, body });
+                    return;
+                }
+            }
+            _ => "the token is for another user".to_string(),
+        },
+    };
+    refuse(slot, conn, client::error_with(ClientError::BadToken, &why), now, p, out);
+}
+
 /// Answers a bad client message; too many in a minute closes the connection with 1008.
 fn client_error(
     slot: &mut Option<Box<Session>>,
     conn: ConnId,
     e: ClientError,
+    now: Now,
+    p: &SessionParams,
+    out: &mut Effects,
+) {
+    refuse(slot, conn, client::error(e), now, p, out);
+}
+
+/// Answers a bad client message with `body` (an `error`), counting it.
+fn refuse(
+    slot: &mut Option<Box<Session>>,
+    conn: ConnId,
+    body: Vec<u8>,
     now: Now,
     p: &SessionParams,
     out: &mut Effects,
@@ -503,7 +591,7 @@ fn client_error(
         out.push_back(Effect::Close { conn, reason: CloseReason::TooManyBadMessages });
         return;
     }
-    out.push_back(Effect::Reply { conn, body: client::error(e) });
+    out.push_back(Effect::Reply { conn, body });
 }
 
 /// Tells the user's home shard this connection is active, at most once per `report_ticks`.

@@ -14,6 +14,7 @@ fn params() -> SessionParams {
         shards: 4,
         token_key: TokenKey::new(b"session test key"),
         session_ttl_ms: 120_000,
+        auth: Arc::new(crate::auth::OpenMode { max_channels: 2 }),
     }
 }
 
@@ -56,6 +57,7 @@ fn open(user: Option<&str>, channels: &[&str], out: &mut Effects) -> Option<Box<
         channels: channels.iter().map(|c| Arc::from(*c)).collect(),
         resume: Vec::new(),
         session: None,
+        ..Identity::default()
     };
     Session::open(C, id, Now { tick: 0, ms: 100 }, &params(), out)
 }
@@ -272,6 +274,7 @@ fn a_session_token_brings_the_subscriptions_back_and_only_for_its_user() {
         channels: vec![],
         resume: vec![],
         session: Some(token),
+        ..Identity::default()
     };
     let _ = Session::open(C, id, Now { tick: 4, ms: 4000 }, &p, &mut out);
     assert_eq!(text(&out), ["+a", "+b", "joined"]);
@@ -315,6 +318,7 @@ fn answers_to_a_resume_at_connect_follow_the_welcome() {
         channels: vec![],
         resume: vec![(Arc::from("a"), Position { epoch: 9, seq: 2 })],
         session: None,
+        ..Identity::default()
     };
     let mut s = Session::open(C, id, Now::default(), &params(), &mut out);
     assert_eq!(text(&out), ["+a@9.2"]);
@@ -365,4 +369,128 @@ fn frame(b: &'static [u8]) -> crate::push::msg::Frame {
         kept: true,
         meta: None,
     }
+}
+
+/// Tokens by name: "u-later" is user u's token to 9 000 ms, "v" another user's, "u-phone"
+/// user u on device phone; anything else is refused as expired.
+#[derive(Debug)]
+struct Tokens;
+
+impl crate::auth::Authenticator for Tokens {
+    fn authenticate(
+        &self,
+        _req: &crate::auth::UpgradeRequest<'_>,
+        _now_ms: u64,
+    ) -> Result<Identity, crate::auth::AuthError> {
+        Err(crate::auth::AuthError::Missing)
+    }
+
+    fn refresh(
+        &self,
+        token: &str,
+        _now_ms: u64,
+    ) -> Result<crate::auth::Refreshed, crate::auth::AuthError> {
+        let (user, device) = match token {
+            "u-later" => ("u", None),
+            "u-phone" => ("u", Some("phone")),
+            "v" => ("v", None),
+            _ => return Err(crate::auth::AuthError::Expired),
+        };
+        Ok(crate::auth::Refreshed {
+            user: Arc::from(user),
+            device: device.map(Arc::from),
+            expires_ms: 9000,
+            grant: Arc::new(Grant { channels: vec![], sub_allow: vec!["q.*".into()] }),
+        })
+    }
+}
+
+#[test]
+fn a_token_grant_limits_subscriptions_and_a_refresh_extends_it() {
+    let p = SessionParams {
+        auth: Arc::new(Tokens),
+        max_channels: 8,
+        max_client_errors: 100,
+        ..params()
+    };
+    let mut out = Effects::new();
+    let id = Identity {
+        user: Some(Arc::from("u")),
+        device: Some(Arc::from("tablet")),
+        channels: vec![Arc::from("news")],
+        grant: Some(Arc::new(Grant {
+            channels: vec![Arc::from("news")],
+            sub_allow: vec!["p.*".into()],
+        })),
+        expires_ms: Some(5000),
+        ..Identity::default()
+    };
+    let mut s = Session::open(C, id, Now { tick: 0, ms: 100 }, &p, &mut out);
+    assert_eq!(Session::expires_ms(&s), Some(5000));
+    out.clear();
+    let now = Now { tick: 1, ms: 200 };
+    let say = |s: &mut Option<Box<Session>>, m: &str| {
+        let mut out = Effects::new();
+        Session::on_message(s, C, true, m.as_bytes(), now, &p, &mut out);
+        text(&out).into_iter().filter(|t| t != "active").collect::<Vec<_>>()
+    };
+    assert_eq!(say(&mut s, r#"{"type":"subscribe","channel":"p.1"}"#), ["+p.1"]);
+    assert_eq!(
+        say(&mut s, r#"{"type":"subscribe","channel":"x"}"#),
+        [
+            "client-error",
+            r#"{"type":"error","code":"forbidden","reason":"the connection's token does not allow this channel"}"#
+        ]
+    );
+    assert_eq!(
+        say(&mut s, r#"{"type":"resume","streams":{"channel:x":{"epoch":1,"seq":1}}}"#),
+        [
+            "client-error",
+            r#"{"type":"error","code":"forbidden","reason":"the connection's token does not allow channel x"}"#
+        ]
+    );
+    // Refused refreshes change nothing.
+    for (tok, why) in [
+        ("v", "the token is for another user"),
+        ("u-phone", "the token is for another device"),
+        ("old", "token expired"),
+    ] {
+        let m = format!(r#"{{"type":"refresh","token":"{tok}"}}"#);
+        let want = format!(r#"{{"type":"error","code":"bad_token","reason":"{why}"}}"#);
+        assert_eq!(say(&mut s, &m), ["client-error".to_string(), want]);
+        assert_eq!(Session::expires_ms(&s), Some(5000));
+    }
+    assert_eq!(
+        say(&mut s, r#"{"type":"refresh"}"#)[1],
+        r#"{"type":"error","code":"bad_token","reason":"refresh takes \"token\": a token for the connection's user"}"#
+    );
+    // A good one extends the expiry and brings the new grant.
+    assert_eq!(
+        say(&mut s, r#"{"type":"refresh","token":"u-later"}"#),
+        ["Refreshed", r#"{"type":"refreshed","expires":9000}"#]
+    );
+    assert_eq!(Session::expires_ms(&s), Some(9000));
+    assert_eq!(say(&mut s, r#"{"type":"subscribe","channel":"q.1"}"#), ["+q.1"]);
+    assert_eq!(say(&mut s, r#"{"type":"subscribe","channel":"p.2"}"#)[0], "client-error");
+}
+
+#[test]
+fn open_mode_has_no_tokens_to_refresh() {
+    let mut out = Effects::new();
+    let mut s = open(Some("u"), &[], &mut out);
+    out.clear();
+    Session::on_message(
+        &mut s,
+        C,
+        true,
+        br#"{"type":"refresh","token":"t"}"#,
+        Now::default(),
+        &params(),
+        &mut out,
+    );
+    assert_eq!(
+        text(&out)[1],
+        r#"{"type":"error","code":"bad_token","reason":"this server does not use tokens (--auth open)"}"#
+    );
+    assert_eq!(Session::expires_ms(&s), None);
 }

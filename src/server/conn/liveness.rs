@@ -44,6 +44,8 @@ pub(crate) struct State {
     pub(crate) ping_out: bool,
     /// Pushes are being dropped for a full outbox.
     pub(crate) slow: bool,
+    /// The tick the connection's token expires at, if it has one.
+    pub(crate) expires: Option<u64>,
 }
 
 impl Liveness {
@@ -55,9 +57,12 @@ impl Liveness {
         u64::from((now as u32).wrapping_sub(stamp))
     }
 
-    /// The first thing due at `now`, in the order that decides a close: silence, then a slow
-    /// reader, then a missing pong; else a ping if the connection has been quiet long enough.
+    /// The first thing due at `now`, in the order that decides a close: an expired token,
+    /// then silence, then a slow reader, then a missing pong; else a ping if the connection has been quiet long enough.
     pub(crate) fn verdict(&self, now: u64, s: State, d: &Deadlines) -> Verdict {
+        if s.expires.is_some_and(|e| now >= e) {
+            return Verdict::Close(CloseReason::TokenExpired);
+        }
         if d.idle > 0 && Self::since(self.last_msg, now) >= d.idle {
             return Verdict::Close(CloseReason::Idle);
         }
@@ -98,6 +103,10 @@ impl Liveness {
         if s.slow {
             consider(d.slow, self.slow_since);
         }
+        if let Some(e) = s.expires {
+            let at = e.max(now);
+            next = Some(next.map_or(at, |n: u64| n.min(at)));
+        }
         next
     }
 }
@@ -126,15 +135,26 @@ mod tests {
     #[test]
     fn silence_closes_before_anything_else_and_slowness_next() {
         let l = Liveness::new(0);
-        let all = State { ping_out: true, slow: true };
+        let all = State { ping_out: true, slow: true, expires: None };
         assert_eq!(l.verdict(40, all, &D), Verdict::Close(CloseReason::Idle));
         assert_eq!(l.verdict(7, all, &D), Verdict::Close(CloseReason::SlowConsumer));
         let off = Deadlines { ping: 0, idle: 0, ..D };
         assert_eq!(l.next_deadline(0, State::default(), &off), None);
         assert_eq!(
-            l.verdict(1_000_000, State { ping_out: true, slow: false }, &off),
+            l.verdict(1_000_000, State { ping_out: true, slow: false, expires: None }, &off),
             Verdict::Wait
         );
+    }
+
+    #[test]
+    fn an_expired_token_closes_first_and_is_a_deadline_of_its_own() {
+        let l = Liveness::new(0);
+        let off = Deadlines { ping: 0, idle: 0, ..D };
+        let s = State { expires: Some(50), ..State::default() };
+        assert_eq!(l.next_deadline(0, s, &off), Some(50));
+        assert_eq!(l.verdict(49, s, &off), Verdict::Wait);
+        let all = State { ping_out: true, slow: true, expires: Some(50) };
+        assert_eq!(l.verdict(50, all, &D), Verdict::Close(CloseReason::TokenExpired));
     }
 
     #[test]
@@ -151,18 +171,21 @@ mod tests {
         fn matches_the_model(
             recv in 0u32..100, msg in 0u32..100, ping in 0u32..100, slow_since in 0u32..100,
             ping_out: bool, slow: bool, later in 0u64..200,
+            expires in proptest::option::of(0u64..400),
             dp in 0u64..30, dq in 1u64..30, di in 0u64..60, ds in 1u64..30,
         ) {
             let l = Liveness { last_recv: recv, last_msg: msg.min(recv), ping_sent: ping, slow_since };
             let d = Deadlines { ping: dp, pong: dq, idle: di, slow: ds };
-            let s = State { ping_out, slow };
+            let s = State { ping_out, slow, expires };
             let now = 100 + later;
             let age = |t: u32| now - u64::from(t);
             let idle = di > 0 && age(l.last_msg) >= di;
             let slow_due = slow && age(slow_since) >= ds;
             let pong = dp > 0 && ping_out && age(ping) >= dq;
             let ping_due = dp > 0 && !ping_out && age(recv) >= dp;
-            let want = if idle {
+            let want = if expires.is_some_and(|e| now >= e) {
+                Verdict::Close(CloseReason::TokenExpired)
+            } else if idle {
                 Verdict::Close(CloseReason::Idle)
             } else if slow_due {
                 Verdict::Close(CloseReason::SlowConsumer)

@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use bytes::Bytes;
 
+use crate::auth::UpgradeRequest;
 use crate::proto::handshake::{self, HandshakeError, Upgrade};
 use crate::proto::{Decoder, Role};
 use crate::push::msg::Priority;
@@ -62,10 +63,14 @@ impl Core {
         let ip = self.conns[key].ip;
         let route = self.p.routes.get(up.route).copied().unwrap_or(Route::Ws);
         let identity = if route == Route::Ws {
-            match self.identify.identify(up.query.as_deref()) {
+            let req = UpgradeRequest { query: up.query.as_deref(), bearer: up.bearer.as_deref() };
+            match self.p.session.auth.authenticate(&req, self.now_ms) {
                 Ok(id) => Some(id),
                 Err(e) => {
-                    self.refuse_with(key, HandshakeError::BadIdentity, &e.0);
+                    self.counters.auth_refused[e.index()].inc();
+                    // The reason, never the token (nor the query that may carry it).
+                    tracing::debug!(shard = self.id, %ip, reason = e.label(), "upgrade refused");
+                    self.refuse_with(key, e.handshake(), &e.reason());
                     return false;
                 }
             }

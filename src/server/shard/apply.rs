@@ -160,6 +160,7 @@ impl Core {
                     }
                 }
                 Effect::ClientError => self.counters.client_errors.inc(),
+                Effect::Refreshed => self.counters.token_refreshes.inc(),
                 Effect::Close { conn, reason } => {
                     if let Some(key) = self.local(conn) {
                         self.close_for(key, reason);

@@ -30,6 +30,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use slab::Slab;
 
+use crate::auth::Authenticator;
 use crate::clock;
 use crate::config::Config;
 use crate::proto::frame::encode_frame;
@@ -38,7 +39,6 @@ use crate::proto::{Limits, OpCode};
 use crate::push::effect::{Effects, Now};
 use crate::push::history::{Guarantee, Keep, Rule, Rules};
 use crate::push::home::{Home, HomeParams};
-use crate::push::identity::Identify;
 use crate::push::ids::ConnId;
 use crate::push::index::ChannelIndex;
 use crate::push::repair::Repairs;
@@ -59,6 +59,8 @@ pub(crate) use runtime::{accept_loop, event_loop};
 
 const WAKE_TOKEN: u64 = u64::MAX;
 const TICK_TOKEN: u64 = u64::MAX - 1;
+/// The client protocol's subprotocol name.
+pub(crate) const PROTOCOL_NAME: &str = "ringcast.v1";
 /// Readiness events taken per epoll_wait.
 const EVENTS_PER_TURN: usize = 1024;
 /// Inbox messages handled per turn before sockets get their turn again.
@@ -91,7 +93,13 @@ pub(crate) struct Params {
 }
 
 impl Params {
-    pub(crate) fn new(cfg: &Config, epoch: u64, shards: usize, token_key: TokenKey) -> Params {
+    pub(crate) fn new(
+        cfg: &Config,
+        epoch: u64,
+        shards: usize,
+        token_key: TokenKey,
+        auth: Arc<dyn Authenticator>,
+    ) -> Params {
         let mut routes = vec![Route::Ws];
         let mut paths = vec![cfg.routes.ws_path.clone()];
         if cfg.routes.echo {
@@ -102,11 +110,17 @@ impl Params {
         let reply = cfg.timeouts.heartbeat_reply.as_bytes();
         encode_frame(&mut heartbeat_frame, OpCode::Text, true, None, reply);
         let minute_ticks = cfg.ticks(std::time::Duration::from_secs(60));
+        // The client protocol's own name is always spoken: a browser that sends its token as
+        // a `ringcast.token.` entry offers it too, and must get one of its offers back.
+        let mut subprotocols = cfg.routes.subprotocols.clone();
+        if !subprotocols.iter().any(|p| p == PROTOCOL_NAME) {
+            subprotocols.push(PROTOCOL_NAME.to_string());
+        }
         Params {
             policy: HandshakePolicy {
                 routes: paths,
                 allowed_origins: cfg.routes.allowed_origins.clone(),
-                subprotocols: cfg.routes.subprotocols.clone(),
+                subprotocols,
                 max_header_bytes: cfg.frames.max_header_bytes as usize,
             },
             routes,
@@ -141,6 +155,7 @@ impl Params {
                 shards,
                 token_key,
                 session_ttl_ms: cfg.history.session_ttl.as_millis() as u64,
+                auth,
             },
             home: HomeParams {
                 replace: cfg.delivery.replace_same_device,
@@ -232,7 +247,6 @@ pub(super) struct Core {
     draining: bool,
     drain_deadline: u64,
     mesh: Mesh,
-    identify: Arc<dyn Identify>,
     /// Channel → local subscribers.
     channels: ChannelIndex,
     /// The users, channels and streams homed here.
@@ -260,7 +274,7 @@ pub(crate) struct ShardParts {
     pub(crate) wake: Arc<EventFd>,
     pub(crate) router: Arc<Router>,
     pub(crate) inbox: Inbox,
-    pub(crate) identify: Arc<dyn Identify>,
+    pub(crate) auth: Arc<dyn Authenticator>,
     pub(crate) peers: Arc<[Arc<Counters>]>,
 }
 
@@ -270,9 +284,8 @@ impl Shard {
     /// doubling would leave the old copies resident (about 90 B per connection at 19k).
     /// `now` is tick 0.
     pub(crate) fn new(cfg: &Config, parts: ShardParts, now: Instant) -> io::Result<Shard> {
-        let ShardParts { id, capacity, shared, counters, wake, router, inbox, identify, peers } =
-            parts;
-        let p = Params::new(cfg, shared.epoch, router.shards(), shared.token_key.clone());
+        let ShardParts { id, capacity, shared, counters, wake, router, inbox, auth, peers } = parts;
+        let p = Params::new(cfg, shared.epoch, router.shards(), shared.token_key.clone(), auth);
         let streams = Streams::with_history(
             shared.epoch,
             p.stream_idle_ttl_ms,
@@ -319,7 +332,6 @@ impl Shard {
             draining: false,
             drain_deadline: u64::MAX,
             mesh: Mesh::new(id, router, inbox),
-            identify,
             channels: ChannelIndex::default(),
             home,
             peers,

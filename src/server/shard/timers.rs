@@ -2,6 +2,7 @@
 //! an open connection, the pure liveness decision of `conn::liveness`).
 
 use crate::proto::OpCode;
+use crate::push::session::Session;
 
 use super::super::conn::{flag, LiveState, Phase, Verdict};
 use super::Core;
@@ -19,7 +20,12 @@ impl Core {
 
     fn live_state(&self, key: usize) -> LiveState {
         let conn = &self.conns[key];
-        LiveState { ping_out: conn.has(flag::PING_OUT), slow: conn.has(flag::SLOW) }
+        // A token's expiry in Unix ms, as the tick it falls in (rounded up: never early).
+        let expires = Session::expires_ms(&conn.session).map(|ms| {
+            let left = u128::from(ms.saturating_sub(self.now_ms)) * 1_000_000;
+            self.now + left.div_ceil(self.p.tick_nanos).min(u128::from(u32::MAX)) as u64
+        });
+        LiveState { ping_out: conn.has(flag::PING_OUT), slow: conn.has(flag::SLOW), expires }
     }
 
     /// The next instant an open connection needs looking at.
