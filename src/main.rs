@@ -9,6 +9,27 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // `ringcast hash-key [KEY]`: print the SHA-256 an `[[api_keys]]` table takes (the key is
+    // read from stdin when not given, so it stays out of the shell's history).
+    if args.get(1).is_some_and(|a| a == "hash-key") {
+        let key = match args.get(2) {
+            Some(k) => k.to_string_lossy().into_owned(),
+            None => {
+                let mut line = String::new();
+                if let Err(e) = std::io::stdin().read_line(&mut line) {
+                    eprintln!("ringcast: cannot read the key from stdin: {e}");
+                    return ExitCode::from(2);
+                }
+                line.trim_end_matches(['\r', '\n']).to_string()
+            }
+        };
+        if key.is_empty() {
+            eprintln!("ringcast: usage: ringcast hash-key [KEY]  (or the key on stdin)");
+            return ExitCode::from(2);
+        }
+        println!("{}", ringcast::api::keys::hash_key(&key));
+        return ExitCode::SUCCESS;
+    }
     // `ringcast check-config FILE [flags]`: print the effective configuration and exit.
     let check = args.get(1).is_some_and(|a| a == "check-config");
     if check {
@@ -77,7 +98,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let api_key = cfg.api.api_key.clone();
+    let api_keys = ringcast::api::keys::ApiKeys::from_config(&cfg);
+    let metrics_listener = match cfg.api.metrics_listen.map(ringcast::api::bind) {
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            eprintln!("ringcast: {}", e.replace("for the API", "for --metrics-listen"));
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
     let api_max_body = cfg.api.api_max_body as usize;
     let api_max_connections = cfg.api.api_max_connections as usize;
     let session_key_set = cfg.session_key_set();
@@ -106,7 +135,8 @@ fn main() -> ExitCode {
         router: server.router(),
         shared: server.shared(),
         counters: server.counters().to_vec(),
-        api_key,
+        keys: api_keys,
+        metrics_only: false,
         max_body: api_max_body,
         driver: server.driver(),
         max_connections: api_max_connections,
@@ -121,6 +151,38 @@ fn main() -> ExitCode {
         }
     };
     tracing::info!("API on http://{api_addr}");
+    let metrics_api = match metrics_listener {
+        Some(l) => {
+            let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let ctx = ringcast::api::ApiContext {
+                router: server.router(),
+                shared: server.shared(),
+                counters: server.counters().to_vec(),
+                keys: ringcast::api::keys::ApiKeys::default(),
+                metrics_only: true,
+                max_body: 1024,
+                driver: server.driver(),
+                max_connections: 64,
+                idempotency: ringcast::api::idempotency::Idempotency::new(
+                    std::time::Duration::from_secs(1),
+                    1,
+                ),
+            };
+            match ringcast::api::spawn(l, ctx, server.driver() == "io_uring") {
+                Ok(a) => {
+                    tracing::info!(
+                        "metrics on http://{addr} (/metrics, /healthz, /readyz; no key)"
+                    );
+                    Some(a)
+                }
+                Err(e) => {
+                    eprintln!("ringcast: cannot start the metrics thread: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => None,
+    };
     if !session_key_set {
         tracing::info!(
             "session tokens are signed with a key made at start-up; set --session-key (the same \
@@ -161,6 +223,9 @@ fn main() -> ExitCode {
     });
     let joined = server.join();
     api.stop();
+    if let Some(m) = metrics_api {
+        m.stop();
+    }
     match joined {
         Ok(totals) => {
             let summary: Vec<String> = totals.iter().map(|(k, v)| format!("{k}={v}")).collect();

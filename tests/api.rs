@@ -199,7 +199,7 @@ fn a_public_api_listener_needs_a_key() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--api-key is required"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--api-key or [[api_keys]] is required"));
 }
 
 /// Parses the Prometheus text format: every sample line belongs to a family declared with

@@ -98,7 +98,7 @@ fn every_kind_of_error_names_what_is_wrong() {
         ("listen = \n", vec![], vec![], "is not valid TOML"),
         ("", vec![("RINGCAST_BACKLOG", "0")], vec![], "invalid value '0' for '--backlog"),
         ("", vec![], vec!["--max-header-bytes", "1MiB"], "--max-header-bytes must be between"),
-        ("", vec![], vec!["--api-listen", "0.0.0.0:8081"], "--api-key is required"),
+        ("", vec![], vec!["--api-listen", "0.0.0.0:8081"], "--api-key or [[api_keys]] is required"),
         ("", vec![], vec!["--io-driver", "kqueue"], "invalid value 'kqueue'"),
     ];
     for (toml, env, flags, want) in cases {

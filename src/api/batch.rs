@@ -6,19 +6,20 @@ use serde_json::Value;
 
 use super::error::{ApiError, Reply};
 use super::fields::{BadRequest, Fields};
+use super::keys::Caller;
 use super::ops::{prepare, Op, Prepared};
 use super::ApiContext;
 
 const OPS: &str = "\"op\" must be \"publish\", \"push\", \"send\", \"broadcast\" or \"kick\"";
 
-pub(crate) async fn batch(ctx: &ApiContext, body: &[u8]) -> Reply {
+pub(crate) async fn batch(ctx: &ApiContext, body: &[u8], caller: Caller<'_>) -> Reply {
     let mut pending = Vec::new();
     for line in body.split(|&b| b == b'\n') {
         let line = line.trim_ascii();
         if line.is_empty() {
             continue;
         }
-        pending.push(batch_line(ctx, line));
+        pending.push(batch_line(ctx, line, caller));
     }
     let mut out = Vec::new();
     for p in pending {
@@ -37,7 +38,7 @@ pub(crate) async fn batch(ctx: &ApiContext, body: &[u8]) -> Reply {
 
 /// One batch line: a JSON object whose `op` names the operation. Its values stay raw, as in a
 /// single request, so the same rules (and the same depth limit on `data`) hold.
-fn batch_line(ctx: &ApiContext, line: &[u8]) -> Result<Prepared, ApiError> {
+fn batch_line(ctx: &ApiContext, line: &[u8], caller: Caller<'_>) -> Result<Prepared, ApiError> {
     let mut f = Fields::parse_any(line).map_err(|e| {
         BadRequest::body(format!(
             "line is not a JSON object: {}",
@@ -49,7 +50,7 @@ fn batch_line(ctx: &ApiContext, line: &[u8]) -> Result<Prepared, ApiError> {
         _ => None,
     };
     let op = op.ok_or_else(|| BadRequest::new("op", OPS))?;
-    prepare(ctx, op, f)
+    prepare(ctx, op, f, caller)
 }
 
 #[cfg(test)]

@@ -41,6 +41,10 @@ pub(crate) enum ApiError {
     Unauthorized,
     /// 403: the wrong API key.
     Forbidden,
+    /// 401: the API key's `expires` has passed.
+    KeyExpired(String),
+    /// 403: the key lacks the scope the request needs.
+    Scope { key: String, scope: String },
     /// 404.
     NotFound,
     /// 405: the endpoint takes only this method.
@@ -67,8 +71,8 @@ impl ApiError {
     pub(crate) fn status(&self) -> u16 {
         match self {
             ApiError::Bad(_) | ApiError::Malformed(_) | ApiError::BadName(_) => 400,
-            ApiError::Unauthorized => 401,
-            ApiError::Forbidden => 403,
+            ApiError::Unauthorized | ApiError::KeyExpired(_) => 401,
+            ApiError::Forbidden | ApiError::Scope { .. } => 403,
             ApiError::NotFound => 404,
             ApiError::Method(_) => 405,
             ApiError::Late => 408,
@@ -90,6 +94,10 @@ impl ApiError {
             }
             ApiError::Unauthorized => Cow::Borrowed("missing \"Authorization: Bearer <key>\""),
             ApiError::Forbidden => Cow::Borrowed("wrong API key"),
+            ApiError::KeyExpired(name) => Cow::Owned(format!("the API key {name:?} has expired")),
+            ApiError::Scope { key, scope } => {
+                Cow::Owned(format!("the API key {key:?} lacks the scope {scope}"))
+            }
             ApiError::NotFound => Cow::Borrowed("no such endpoint"),
             ApiError::Method(m) => Cow::Owned(format!("use {m}")),
             ApiError::Late => Cow::Borrowed("the request did not arrive whole within 10 s"),
@@ -120,7 +128,7 @@ impl ApiError {
 
     fn header(&self) -> &'static str {
         match self {
-            ApiError::Unauthorized => "WWW-Authenticate: Bearer\r\n",
+            ApiError::Unauthorized | ApiError::KeyExpired(_) => "WWW-Authenticate: Bearer\r\n",
             ApiError::Method(m) if m == http::Method::GET => "Allow: GET\r\n",
             ApiError::Method(_) => "Allow: POST\r\n",
             _ => "",

@@ -17,6 +17,7 @@ use monoio_http::h1::codec::decoder::RequestHeadDecoder;
 use crate::clock;
 
 use super::error::{ApiError, Reply};
+use super::keys::Caller;
 use super::{router, ApiContext};
 
 const MAX_HEAD: usize = 16 * 1024;
@@ -212,11 +213,15 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<ApiContext>) {
             Ok(n) => n,
             Err(e) => return refuse(&mut stream, &mut buf, e).await,
         };
-        if !router::is_probe(head.uri.path()) {
-            if let Err(r) = authorized(&ctx, &head) {
-                return refuse(&mut stream, &mut buf, r).await;
+        let caller = if ctx.metrics_only || router::is_probe(head.uri.path()) {
+            Caller::OPEN
+        } else {
+            let header = head.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
+            match ctx.keys.check(header, crate::clock::unix_ms()) {
+                Ok(c) => c,
+                Err(r) => return refuse(&mut stream, &mut buf, r).await,
             }
-        }
+        };
         if len > ctx.max_body {
             let e = ApiError::BodyTooLarge { limit: ctx.max_body };
             return refuse(&mut stream, &mut buf, e).await;
@@ -229,31 +234,10 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Rc<ApiContext>) {
             }
         }
         let body = buf.split_to(len).freeze();
-        let reply = router::handle(&ctx, &head, body).await;
+        let reply = router::handle(&ctx, &head, body, caller).await;
         if write_reply(&mut stream, reply, close).await.is_err() || close {
             return;
         }
-    }
-}
-
-/// Checks the API key, when one is configured.
-fn authorized(ctx: &ApiContext, head: &http::request::Parts) -> Result<(), ApiError> {
-    let Some(key) = ctx.api_key.as_deref() else { return Ok(()) };
-    let given = head
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        None => Err(ApiError::Unauthorized),
-        // Compare without an early exit, so timing does not tell how much of a key is right.
-        Some(g)
-            if g.len() == key.len()
-                && g.bytes().zip(key.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0 =>
-        {
-            Ok(())
-        }
-        Some(_) => Err(ApiError::Forbidden),
     }
 }
 

@@ -12,6 +12,7 @@ pub(crate) mod error;
 pub(crate) mod fields;
 pub(crate) mod http;
 pub mod idempotency;
+pub mod keys;
 pub(crate) mod metrics;
 pub(crate) mod ops;
 mod query;
@@ -39,7 +40,10 @@ pub struct ApiContext {
     pub router: Arc<Router>,
     pub shared: Arc<Shared>,
     pub counters: Vec<Arc<Counters>>,
-    pub api_key: Option<String>,
+    /// The API's keys (none: open, loopback only).
+    pub keys: keys::ApiKeys,
+    /// The `--metrics-listen` listener: only /metrics, /healthz and /readyz, with no key.
+    pub metrics_only: bool,
     pub max_body: usize,
     /// The I/O driver in use, for `ringcast_info`.
     pub driver: &'static str,

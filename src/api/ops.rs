@@ -17,6 +17,7 @@ use crate::push::streams::StreamKey;
 use super::error::ApiError;
 use super::fields::{BadRequest, Fields};
 use super::idempotency::Claim;
+use super::keys::{Caller, Need};
 use super::{ApiContext, REPORT_TIMEOUT};
 
 /// An operation, as `/v1/<name>` and a batch line's `op` name it.
@@ -121,7 +122,24 @@ const MAX_KEY: usize = 256;
 
 /// Takes the operation's `idempotency_key` (if any), and hands it to the shards unless that key
 /// was used within the window. Never awaits, so a batch sends every line before it waits.
-pub fn prepare(ctx: &ApiContext, op: Op, mut f: Fields) -> Result<Prepared, ApiError> {
+pub(crate) fn prepare(
+    ctx: &ApiContext,
+    op: Op,
+    mut f: Fields,
+    caller: Caller<'_>,
+) -> Result<Prepared, ApiError> {
+    // The key's scope first: a refused call claims no idempotency key and sends nothing.
+    let channel = match op {
+        Op::Publish => f.opt_name("channel").ok().flatten(),
+        _ => None,
+    };
+    caller.require(match op {
+        Op::Publish => Need::Publish(channel.as_deref()),
+        Op::Push => Need::Push,
+        Op::Send => Need::Send,
+        Op::Broadcast => Need::Broadcast,
+        Op::Kick => Need::Kick,
+    })?;
     let Some(key) = f.take_str("idempotency_key")? else {
         return Ok(Prepared::Sent { pending: dispatch(ctx, op, f)?, key: None });
     };

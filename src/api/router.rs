@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::error::{ApiError, Reply};
 use super::fields::Fields;
+use super::keys::{Caller, Need};
 use super::ops::{prepare, Op};
 use super::{batch, metrics, query, ApiContext};
 
@@ -65,8 +66,13 @@ impl Endpoint<'_> {
 }
 
 /// Answers a request whose key (where one is needed) was checked at its head.
-pub(crate) async fn handle(ctx: &ApiContext, head: &http::request::Parts, body: Bytes) -> Reply {
-    match route(ctx, head, body).await {
+pub(crate) async fn handle(
+    ctx: &ApiContext,
+    head: &http::request::Parts,
+    body: Bytes,
+    caller: Caller<'_>,
+) -> Reply {
+    match route(ctx, head, body, caller).await {
         Ok(r) => r,
         Err(e) => e.reply(),
     }
@@ -76,8 +82,24 @@ async fn route(
     ctx: &ApiContext,
     head: &http::request::Parts,
     body: Bytes,
+    caller: Caller<'_>,
 ) -> Result<Reply, ApiError> {
     let endpoint = Endpoint::of(head.uri.path()).ok_or(ApiError::NotFound)?;
+    if ctx.metrics_only
+        && !matches!(endpoint, Endpoint::Health | Endpoint::Ready | Endpoint::Metrics)
+    {
+        return Err(ApiError::NotFound);
+    }
+    match endpoint {
+        Endpoint::Metrics => caller.require(Need::Metrics)?,
+        Endpoint::Stats
+        | Endpoint::User(_)
+        | Endpoint::Channel(_)
+        | Endpoint::Stream(_)
+        | Endpoint::StreamHistory(_) => caller.require(Need::Read)?,
+        // Operations are checked with their fields (a publish by its channel).
+        Endpoint::Health | Endpoint::Ready | Endpoint::Op(_) | Endpoint::Batch => {}
+    }
     if let Some(m) = endpoint.method() {
         if head.method != m {
             return Err(ApiError::Method(m));
@@ -100,10 +122,10 @@ async fn route(
             })
         }
         Endpoint::Op(op) => {
-            let answer = prepare(ctx, op, Fields::parse_any(&body)?)?.answer(ctx).await?;
+            let answer = prepare(ctx, op, Fields::parse_any(&body)?, caller)?.answer(ctx).await?;
             Ok(Reply::json(200, &answer))
         }
-        Endpoint::Batch => Ok(batch::batch(ctx, &body).await),
+        Endpoint::Batch => Ok(batch::batch(ctx, &body, caller).await),
         Endpoint::Stats => Ok(query::stats(ctx)),
         Endpoint::User(user) => query::user(ctx, user).await,
         Endpoint::Channel(channel) => query::channel(ctx, channel).await,

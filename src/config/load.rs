@@ -2,6 +2,7 @@
 //! with where each value came from (for `ringcast check-config`). A file key is a flag's long
 //! name; `[[streams]]` tables are the stream rules (`streams.rs`).
 
+use super::api_keys::{parse_api_keys, ApiKeyRule};
 use super::streams::{parse_stream_rules, StreamRule};
 use super::{Config, ConfigError};
 
@@ -73,6 +74,7 @@ impl Config {
             vec![args.first().cloned().unwrap_or_else(|| "ringcast".into())];
         let mut from_file: Vec<String> = Vec::new();
         let mut stream_rules: Vec<StreamRule> = Vec::new();
+        let mut api_keys: Vec<ApiKeyRule> = Vec::new();
         if let Some(path) = &file {
             let name = path.display().to_string();
             let text = std::fs::read_to_string(path)
@@ -87,6 +89,10 @@ impl Config {
             for (key, value) in &table {
                 if key == "streams" {
                     stream_rules = parse_stream_rules(value, &name)?;
+                    continue;
+                }
+                if key == "api_keys" {
+                    api_keys = parse_api_keys(value, &name)?;
                     continue;
                 }
                 let long = key.replace('_', "-");
@@ -124,6 +130,7 @@ impl Config {
         let mut config =
             Config::from_arg_matches(&matches).map_err(|e| ConfigError(e.render().to_string()))?;
         config.history.streams = stream_rules;
+        config.api.api_keys = api_keys;
         config.validate()?;
         let mut settings = Vec::new();
         for a in cmd.get_arguments() {
@@ -148,6 +155,15 @@ impl Config {
         }
         for r in &config.history.streams {
             settings.push(("[[streams]]".to_string(), describe(r), Source::File));
+        }
+        for k in &config.api.api_keys {
+            let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
+            let scopes: Vec<String> = k.scopes.iter().map(|s| quote(&s.name())).collect();
+            let mut v = format!("name = {}\nscopes = [{}]", quote(&k.name), scopes.join(", "));
+            if let Some(e) = k.expires_ms {
+                v.push_str(&format!("\n# expires at Unix ms {e}; the hash is not shown"));
+            }
+            settings.push(("[[api_keys]]".to_string(), v, Source::File));
         }
         Ok(Loaded { config, settings })
     }
@@ -178,8 +194,8 @@ pub fn render(settings: &[(String, String, Source)]) -> String {
         if k == "config" {
             continue;
         }
-        if k == "[[streams]]" {
-            out.push_str(&format!("[[streams]]  # {}\n{v}\n", src.as_str()));
+        if k == "[[streams]]" || k == "[[api_keys]]" {
+            out.push_str(&format!("{k}  # {}\n{v}\n", src.as_str()));
             continue;
         }
         let quoted = toml::Value::String(v.clone()).to_string();

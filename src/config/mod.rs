@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use clap::Parser;
 
+mod api_keys;
 mod load;
 mod streams;
 mod units;
 
+pub(crate) use api_keys::{ApiKeyRule, Scope};
 pub use load::{render, Loaded, Source};
 pub(crate) use streams::StreamRule;
 pub(crate) use units::{parse_duration, parse_size};
@@ -207,6 +209,14 @@ pub struct Api {
     /// requests get 503 (a key is never forgotten early).
     #[arg(long, env = "RINGCAST_IDEMPOTENCY_MAX_KEYS", default_value_t = 1_000_000)]
     pub idempotency_max_keys: usize,
+    /// Scoped API keys: `[[api_keys]]` tables of the configuration file (name, sha256 of
+    /// the key, scopes, expires). `--api-key` is one more key, with every scope.
+    #[arg(skip)]
+    pub(crate) api_keys: Vec<ApiKeyRule>,
+    /// Serve GET /metrics, /healthz and /readyz, without a key, on this address as well
+    /// (for Prometheus and load balancers).
+    #[arg(long, env = "RINGCAST_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Concurrent API connections; more are answered 503 and closed.
     #[arg(long, env = "RINGCAST_API_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub api_max_connections: u32,
@@ -439,11 +449,17 @@ impl Config {
         }
         if !self.api.api_listen.ip().is_loopback()
             && self.api.api_key.as_deref().unwrap_or("").is_empty()
+            && self.api.api_keys.is_empty()
         {
             return err(format!(
-                "--api-key is required when --api-listen ({}) is not a loopback address",
+                "--api-key or [[api_keys]] is required when --api-listen ({}) is not a loopback address",
                 self.api.api_listen
             ));
+        }
+        if let Some(m) = self.api.metrics_listen {
+            if m.port() != 0 && (m == self.api.api_listen || m == self.listen.listen) {
+                return err("--metrics-listen must differ from --api-listen and --listen".into());
+            }
         }
         if self.api.api_listen == self.listen.listen && self.listen.listen.port() != 0 {
             return err("--api-listen and --listen must differ".into());
