@@ -247,7 +247,7 @@ fn shutdown_closes_every_client_with_1001_and_exits_0() {
     std::thread::sleep(Duration::from_millis(100));
     s.signal(libc::SIGTERM);
     for c in clients.iter_mut() {
-        assert_eq!(c.recv_close(), (Some(1001), "server shutting down".into()));
+        assert_drain_close(c.recv_close());
         c.send(OpCode::Close, &1001u16.to_be_bytes());
         c.expect_eof();
     }
@@ -273,7 +273,7 @@ fn the_drain_deadline_bounds_shutdown_and_a_second_signal_exits_at_once() {
     let mut s = Server::start(&["--drain-timeout", "500ms"]);
     let mut c = Client::connect(s.addr, "/ws");
     s.signal(libc::SIGTERM);
-    assert_eq!(c.recv_close(), (Some(1001), "server shutting down".into()));
+    assert_drain_close(c.recv_close());
     // Never answer: the drain deadline closes us and the process still exits 0.
     let start = Instant::now();
     assert!(s.wait(Duration::from_secs(5)).expect("exits").success());
@@ -283,7 +283,7 @@ fn the_drain_deadline_bounds_shutdown_and_a_second_signal_exits_at_once() {
     let mut s = Server::start(&["--drain-timeout", "30s"]);
     let mut c = Client::connect(s.addr, "/ws");
     s.signal(libc::SIGTERM);
-    assert_eq!(c.recv_close(), (Some(1001), "server shutting down".into()));
+    assert_drain_close(c.recv_close());
     s.signal(libc::SIGINT);
     let status = s.wait(Duration::from_secs(2)).expect("second signal exits at once");
     assert_eq!(status.code(), Some(1));
@@ -328,4 +328,13 @@ fn a_stopped_server_frees_its_ports_for_an_immediate_restart() {
     let _ = again.kill();
     let out = again.wait_with_output().unwrap();
     assert!(early.is_none(), "restart failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A drain's close: 1001 with `{"retry_ms":N,"reason":"server shutting down"}`, N in 1-3 s.
+fn assert_drain_close((code, reason): (Option<u16>, String)) {
+    assert_eq!(code, Some(1001), "{reason}");
+    let v: serde_json::Value = serde_json::from_str(&reason).expect("a JSON reason");
+    assert_eq!(v["reason"], "server shutting down");
+    let ms = v["retry_ms"].as_u64().expect("retry_ms");
+    assert!((1000..=3000).contains(&ms), "{ms}");
 }

@@ -55,8 +55,9 @@ pub enum CloseReason {
     Idle,
     /// 1001: a ping went unanswered for `--pong-timeout`.
     PongTimeout,
-    /// 1001: the server is draining.
-    ShuttingDown,
+    /// 1001: the server is draining; the reason is a retry hint
+    /// ([`CloseReason::shutting_down`]).
+    ShuttingDown { reason: Arc<str> },
     /// The peer broke RFC 6455 (its mapped code).
     Protocol(ProtocolError),
     /// 1008: more than `--max-client-errors` bad client messages in a minute.
@@ -83,6 +84,12 @@ pub enum Closing {
 }
 
 impl CloseReason {
+    /// The drain's close: 1001 with `{"retry_ms":N,"reason":"server shutting down"}`, so a
+    /// client waits about that long before it reconnects.
+    pub fn shutting_down(retry_ms: u64) -> CloseReason {
+        CloseReason::ShuttingDown { reason: retry_reason(retry_ms, "server shutting down").into() }
+    }
+
     /// A kick by a backend, with the default code and reason where it gave none.
     pub fn kicked(code: Option<CloseCode>, reason: Option<Arc<str>>) -> CloseReason {
         CloseReason::Kicked {
@@ -96,7 +103,7 @@ impl CloseReason {
         match self {
             CloseReason::Idle => (CloseCode::NORMAL, "idle timeout"),
             CloseReason::PongTimeout => (CloseCode::GOING_AWAY, "pong timeout"),
-            CloseReason::ShuttingDown => (CloseCode::GOING_AWAY, "server shutting down"),
+            CloseReason::ShuttingDown { reason } => (CloseCode::GOING_AWAY, reason),
             CloseReason::Protocol(e) => (e.close_code(), e.reason()),
             CloseReason::TooManyBadMessages => {
                 (CloseCode::POLICY_VIOLATION, "too many bad messages")
@@ -111,7 +118,7 @@ impl CloseReason {
     pub fn closing(&self) -> Closing {
         match self {
             CloseReason::Idle
-            | CloseReason::ShuttingDown
+            | CloseReason::ShuttingDown { .. }
             | CloseReason::Replaced
             | CloseReason::Kicked { .. }
             | CloseReason::SlowConsumer
@@ -134,6 +141,15 @@ impl CloseReason {
                 | CloseReason::TokenExpired
         )
     }
+}
+
+/// A close reason that tells the client when to come back:
+/// `{"retry_ms":N,"reason":"…"}` (at most 123 bytes with a short `why`).
+pub fn retry_reason(retry_ms: u64, why: &str) -> String {
+    let mut s = format!("{{\"retry_ms\":{retry_ms},\"reason\":");
+    s.push_str(&serde_json::Value::String(why.to_string()).to_string());
+    s.push('}');
+    s
 }
 
 impl fmt::Display for CloseCode {
@@ -246,11 +262,12 @@ mod tests {
         let reasons = [
             CloseReason::Idle,
             CloseReason::PongTimeout,
-            CloseReason::ShuttingDown,
+            CloseReason::shutting_down(2000),
             CloseReason::TooManyBadMessages,
             CloseReason::Replaced,
             CloseReason::kicked(None, None),
             CloseReason::SlowConsumer,
+            CloseReason::TokenExpired,
         ];
         for r in reasons {
             let (code, reason) = r.frame();

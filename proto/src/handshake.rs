@@ -86,11 +86,13 @@ pub enum HandshakeError {
     Unauthorized,
     /// A valid token that does not allow what the request asks for.
     Forbidden,
+    /// The source address made more handshakes than `--handshake-rate-per-ip` allows.
+    RateLimited,
 }
 
 impl HandshakeError {
     /// Every variant, in a fixed order (metrics index by it).
-    pub const ALL: [HandshakeError; 18] = {
+    pub const ALL: [HandshakeError; 19] = {
         use HandshakeError::*;
         [
             Malformed,
@@ -111,6 +113,7 @@ impl HandshakeError {
             BadIdentity,
             Unauthorized,
             Forbidden,
+            RateLimited,
         ]
     };
 
@@ -141,6 +144,7 @@ impl HandshakeError {
             BadIdentity => "bad_identity",
             Unauthorized => "unauthorized",
             Forbidden => "forbidden",
+            RateLimited => "rate_limited",
         }
     }
 
@@ -158,7 +162,7 @@ impl HandshakeError {
             NotFound => (404, "Not Found"),
             OriginNotAllowed | Forbidden => (403, "Forbidden"),
             Unauthorized => (401, "Unauthorized"),
-            AddressLimit => (429, "Too Many Requests"),
+            AddressLimit | RateLimited => (429, "Too Many Requests"),
             ServerFull | Draining => (503, "Service Unavailable"),
         }
     }
@@ -185,7 +189,20 @@ impl HandshakeError {
             BadIdentity => "invalid identity parameters",
             Unauthorized => "a valid token is required",
             Forbidden => "the token does not allow this",
+            RateLimited => "too many handshakes from this address",
         }
+    }
+
+    /// Whether the refusal is for load (503, 429): it carries `Retry-After`, and with
+    /// `--overload-close` it may be a 1013 close after the upgrade instead.
+    pub fn is_overload(self) -> bool {
+        matches!(
+            self,
+            HandshakeError::ServerFull
+                | HandshakeError::AddressLimit
+                | HandshakeError::RateLimited
+                | HandshakeError::Draining
+        )
     }
 
     /// Extra header lines the status calls for.
@@ -194,7 +211,6 @@ impl HandshakeError {
             HandshakeError::UnsupportedVersion => "Sec-WebSocket-Version: 13\r\n",
             HandshakeError::NotWebSocket => "Upgrade: websocket\r\n",
             HandshakeError::MethodNotAllowed => "Allow: GET\r\n",
-            HandshakeError::ServerFull | HandshakeError::Draining => "Retry-After: 5\r\n",
             HandshakeError::Unauthorized => "WWW-Authenticate: Bearer\r\n",
             _ => "",
         }
@@ -380,17 +396,33 @@ pub fn write_refusal(out: &mut Vec<u8>, err: HandshakeError) {
     write_refusal_with(out, err, err.reason());
 }
 
-/// Writes a refusal with a more specific reason as the body.
+/// Writes a refusal with a more specific reason as the body (an overload refusal says
+/// `Retry-After: 5`).
 pub fn write_refusal_with(out: &mut Vec<u8>, err: HandshakeError, body: &str) {
+    write_refusal_retry(out, err, body, err.is_overload().then_some(5));
+}
+
+/// Writes a refusal with a reason and, where given, `Retry-After` in seconds (the server
+/// jitters it, so refused clients do not come back together).
+pub fn write_refusal_retry(
+    out: &mut Vec<u8>,
+    err: HandshakeError,
+    body: &str,
+    retry_after_s: Option<u64>,
+) {
     use std::io::Write as _;
     let (code, phrase) = err.status();
     // Writing into a Vec cannot fail.
     let _ = write!(
         out,
-        "HTTP/1.1 {code} {phrase}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n{body}\n",
+        "HTTP/1.1 {code} {phrase}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n{}",
         body.len() + 1,
         err.extra_headers(),
     );
+    if let Some(s) = retry_after_s {
+        let _ = write!(out, "Retry-After: {s}\r\n");
+    }
+    let _ = write!(out, "\r\n{body}\n");
 }
 
 #[cfg(test)]

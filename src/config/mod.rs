@@ -97,6 +97,18 @@ pub(crate) struct Limits {
     /// Maximum open WebSocket connections from one source IP; 0 means no cap.
     #[arg(long, env = "RINGCAST_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub(crate) max_connections_per_ip: u32,
+    /// Handshakes one source IP may make per second (a token bucket shared by all shards);
+    /// more get 429 with Retry-After. 0 turns the limit off.
+    #[arg(long, env = "RINGCAST_HANDSHAKE_RATE_PER_IP", default_value_t = 0.0)]
+    pub(crate) handshake_rate_per_ip: f64,
+    /// Handshakes one source IP may make at once before --handshake-rate-per-ip applies.
+    #[arg(long, env = "RINGCAST_HANDSHAKE_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) handshake_burst: u32,
+    /// Answer an overload refusal (server or shard full, per-address caps) by accepting the
+    /// upgrade and closing at once with 1013 and `{"retry_ms":N,...}` (browsers cannot read
+    /// the status of a refused upgrade), instead of 503 or 429.
+    #[arg(long, env = "RINGCAST_OVERLOAD_CLOSE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub(crate) overload_close: bool,
     /// Maximum connections per shard still in the handshake; more are closed at accept.
     #[arg(long, env = "RINGCAST_MAX_PENDING_HANDSHAKES", default_value_t = 4096)]
     pub(crate) max_pending_handshakes: usize,
@@ -136,7 +148,13 @@ pub(crate) struct Timeouts {
     /// Time the peer has to answer our close frame before the socket is closed.
     #[arg(long, env = "RINGCAST_CLOSE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub(crate) close_timeout: Duration,
-    /// On SIGTERM/SIGINT, time connections have to finish the close handshake.
+    /// On SIGTERM/SIGINT, close open connections in waves spread over this long instead of
+    /// all at once (each wave's clients get a jittered retry hint), so a rolling restart does
+    /// not bring every client back in the same second; 0 closes them all at once.
+    #[arg(long, env = "RINGCAST_DRAIN_SPREAD", default_value = "0s", value_parser = parse_duration)]
+    pub(crate) drain_spread: Duration,
+    /// On SIGTERM/SIGINT, time connections have to finish the close handshake (after the
+    /// last wave of --drain-spread).
     #[arg(long, env = "RINGCAST_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub(crate) drain_timeout: Duration,
     /// Application heartbeat: a text message equal to this is answered with --heartbeat-reply
@@ -478,6 +496,13 @@ impl Config {
                 ));
             }
             _ => {}
+        }
+        let rate = self.limits.handshake_rate_per_ip;
+        if !rate.is_finite() || !(0.0..=1e6).contains(&rate) {
+            return err(format!("--handshake-rate-per-ip must be 0 (off) to 1000000, got {rate}"));
+        }
+        if self.timeouts.drain_spread > Duration::from_secs(3600) {
+            return err("--drain-spread must be at most 1h".into());
         }
         if self.auth.jwt_leeway > Duration::from_secs(600) {
             return err("--jwt-leeway must be at most 10m".into());

@@ -26,7 +26,7 @@ use crate::auth::{Authenticator, JwtAuth, JwtSettings, OpenMode};
 use crate::config::{AuthMode, Config, IoDriver};
 use crate::push::token::TokenKey;
 use inbox::Router;
-use limits::IpLimiter;
+use limits::{HandshakeRate, IpLimiter};
 use shard::{Shard, ShardParts};
 use stats::Counters;
 use sys::EventFd;
@@ -39,6 +39,8 @@ pub struct Shared {
     pub(crate) max_total: usize,
     pub(crate) draining: AtomicBool,
     pub(crate) limiter: Option<IpLimiter>,
+    /// `--handshake-rate-per-ip`: a token bucket per source address.
+    pub(crate) rate: Option<HandshakeRate>,
     /// Start time in Unix milliseconds: clients learn it in `welcome`; a new epoch means
     /// sequence numbers started again.
     pub(crate) epoch: u64,
@@ -243,6 +245,9 @@ impl Server {
             draining: AtomicBool::new(false),
             limiter: (cfg.limits.max_connections_per_ip > 0)
                 .then(|| IpLimiter::new(cfg.limits.max_connections_per_ip)),
+            rate: (cfg.limits.handshake_rate_per_ip > 0.0).then(|| {
+                HandshakeRate::new(cfg.limits.handshake_rate_per_ip, cfg.limits.handshake_burst)
+            }),
             epoch: crate::clock::unix_ms(),
             token_key: session_key(&cfg)
                 .map_err(|e| StartError(format!("cannot make a session key: {e}")))?,

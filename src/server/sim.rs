@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::push::msg::ShardMsg;
 
 use super::inbox::Router;
-use super::limits::IpLimiter;
+use super::limits::{HandshakeRate, IpLimiter};
 use super::shard::{Shard, ShardParts, Turn};
 use super::stats::Counters;
 use super::sys::EventFd;
@@ -52,6 +52,9 @@ impl SimNode {
             draining: AtomicBool::new(false),
             limiter: (cfg.limits.max_connections_per_ip > 0)
                 .then(|| IpLimiter::new(cfg.limits.max_connections_per_ip)),
+            rate: (cfg.limits.handshake_rate_per_ip > 0.0).then(|| {
+                HandshakeRate::new(cfg.limits.handshake_rate_per_ip, cfg.limits.handshake_burst)
+            }),
             epoch: clock::unix_ms(),
             token_key: super::session_key(cfg)?,
         });

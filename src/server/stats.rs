@@ -91,6 +91,8 @@ counters! {
     pushes_discarded: "queued pushes dropped because a kick, replacement, slow-consumer or pong-timeout close went first",
     slow_consumers_closed: "connections closed for losing pushes too long",
     token_expired: "connections closed with 4003 because their token expired",
+    overload_closes: "overload refusals answered with an upgrade and a 1013 close (--overload-close)",
+    drain_waves: "connections closed by a wave of --drain-spread",
     token_refreshes: "refresh messages that extended a connection's token",
     kicks: "connections closed by kick or replacement",
     client_errors: "client messages answered with an error",
@@ -121,7 +123,7 @@ impl Counters {
                 self.idle_timeouts.inc();
                 self.closed_by_server.inc();
             }
-            CloseReason::ShuttingDown => self.closed_by_server.inc(),
+            CloseReason::ShuttingDown { .. } => self.closed_by_server.inc(),
             CloseReason::PongTimeout => self.pong_timeouts.inc(),
             CloseReason::Protocol(_) | CloseReason::TooManyBadMessages => {
                 self.protocol_errors.inc()

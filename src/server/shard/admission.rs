@@ -7,8 +7,10 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use bytes::Bytes;
 
 use crate::auth::UpgradeRequest;
+use crate::proto::close::retry_reason;
+use crate::proto::frame::encode_frame;
 use crate::proto::handshake::{self, HandshakeError, Upgrade};
-use crate::proto::{Decoder, Role};
+use crate::proto::{CloseCode, Decoder, OpCode, Role};
 use crate::push::msg::Priority;
 use crate::push::session::Session;
 
@@ -62,6 +64,14 @@ impl Core {
     pub(super) fn upgrade(&mut self, key: usize, up: &Upgrade) -> bool {
         let ip = self.conns[key].ip;
         let route = self.p.routes.get(up.route).copied().unwrap_or(Route::Ws);
+        // The rate first: it is the cheap check, and it bounds the work (a signature check)
+        // one address can make the shard do.
+        if let Some(rate) = &self.shared.rate {
+            if let Err(wait_ms) = rate.try_take(ip, self.now_ms) {
+                self.refuse_overload(key, up, HandshakeError::RateLimited, wait_ms);
+                return false;
+            }
+        }
         let identity = if route == Route::Ws {
             let req = UpgradeRequest { query: up.query.as_deref(), bearer: up.bearer.as_deref() };
             match self.p.session.auth.authenticate(&req, self.now_ms) {
@@ -90,7 +100,8 @@ impl Core {
             None
         };
         if let Some(e) = refusal {
-            self.refuse(key, e);
+            let base_ms = if e == HandshakeError::Draining { 1000 } else { 5000 };
+            self.refuse_overload(key, up, e, base_ms);
             return false;
         }
         let mut resp = Vec::with_capacity(160);
@@ -123,14 +134,51 @@ impl Core {
     }
 
     pub(super) fn refuse(&mut self, key: usize, e: HandshakeError) {
-        self.refuse_with(key, e, e.reason());
+        let base_ms = if e == HandshakeError::Draining { 1000 } else { 5000 };
+        self.refuse_retry(key, e, e.reason(), e.is_overload().then_some(base_ms));
+    }
+
+    fn refuse_with(&mut self, key: usize, e: HandshakeError, reason: &str) {
+        self.refuse_retry(key, e, reason, None);
+    }
+
+    /// A retry hint of `base_ms` to twice that, so refused clients spread out.
+    fn retry_ms(&mut self, base_ms: u64) -> u64 {
+        let base = base_ms.max(1000);
+        base + self.jitter.below(base + 1)
+    }
+
+    /// An overload refusal: 503 or 429 with a jittered `Retry-After`; with
+    /// `--overload-close`, the upgrade is accepted and closed at once with 1013 and
+    /// `{"retry_ms":N,"reason":…}` instead (browsers cannot read a refused upgrade's status).
+    /// A drain is always answered in HTTP: the listener is closing.
+    fn refuse_overload(&mut self, key: usize, up: &Upgrade, e: HandshakeError, base_ms: u64) {
+        if !self.p.overload_close || e == HandshakeError::Draining {
+            self.refuse_retry(key, e, e.reason(), Some(base_ms));
+            return;
+        }
+        self.counters.refused(e).inc();
+        self.counters.overload_closes.inc();
+        let retry = self.retry_ms(base_ms);
+        let mut resp = Vec::with_capacity(256);
+        handshake::write_accept(&mut resp, up, &self.p.policy);
+        let mut payload = CloseCode::TRY_AGAIN_LATER.0.to_be_bytes().to_vec();
+        payload.extend_from_slice(retry_reason(retry, e.reason()).as_bytes());
+        encode_frame(&mut resp, OpCode::Close, true, None, &payload);
+        self.queue_bytes(key, Bytes::from(resp));
+        self.linger(key);
     }
 
     /// Answers the upgrade with an HTTP refusal, then lingers so it is read before the close.
-    fn refuse_with(&mut self, key: usize, e: HandshakeError, reason: &str) {
+    fn refuse_retry(&mut self, key: usize, e: HandshakeError, reason: &str, base_ms: Option<u64>) {
         self.counters.refused(e).inc();
+        // Retry-After is whole seconds: jitter in seconds, base to twice the base.
+        let retry_s = base_ms.map(|b| {
+            let base = b.div_ceil(1000).max(1);
+            base + self.jitter.below(base + 1)
+        });
         let mut resp = Vec::with_capacity(192);
-        handshake::write_refusal_with(&mut resp, e, reason);
+        handshake::write_refusal_retry(&mut resp, e, reason, retry_s);
         self.queue_bytes(key, Bytes::from(resp));
         self.linger(key);
     }

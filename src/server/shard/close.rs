@@ -41,7 +41,7 @@ impl Core {
         match reason.closing() {
             Closing::Handshake => {
                 let d = match reason {
-                    CloseReason::ShuttingDown => self.drain_deadline,
+                    CloseReason::ShuttingDown { .. } => self.drain_deadline,
                     _ => (self.now + self.p.close_ticks).min(self.drain_deadline),
                 };
                 self.leave_indexes(key);
@@ -132,20 +132,68 @@ impl Core {
         // Dropping `conn` closes its socket, which also takes it out of the epoll set.
     }
 
+    /// Starts the drain: the listener closes, handshakes in progress get 503, and open
+    /// connections get 1001 with a retry hint: all now, or with `--drain-spread` in waves,
+    /// one per tick, over that window ([`Core::drain_wave`]). Connections still open
+    /// `--drain-timeout` after the last wave are dropped.
     pub(super) fn begin_drain(&mut self) {
         self.draining = true;
-        self.drain_deadline = self.now + self.p.drain_ticks;
+        let spread = self.p.drain_spread_ticks;
+        self.drain_deadline = self.now + spread + self.p.drain_ticks;
         sys::shutdown_listener(self.listener_fd);
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        tracing::info!(shard = self.id, connections = keys.len(), "draining");
+        tracing::info!(
+            shard = self.id,
+            spread_ticks = spread,
+            connections = keys.len(),
+            "draining"
+        );
         for key in keys {
             match self.conns[key].phase {
                 Phase::Handshake => self.refuse(key, HandshakeError::Draining),
+                Phase::Open if spread == 0 => self.close_draining(key),
                 Phase::Open => {
-                    self.close_for(key, CloseReason::ShuttingDown);
+                    let c = &self.conns[key];
+                    self.drain_queue.push(super::token(key, c.gen));
                 }
                 Phase::Closing | Phase::Linger => {}
             }
         }
+        // Waves in a random order, so no class of client (the oldest, one shard's first
+        // slots) is always the first to go.
+        for i in (1..self.drain_queue.len()).rev() {
+            let j = self.jitter.below(i as u64 + 1) as usize;
+            self.drain_queue.swap(i, j);
+        }
+        self.drain_from = self.now;
+        self.drain_total = self.drain_queue.len();
+    }
+
+    /// One tick's wave of a spread drain: closes as many connections as bring the share
+    /// closed up to the share of the window passed.
+    pub(super) fn drain_wave(&mut self) {
+        if self.drain_queue.is_empty() {
+            return;
+        }
+        let spread = self.p.drain_spread_ticks.max(1);
+        let elapsed = (self.now.saturating_sub(self.drain_from) + 1).min(spread);
+        let due = (self.drain_total as u64 * elapsed).div_ceil(spread) as usize;
+        let closed = self.drain_total - self.drain_queue.len();
+        for _ in closed..due {
+            let Some(tok) = self.drain_queue.pop() else { break };
+            if let Some(key) = self.lookup(tok) {
+                if self.conns[key].phase.is_open() {
+                    self.counters.drain_waves.inc();
+                    self.close_draining(key);
+                    self.settle();
+                }
+            }
+        }
+    }
+
+    /// 1001 with a retry hint of 1-3 s, jittered, so the clients of one wave spread out too.
+    fn close_draining(&mut self, key: usize) {
+        let retry_ms = 1000 + self.jitter.below(2001);
+        self.close_for(key, CloseReason::shutting_down(retry_ms));
     }
 }

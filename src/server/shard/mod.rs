@@ -49,6 +49,7 @@ use crate::timer_wheel::TimerWheel;
 
 use super::conn::{Conn, Deadlines, Route};
 use super::inbox::{Inbox, Mesh, Router};
+use super::limits::Jitter;
 use super::stats::Counters;
 use super::sys::{Epoll, EventFd, TimerFd, EV_IN};
 use super::Shared;
@@ -80,6 +81,8 @@ pub(crate) struct Params {
     pub(crate) tick_nanos: u128,
     pub(crate) max_per_shard: usize,
     pub(crate) max_pending: usize,
+    pub(crate) overload_close: bool,
+    pub(crate) drain_spread_ticks: u64,
     pub(crate) outbox_max_bytes: usize,
     pub(crate) outbox_max_frames: usize,
     pub(crate) read_buffer: usize,
@@ -140,6 +143,8 @@ impl Params {
             tick_nanos: cfg.timeouts.tick.as_nanos().max(1),
             max_per_shard: cfg.limits.max_connections_per_shard,
             max_pending: cfg.limits.max_pending_handshakes,
+            overload_close: cfg.limits.overload_close,
+            drain_spread_ticks: cfg.ticks(cfg.timeouts.drain_spread),
             outbox_max_bytes: cfg.outbox.outbox_max_bytes as usize,
             outbox_max_frames: cfg.outbox.outbox_max_frames,
             read_buffer: cfg.outbox.read_buffer as usize,
@@ -263,6 +268,12 @@ pub(super) struct Core {
     shed: Vec<Bytes>,
     /// Slow subscribers' gaps, refilled from history once their outbox drains.
     repairs: Repairs,
+    /// Retry hints' jitter.
+    jitter: Jitter,
+    /// A spread drain: the connections still to close (tokens), when it began, how many.
+    drain_queue: Vec<u64>,
+    drain_from: u64,
+    drain_total: usize,
 }
 
 /// What a shard is built from besides the configuration.
@@ -339,6 +350,10 @@ impl Shard {
             scratch: Vec::new(),
             shed: Vec::new(),
             repairs: Repairs::default(),
+            jitter: Jitter::new(clock::unix_ms() ^ ((id as u64 + 1) << 48)),
+            drain_queue: Vec::new(),
+            drain_from: 0,
+            drain_total: 0,
         };
         Ok(Shard { read_buf, core })
     }
@@ -378,6 +393,7 @@ impl Shard {
         self.core.mesh.flush_retry(); // updates a full inbox refused earlier, in order
         self.read_again(); // connections that still had unread bytes (fairness)
         self.core.expire_timers(); // handshake, ping, pong, idle, slow and close deadlines
+        self.core.drain_wave(); // while draining with --drain-spread: this tick's closes
         self.core.sweep_streams(); // once a minute: forget streams idle past their TTL
         self.core.flush_dirty(); // one gather write per connection with queued frames
         self.core.after_flush(); // what drained outboxes asked of this shard itself
