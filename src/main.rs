@@ -150,6 +150,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(t) = server.tls_addr() {
+        tracing::info!("listening on wss://{t}");
+    }
     tracing::info!("API on http://{api_addr}");
     let metrics_api = match metrics_listener {
         Some(l) => {

@@ -144,6 +144,16 @@ pub(crate) fn render(
         &auth,
     );
     o.counter(
+        "ringcast_tls_errors_total",
+        "wss connections closed for a bad TLS record, an alert or a failed handshake.",
+        sum(c, |s| s.tls_errors.get()),
+    );
+    o.counter(
+        "ringcast_overload_closes_total",
+        "Overload refusals answered with an upgrade and a 1013 close (--overload-close).",
+        sum(c, |s| s.overload_closes.get()),
+    );
+    o.counter(
         "ringcast_token_refreshes_total",
         "refresh messages that extended a connection's token.",
         sum(c, |s| s.token_refreshes.get()),

@@ -62,6 +62,20 @@ pub struct Listen {
     /// WebSocket listen address.
     #[arg(long, env = "RINGCAST_LISTEN", default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,
+    /// wss listen address (a SO_REUSEPORT listener per shard, beside --listen); needs
+    /// --tls-cert and --tls-key.
+    #[arg(long, env = "RINGCAST_TLS_LISTEN")]
+    pub(crate) tls_listen: Option<SocketAddr>,
+    /// Certificate chain PEM file; repeat with --tls-key for several pairs, chosen by the
+    /// client's SNI (the first pair for clients without one). Read again on SIGHUP.
+    #[arg(long, env = "RINGCAST_TLS_CERT", value_delimiter = ',')]
+    pub(crate) tls_cert: Vec<std::path::PathBuf>,
+    /// Private key PEM file of the --tls-cert at the same position.
+    #[arg(long, env = "RINGCAST_TLS_KEY", value_delimiter = ',')]
+    pub(crate) tls_key: Vec<std::path::PathBuf>,
+    /// Accept TLS 1.2 as well as TLS 1.3.
+    #[arg(long, env = "RINGCAST_TLS12", default_value_t = false, action = clap::ArgAction::Set)]
+    pub(crate) tls12: bool,
     /// Shard threads, one per core; 0 means one per CPU available to the process.
     #[arg(long, env = "RINGCAST_SHARDS", default_value_t = 0)]
     pub(crate) shards: usize,
@@ -482,17 +496,35 @@ impl Config {
         if self.api.api_listen == self.listen.listen && self.listen.listen.port() != 0 {
             return err("--api-listen and --listen must differ".into());
         }
+        if self.listen.tls_cert.len() != self.listen.tls_key.len() {
+            return err(format!(
+                "--tls-cert and --tls-key come in pairs: {} certificate(s), {} key(s)",
+                self.listen.tls_cert.len(),
+                self.listen.tls_key.len()
+            ));
+        }
+        if let Some(t) = self.listen.tls_listen {
+            if self.listen.tls_cert.is_empty() {
+                return err("--tls-listen needs --tls-cert and --tls-key".into());
+            }
+            if t.port() != 0 && (t == self.listen.listen || t == self.api.api_listen) {
+                return err("--tls-listen must differ from --listen and --api-listen".into());
+            }
+        }
+        let public = !self.listen.listen.ip().is_loopback()
+            || self.listen.tls_listen.is_some_and(|t| !t.ip().is_loopback());
         match self.auth.auth {
             AuthMode::Jwt if self.auth.jwt_keys.is_none() => {
                 return err("--auth jwt needs --jwt-keys FILE (a JWKS document)".into());
             }
-            AuthMode::Open
-                if !self.listen.listen.ip().is_loopback() && !self.auth.insecure_open_identity =>
-            {
+            AuthMode::Open if public && !self.auth.insecure_open_identity => {
                 return err(format!(
-                    "--auth open on a non-loopback --listen ({}) lets anyone claim any user: use \
-                     --auth jwt, or say --insecure-open-identity true",
-                    self.listen.listen
+                    "--auth open on a non-loopback --listen or --tls-listen ({}) lets anyone \
+                     claim any user: use --auth jwt, or say --insecure-open-identity true",
+                    self.listen
+                        .tls_listen
+                        .filter(|t| !t.ip().is_loopback())
+                        .unwrap_or(self.listen.listen)
                 ));
             }
             _ => {}

@@ -8,6 +8,7 @@ pub mod outbox;
 pub mod shard;
 pub mod sim;
 pub(crate) mod stats;
+pub(crate) mod tls;
 /// The syscall layer (the `ringcast-sys` crate): the one place with `unsafe`.
 pub(crate) use ringcast_sys as sys;
 
@@ -39,6 +40,8 @@ pub struct Shared {
     pub(crate) max_total: usize,
     pub(crate) draining: AtomicBool,
     pub(crate) limiter: Option<IpLimiter>,
+    /// wss: the TLS configuration new handshakes use.
+    pub(crate) tls: Option<Arc<tls::Tls>>,
     /// `--handshake-rate-per-ip`: a token bucket per source address.
     pub(crate) rate: Option<HandshakeRate>,
     /// Start time in Unix milliseconds: clients learn it in `welcome`; a new epoch means
@@ -74,13 +77,14 @@ pub(crate) fn authenticator(cfg: &Config) -> Result<Arc<dyn Authenticator>, Star
 #[derive(Clone, Debug)]
 pub struct ReloadHandle {
     auth: Arc<dyn Authenticator>,
+    tls: Option<Arc<tls::Tls>>,
 }
 
 impl ReloadHandle {
     /// Reloads everything reloadable and logs what happened; a file that does not load keeps
     /// what was in use. Returns whether everything loaded.
     pub fn reload(&self) -> bool {
-        match self.auth.reload() {
+        let keys = match self.auth.reload() {
             Ok(what) => {
                 tracing::info!("reloaded client keys: {what}");
                 true
@@ -89,7 +93,19 @@ impl ReloadHandle {
                 tracing::error!("client keys not reloaded, the old ones stay: {why}");
                 false
             }
-        }
+        };
+        let certs = match self.tls.as_ref().map(|t| t.reload()) {
+            None => true,
+            Some(Ok(what)) => {
+                tracing::info!("reloaded TLS certificates: {what}; new handshakes use them");
+                true
+            }
+            Some(Err(why)) => {
+                tracing::error!("TLS certificates not reloaded, the old ones stay: {why}");
+                false
+            }
+        };
+        keys && certs
     }
 }
 
@@ -158,6 +174,7 @@ pub struct Server {
     shared: Arc<Shared>,
     handle: ShutdownHandle,
     reload: ReloadHandle,
+    tls_addr: Option<SocketAddr>,
 }
 
 /// Connections the open-file limit leaves room for: each shard keeps a listener, an epoll
@@ -218,6 +235,23 @@ impl Server {
         let n = if cfg.listen.shards == 0 { cpus.len().max(1) } else { cfg.listen.shards };
         let listeners = bind_listeners(cfg.listen.listen, n, cfg.listen.backlog)?;
         let addr = listeners[0].local_addr().map_err(|e| StartError(e.to_string()))?;
+        let tls_state = match cfg.listen.tls_listen {
+            Some(_) => {
+                let pairs =
+                    cfg.listen.tls_cert.iter().cloned().zip(cfg.listen.tls_key.iter().cloned());
+                let settings = tls::TlsSettings { pairs: pairs.collect(), tls12: cfg.listen.tls12 };
+                Some(Arc::new(tls::Tls::new(settings).map_err(StartError)?))
+            }
+            None => None,
+        };
+        let mut tls_listeners: Vec<Option<TcpListener>> = match cfg.listen.tls_listen {
+            Some(t) => bind_listeners(t, n, cfg.listen.backlog)?.into_iter().map(Some).collect(),
+            None => (0..n).map(|_| None).collect(),
+        };
+        let tls_addr = match tls_listeners.first() {
+            Some(Some(l)) => Some(l.local_addr().map_err(|e| StartError(e.to_string()))?),
+            _ => None,
+        };
         let driver = match cfg.listen.io_driver {
             IoDriver::Epoll => "epoll",
             IoDriver::IoUring => "io_uring",
@@ -245,6 +279,7 @@ impl Server {
             draining: AtomicBool::new(false),
             limiter: (cfg.limits.max_connections_per_ip > 0)
                 .then(|| IpLimiter::new(cfg.limits.max_connections_per_ip)),
+            tls: tls_state.clone(),
             rate: (cfg.limits.handshake_rate_per_ip > 0.0).then(|| {
                 HandshakeRate::new(cfg.limits.handshake_rate_per_ip, cfg.limits.handshake_burst)
             }),
@@ -285,9 +320,10 @@ impl Server {
             let cpu = cfg.listen.pin.then(|| cpus.get(i % cpus.len().max(1)).copied()).flatten();
             let entries = cfg.listen.uring_entries;
             let use_uring = driver == "io_uring";
+            let tls_listener = tls_listeners[i].take();
             let t = std::thread::Builder::new()
                 .name(format!("ringcast-shard-{i}"))
-                .spawn(move || run_shard(shard, listener, cpu, entries, use_uring))
+                .spawn(move || run_shard(shard, (listener, tls_listener), cpu, entries, use_uring))
                 .map_err(|e| StartError(format!("cannot start shard thread: {e}")))?;
             threads.push(t);
         }
@@ -301,12 +337,18 @@ impl Server {
             router,
             shared: shared.clone(),
             handle: ShutdownHandle { shared, wakes },
-            reload: ReloadHandle { auth },
+            reload: ReloadHandle { auth, tls: tls_state },
+            tls_addr,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The wss address, with `--tls-listen`.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     pub fn driver(&self) -> &'static str {
@@ -366,7 +408,7 @@ impl Server {
 
 fn run_shard(
     shard: Shard,
-    listener: TcpListener,
+    listener: (TcpListener, Option<TcpListener>),
     cpu: Option<usize>,
     entries: u32,
     use_uring: bool,
@@ -389,7 +431,10 @@ fn run_shard(
     }
 }
 
-async fn serve(shard: Shard, listener: TcpListener) -> io::Result<()> {
+async fn serve(
+    shard: Shard,
+    (listener, tls): (TcpListener, Option<TcpListener>),
+) -> io::Result<()> {
     let epfd = shard.epoll_fd()?;
     // monoio has no generic "wait until this fd is readable"; its UnixStream's readable() is
     // exactly that (an io_uring poll, or a registration with the epoll fallback). The stream
@@ -398,8 +443,19 @@ async fn serve(shard: Shard, listener: TcpListener) -> io::Result<()> {
     let listener = monoio::net::TcpListener::from_std(listener)?;
     let shard = Rc::new(RefCell::new(shard));
     shard.borrow_mut().set_listener_fd(listener.as_raw_fd());
-    let acceptor = monoio::spawn(shard::accept_loop(shard.clone(), listener));
+    let acceptor = monoio::spawn(shard::accept_loop(shard.clone(), listener, false));
+    let tls_acceptor = match tls {
+        Some(l) => {
+            let l = monoio::net::TcpListener::from_std(l)?;
+            shard.borrow_mut().set_tls_listener_fd(l.as_raw_fd());
+            Some(monoio::spawn(shard::accept_loop(shard.clone(), l, true)))
+        }
+        None => None,
+    };
     shard::event_loop(shard, waiter).await;
     acceptor.await;
+    if let Some(a) = tls_acceptor {
+        a.await;
+    }
     Ok(())
 }

@@ -52,6 +52,7 @@ impl SimNode {
             draining: AtomicBool::new(false),
             limiter: (cfg.limits.max_connections_per_ip > 0)
                 .then(|| IpLimiter::new(cfg.limits.max_connections_per_ip)),
+            tls: None,
             rate: (cfg.limits.handshake_rate_per_ip > 0.0).then(|| {
                 HandshakeRate::new(cfg.limits.handshake_rate_per_ip, cfg.limits.handshake_burst)
             }),
@@ -92,7 +93,7 @@ impl SimNode {
         server.set_nonblocking(true)?;
         let now = self.now();
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        self.shards[shard].on_accept(OwnedFd::from(server), ip, now);
+        self.shards[shard].on_accept(OwnedFd::from(server), ip, now, false);
         Ok(client)
     }
 

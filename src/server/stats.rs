@@ -91,6 +91,7 @@ counters! {
     pushes_discarded: "queued pushes dropped because a kick, replacement, slow-consumer or pong-timeout close went first",
     slow_consumers_closed: "connections closed for losing pushes too long",
     token_expired: "connections closed with 4003 because their token expired",
+    tls_errors: "wss connections closed for a bad TLS record, an alert or a failed handshake",
     overload_closes: "overload refusals answered with an upgrade and a 1013 close (--overload-close)",
     drain_waves: "connections closed by a wave of --drain-spread",
     token_refreshes: "refresh messages that extended a connection's token",

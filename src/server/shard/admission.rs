@@ -14,13 +14,13 @@ use crate::proto::{CloseCode, Decoder, OpCode, Role};
 use crate::push::msg::Priority;
 use crate::push::session::Session;
 
-use super::super::conn::{flag, Conn, Link, Liveness, Phase, Route};
+use super::super::conn::{flag, Conn, Link, Liveness, Phase, Route, TlsLink};
 use super::super::sys::{self, EV_IN, EV_OUT, EV_RDHUP};
 use super::{token, Core};
 
 impl Core {
     /// Takes a freshly accepted socket; refusing one means dropping `fd`, which closes it.
-    pub(super) fn on_accept(&mut self, fd: OwnedFd, ip: IpAddr) {
+    pub(super) fn on_accept(&mut self, fd: OwnedFd, ip: IpAddr, tls: bool) {
         self.counters.accepted.inc();
         if self.draining {
             return;
@@ -29,6 +29,18 @@ impl Core {
             self.counters.pending_overflow.inc();
             return;
         }
+        let link = match (tls, &self.shared.tls) {
+            (false, _) => None,
+            (true, Some(t)) => match TlsLink::new(t.config()) {
+                Ok(l) => Some(Link::Tls(Box::new(l))),
+                Err(e) => {
+                    self.counters.tls_errors.inc();
+                    tracing::warn!(shard = self.id, "cannot start a TLS connection: {e}");
+                    return;
+                }
+            },
+            (true, None) => return,
+        };
         sys::set_nodelay(fd.as_fd());
         self.gen = self.gen.wrapping_add(1);
         let gen = self.gen;
@@ -45,8 +57,7 @@ impl Core {
             gen,
             phase: Phase::Handshake,
             route: Route::Ws,
-            flags: 0,
-            link: Link::Plain,
+            flags: if link.is_some() { flag::TLS } else { 0 },
             timer: None,
             live: Liveness::new(self.now as u32),
             decoder: Decoder::new(Role::Server),
@@ -55,6 +66,9 @@ impl Core {
             session: None,
             ip,
         });
+        if let Some(l) = link {
+            self.links.insert(key, l);
+        }
         self.handshaking += 1;
         self.counters.handshaking.inc();
         self.arm(key, Some(self.now + self.p.handshake_ticks));

@@ -109,6 +109,9 @@ impl Core {
         }
         self.leave_indexes(key);
         let Some(conn) = self.conns.try_remove(key) else { return };
+        if conn.has(flag::TLS) {
+            self.links.remove(&key);
+        }
         if conn.has(flag::GAPPED) {
             self.repairs.forget(key as u32);
             self.counters.gapped_connections.set(self.repairs.open() as u64);
@@ -141,6 +144,9 @@ impl Core {
         let spread = self.p.drain_spread_ticks;
         self.drain_deadline = self.now + spread + self.p.drain_ticks;
         sys::shutdown_listener(self.listener_fd);
+        if self.tls_listener_fd >= 0 {
+            sys::shutdown_listener(self.tls_listener_fd);
+        }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         tracing::info!(
             shard = self.id,

@@ -20,6 +20,7 @@ mod runtime;
 mod timers;
 mod write;
 
+use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{OwnedFd, RawFd};
@@ -47,7 +48,7 @@ use crate::push::streams::Streams;
 use crate::push::token::TokenKey;
 use crate::timer_wheel::TimerWheel;
 
-use super::conn::{Conn, Deadlines, Route};
+use super::conn::{Conn, Deadlines, Link, Route};
 use super::inbox::{Inbox, Mesh, Router};
 use super::limits::Jitter;
 use super::stats::Counters;
@@ -232,6 +233,12 @@ pub(super) struct Core {
     wake: Arc<EventFd>,
     tickfd: TimerFd,
     listener_fd: RawFd,
+    /// The `--tls-listen` listener, if any.
+    tls_listener_fd: RawFd,
+    /// The TLS state of wss connections, by slot (plain connections have no entry).
+    links: HashMap<usize, Link>,
+    /// The plaintext of the TLS records of one read, before it joins the read buffer.
+    tls_plain: Vec<u8>,
     conns: Slab<Conn>,
     wheel: TimerWheel<u32>,
     events: Vec<libc::epoll_event>,
@@ -328,6 +335,9 @@ impl Shard {
             wake,
             tickfd,
             listener_fd: -1,
+            tls_listener_fd: -1,
+            tls_plain: Vec::new(),
+            links: HashMap::new(),
             conns: Slab::with_capacity(capacity),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_TURN],
             ready: Vec::new(),
@@ -371,14 +381,18 @@ impl Shard {
         self.core.listener_fd = fd;
     }
 
+    pub(crate) fn set_tls_listener_fd(&mut self, fd: RawFd) {
+        self.core.tls_listener_fd = fd;
+    }
+
     pub(crate) fn is_draining(&self) -> bool {
         self.core.draining
     }
 
     /// Takes a freshly accepted socket. Refusing one means dropping `fd`, which closes it.
-    pub(crate) fn on_accept(&mut self, fd: OwnedFd, ip: IpAddr, now: Instant) {
+    pub(crate) fn on_accept(&mut self, fd: OwnedFd, ip: IpAddr, now: Instant, tls: bool) {
         self.core.clock(now);
-        self.core.on_accept(fd, ip);
+        self.core.on_accept(fd, ip, tls);
     }
 
     pub(crate) fn count_accept_error(&self) {

@@ -8,7 +8,7 @@ use crate::proto::handshake;
 use crate::proto::{CloseReason, Event, OpCode};
 use crate::push::session::Session;
 
-use super::super::conn::{flag, Conn, Phase, Route};
+use super::super::conn::{flag, Conn, Link, Phase, Route};
 use super::super::sys::{self, EV_ERR, EV_IN, EV_OUT, EV_RDHUP};
 use super::{token, Core, Shard, TICK_TOKEN, WAKE_TOKEN};
 
@@ -85,8 +85,16 @@ impl Shard {
                 }
                 _ => 0,
             };
-            let space = read_buf.len() - kept;
-            match sys::recv(conn.fd.as_fd(), &mut read_buf[kept..]) {
+            // A TLS record not yet whole goes next, then what arrives now.
+            let mut plain = Link::Plain;
+            let link = match conn.has(flag::TLS) {
+                true => core.links.get_mut(&key).unwrap_or(&mut plain),
+                false => &mut plain,
+            };
+            let pre = link.take_partial(&mut read_buf[kept..]);
+            let at = kept + pre;
+            let space = read_buf.len() - at;
+            match sys::recv(conn.fd.as_fd(), &mut read_buf[at..]) {
                 Ok(0) => {
                     core.on_eof(key);
                     core.settle();
@@ -96,9 +104,29 @@ impl Shard {
                     core.counters.bytes_in.add(n as u64);
                     conn.live.last_recv = now32;
                     conn.clear(flag::PING_OUT);
-                    let plain = conn.link.read(&mut read_buf[..kept + n]);
-                    core.process(key, plain);
+                    let read = match link.read(read_buf, kept, at + n, &mut core.tls_plain) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            // A bad record or an alert: nothing more can be read or written.
+                            core.counters.tls_errors.inc();
+                            tracing::debug!(shard = core.id, "TLS error: {}", e.0);
+                            core.remove(key);
+                            core.settle();
+                            return;
+                        }
+                    };
+                    if link.has_output() {
+                        core.mark_dirty(key); // a handshake flight to send
+                    }
+                    core.process(key, &mut read_buf[..read.end]);
                     core.settle();
+                    if read.closed {
+                        if core.conns.contains(key) {
+                            core.on_eof(key);
+                            core.settle();
+                        }
+                        return;
+                    }
                     let Some(conn) = core.conns.get_mut(key) else { return };
                     conn.trim_bufs();
                     if n < space && !conn.has(flag::PEER_CLOSED) {
@@ -108,6 +136,7 @@ impl Shard {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    link.put_back_partial(&read_buf[kept..at]);
                     if kept > 0 {
                         conn.bufs().pending.extend_from_slice(&read_buf[..kept]);
                     }
@@ -115,6 +144,7 @@ impl Shard {
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    link.put_back_partial(&read_buf[kept..at]);
                     if kept > 0 {
                         conn.bufs().pending.extend_from_slice(&read_buf[..kept]);
                     }
@@ -137,7 +167,8 @@ impl Core {
         if bits & (EV_OUT | EV_ERR) != 0 {
             let conn = &mut self.conns[key];
             conn.clear(flag::WRITE_BLOCKED);
-            if conn.outbox.is_some() {
+            let tls_out = conn.has(flag::TLS) && self.links.get(&key).is_some_and(Link::has_output);
+            if conn.outbox.is_some() || tls_out {
                 self.mark_dirty(key);
             }
         }

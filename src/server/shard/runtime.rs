@@ -10,13 +10,19 @@ use crate::clock;
 use super::super::sys;
 use super::{Shard, Turn};
 
-/// The accept loop: io_uring accept on the shard's listener, until the listener is shut.
-pub(crate) async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpListener) {
+/// The accept loop: io_uring accept on one of the shard's listeners (the plain one, or the
+/// `--tls-listen` one with `tls`), until the listener is shut.
+pub(crate) async fn accept_loop(
+    shard: Rc<RefCell<Shard>>,
+    listener: monoio::net::TcpListener,
+    tls: bool,
+) {
     let mut warned_at: Option<Instant> = None;
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
-                shard.borrow_mut().on_accept(sys::own_stream(stream), addr.ip(), clock::now());
+                let fd = sys::own_stream(stream);
+                shard.borrow_mut().on_accept(fd, addr.ip(), clock::now(), tls);
             }
             Err(e) => {
                 if shard.borrow().is_draining() {

@@ -9,7 +9,7 @@ use crate::proto::frame::encode_frame;
 use crate::proto::OpCode;
 use crate::push::msg::Priority;
 
-use super::super::conn::flag;
+use super::super::conn::{flag, Link};
 use super::super::outbox::{Flushed, Outbox};
 use super::super::sys;
 use super::{token, Core};
@@ -65,7 +65,31 @@ impl Core {
     /// Writes everything queued for a connection in gather writes.
     pub(super) fn flush(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        if conn.has(flag::WRITE_BLOCKED | flag::WELCOME_PENDING) {
+        if conn.has(flag::WRITE_BLOCKED) {
+            return;
+        }
+        let mut plain = Link::Plain;
+        let link = match conn.has(flag::TLS) {
+            true => self.links.get_mut(&key).unwrap_or(&mut plain),
+            false => &mut plain,
+        };
+        if link.has_output() {
+            // TLS: a handshake flight, or sealed records the socket refused, go first.
+            let fd = conn.fd.as_fd();
+            match link.flush_output(&mut |w| sys::writev(fd, w)) {
+                Ok(true) => {}
+                Ok(false) => {
+                    conn.set(flag::WRITE_BLOCKED);
+                    return;
+                }
+                Err(_) => {
+                    self.counters.io_errors.inc();
+                    self.remove(key);
+                    return;
+                }
+            }
+        }
+        if conn.has(flag::WELCOME_PENDING) {
             return;
         }
         if let Some(ob) = conn.outbox.as_mut() {
@@ -76,7 +100,7 @@ impl Core {
                 self.counters.pushes_expired.add(expired as u64);
                 self.counters.outbox_bytes.sub((before - ob.bytes()) as u64);
             }
-            let (fd, link) = (conn.fd.as_fd(), &mut conn.link);
+            let fd = conn.fd.as_fd();
             let result = ob.flush(|iov| link.write(iov, |w| sys::writev(fd, w)));
             if let Ok((_, n)) = &result {
                 self.counters.outbox_bytes.sub(*n as u64);
@@ -86,6 +110,10 @@ impl Core {
                     self.counters.bytes_out.add(n as u64);
                     conn.outbox = None;
                     conn.clear(flag::SLOW);
+                    if link.has_output() {
+                        // Sealed but not all taken by the socket: wait for room.
+                        conn.set(flag::WRITE_BLOCKED);
+                    }
                 }
                 Ok((Flushed::Blocked, n)) => {
                     self.counters.bytes_out.add(n as u64);
@@ -105,7 +133,8 @@ impl Core {
             self.apply_effects();
         }
         let conn = &mut self.conns[key];
-        if conn.outbox.is_none() && conn.has(flag::SHUT_AFTER_FLUSH) {
+        let tls_out = conn.has(flag::TLS) && self.links.get(&key).is_some_and(Link::has_output);
+        if conn.outbox.is_none() && !tls_out && conn.has(flag::SHUT_AFTER_FLUSH) {
             conn.clear(flag::SHUT_AFTER_FLUSH);
             sys::shutdown_write(conn.fd.as_fd());
         }
