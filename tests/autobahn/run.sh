@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the Autobahn fuzzing client (cases 1.* to 10.*) against ringcast's /echo endpoint and
-# fails on any FAILED case. Installs the suite on first use: autobahntestsuite is Python 2
+# Runs the Autobahn fuzzing client (cases 1.* to 10.*) against ringcast's /echo endpoint, over
+# ws and over wss (TLS 1.3, a self-signed certificate made here with openssl), and fails on any
+# FAILED case of either. Installs the suite on first use: autobahntestsuite is Python 2
 # code, so it lives in a Python 2.7 virtualenv with its upstream pins (requirements-py27.txt).
 #
 #   tests/autobahn/run.sh            # build release, run, summarise (about 40 s)
@@ -11,6 +12,7 @@ root=$(cd "$here/../.." && pwd)
 venv=${AUTOBAHN_VENV:-$root/.venv-autobahn}
 out=${AUTOBAHN_REPORTS:-$root/target/autobahn}
 port=${AUTOBAHN_PORT:-19001}
+tls_port=${AUTOBAHN_TLS_PORT:-19002}
 
 find_python2() {
   local c
@@ -43,8 +45,11 @@ if [ -z "$bin" ]; then
 fi
 
 rm -rf "$out" && mkdir -p "$out"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$out/key.pem" \
+  -out "$out/cert.pem" -days 2 -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null
 # Autobahn sends messages up to 16 MiB (case 9); the defaults are sized for push clients.
-"$bin" --listen "127.0.0.1:$port" --shards 2 --max-frame-size 20MiB --max-message-size 20MiB \
+"$bin" --listen "127.0.0.1:$port" --tls-listen "127.0.0.1:$tls_port" --tls-cert "$out/cert.pem" \
+  --tls-key "$out/key.pem" --shards 2 --max-frame-size 20MiB --max-message-size 20MiB \
   --outbox-max-bytes 64MiB --log-level warn 2>"$out/server.log" &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null || true' EXIT
@@ -56,7 +61,8 @@ done
 cat >"$out/fuzzingclient.json" <<JSON
 {
   "outdir": "$out/reports",
-  "servers": [{"agent": "ringcast", "url": "ws://127.0.0.1:$port/echo"}],
+  "servers": [{"agent": "ringcast", "url": "ws://127.0.0.1:$port/echo"},
+              {"agent": "ringcast-wss", "url": "wss://127.0.0.1:$tls_port/echo"}],
   "cases": ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "8.*", "9.*", "10.*"],
   "exclude-cases": [],
   "exclude-agent-cases": {}

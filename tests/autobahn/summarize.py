@@ -19,7 +19,13 @@ def main(index_path, expected_path):
             if line:
                 case, behavior = line.split()
                 expected[case] = behavior
-    results = next(iter(index.values()))
+    failed = 0
+    for agent in sorted(index):
+        failed += check(agent, index[agent], expected)
+    return 1 if failed else 0
+
+
+def check(agent, results, expected):
     counts = {}
     bad = []
     for case, r in sorted(results.items(), key=lambda kv: [int(x) for x in kv[0].split(".")]):
@@ -32,11 +38,11 @@ def main(index_path, expected_path):
     for case, b in sorted(expected.items()):
         if case in results and results[case]["behavior"] != b:
             print("note: %s is now %s (expected.txt says %s)" % (case, results[case]["behavior"], b))
-    print("autobahn cases 1-10: " + ", ".join("%s %d" % kv for kv in sorted(counts.items())))
+    print("autobahn cases 1-10 (%s): " % agent + ", ".join("%s %d" % kv for kv in sorted(counts.items())))
     for line in bad:
         print("  " + line)
-    print("autobahn: %d passed, %d failed" % (len(results) - len(bad), len(bad)))
-    return 1 if bad else 0
+    print("autobahn %s: %d passed, %d failed" % (agent, len(results) - len(bad), len(bad)))
+    return len(bad)
 
 
 if __name__ == "__main__":
