@@ -41,6 +41,18 @@ pub(crate) struct ConnArgs {
     /// Hard cap on the whole run.
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     pub(crate) max_duration: Duration,
+    /// Connect over TLS (wss): verify the server with --ca, or not at all with --insecure.
+    #[arg(long)]
+    pub(crate) tls: bool,
+    /// PEM file of the certificate(s) that sign the server's (with --tls).
+    #[arg(long)]
+    pub(crate) ca: Option<std::path::PathBuf>,
+    /// With --tls: accept any server certificate (loopback benchmarks with a self-signed one).
+    #[arg(long)]
+    pub(crate) insecure: bool,
+    /// With --tls: the server name to send (SNI) and verify.
+    #[arg(long, default_value = "localhost")]
+    pub(crate) sni: String,
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,
@@ -53,6 +65,15 @@ pub(crate) struct ConnArgs {
 }
 
 impl ConnArgs {
+    /// `wss` with --tls, else `ws`.
+    pub(crate) fn scheme(&self) -> &'static str {
+        if self.tls {
+            "wss"
+        } else {
+            "ws"
+        }
+    }
+
     pub(crate) fn path_or(&self, default: &str) -> String {
         self.path.clone().unwrap_or_else(|| default.to_string())
     }

@@ -69,6 +69,8 @@ pub struct Plan {
     /// At stop, leave the open connections' sockets open and unread (a silent drop the server
     /// has not noticed) and hand them back in `Tally::kept`.
     pub keep_open: bool,
+    /// wss: the TLS client configuration and the server name (SNI) to send.
+    pub tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
 }
 
 /// Messages a thread sends (the `echo` scenario): `per_conn` on each of its connections, at
@@ -203,6 +205,67 @@ struct Conn {
     inbuf: Vec<u8>,
     out: Vec<u8>,
     dec: Decoder,
+    /// wss: the TLS session; `inbuf` and `out` hold plaintext, rustls the ciphertext.
+    tls: Option<Box<rustls::ClientConnection>>,
+}
+
+/// A socket as rustls' reader and writer.
+struct FdIo<'a>(std::os::fd::BorrowedFd<'a>);
+
+impl io::Read for FdIo<'_> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        sys::recv(self.0, b)
+    }
+}
+
+impl io::Write for FdIo<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        sys::writev(self.0, &[io::IoSlice::new(b)])
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads what the socket has into `c.inbuf` (through TLS for wss); `Ok(true)` at EOF.
+fn read_in(c: &mut Conn, rbuf: &mut [u8]) -> io::Result<bool> {
+    let Some(t) = c.tls.as_mut() else {
+        loop {
+            match sys::recv(c.fd.as_fd(), rbuf) {
+                Ok(0) => return Ok(true),
+                Ok(k) => c.inbuf.extend_from_slice(&rbuf[..k]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let mut eof = false;
+    loop {
+        match t.read_tls(&mut FdIo(c.fd.as_fd())) {
+            Ok(0) => {
+                eof = true;
+                break;
+            }
+            Ok(_) => {
+                t.process_new_packets()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    loop {
+        match io::Read::read(&mut t.reader(), rbuf) {
+            Ok(0) => return Ok(true),
+            Ok(k) => c.inbuf.extend_from_slice(&rbuf[..k]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(true),
+            Err(e) => return Err(e),
+        }
+    }
+    // The handshake's answers, and anything queued while it ran.
+    write_out(c)?;
+    Ok(eof)
 }
 
 fn request(plan: &Plan, index: usize) -> Vec<u8> {
@@ -304,6 +367,19 @@ pub fn run(
                         inbuf: Vec::new(),
                         out: Vec::new(),
                         dec: Decoder::new(Role::Client),
+                        tls: match &plan.tls {
+                            Some((cfg, name)) => {
+                                match rustls::ClientConnection::new(cfg.clone(), name.clone()) {
+                                    Ok(t) => Some(Box::new(t)),
+                                    Err(e) => {
+                                        *tally.errors.entry(format!("TLS: {e}")).or_default() += 1;
+                                        settle(&mut tally, &progress);
+                                        continue;
+                                    }
+                                }
+                            }
+                            None => None,
+                        },
                     });
                     if let Err(e) = epoll.add(conns[key].fd.as_raw_fd(), key as u64, EV_IN | EV_OUT)
                     {
@@ -354,20 +430,15 @@ pub fn run(
                 && !matches!(c.state, State::Connecting | State::Deaf)
                 && bits & (EV_IN | EV_ERR) != 0
             {
-                loop {
-                    match sys::recv(c.fd.as_fd(), &mut rbuf) {
-                        Ok(0) => {
-                            outcome = lost(&c.state, refusal(&c.inbuf), &mut tally);
-                            close = true;
-                            break;
-                        }
-                        Ok(k) => c.inbuf.extend_from_slice(&rbuf[..k]),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => {
-                            outcome = lost(&c.state, error_kind(&e), &mut tally);
-                            close = true;
-                            break;
-                        }
+                match read_in(c, &mut rbuf) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        outcome = lost(&c.state, refusal(&c.inbuf), &mut tally);
+                        close = true;
+                    }
+                    Err(e) => {
+                        outcome = lost(&c.state, error_kind(&e), &mut tally);
+                        close = true;
                     }
                 }
                 if !close && c.state == State::Upgrading {
@@ -557,6 +628,20 @@ fn lost(state: &State, reason: String, tally: &mut Tally) -> Option<Result<(), S
 }
 
 fn write_out(c: &mut Conn) -> io::Result<()> {
+    if let Some(t) = c.tls.as_mut() {
+        if !c.out.is_empty() {
+            io::Write::write_all(&mut t.writer(), &c.out)?;
+            c.out.clear();
+        }
+        while t.wants_write() {
+            match t.write_tls(&mut FdIo(c.fd.as_fd())) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        return Ok(());
+    }
     while !c.out.is_empty() {
         match sys::writev(c.fd.as_fd(), &[io::IoSlice::new(&c.out)]) {
             Ok(n) => {

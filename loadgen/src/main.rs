@@ -15,6 +15,7 @@ mod report;
 mod run;
 mod scenario;
 mod sources;
+mod tls;
 mod track;
 
 use std::process::ExitCode;

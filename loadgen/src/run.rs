@@ -67,6 +67,7 @@ pub(crate) fn start_connections<S: MessageSink + Send + 'static>(
     check_nofile(a.connections)?;
     std::net::TcpStream::connect_timeout(&a.target, Duration::from_secs(3))
         .map_err(|e| format!("cannot reach {}: {e}", a.target))?;
+    let tls = crate::tls::client_config(a)?;
     let threads = if a.threads == 0 { cpus() } else { a.threads }.min(a.connections);
     let start = Instant::now();
     let deadline = start + a.max_duration;
@@ -94,6 +95,7 @@ pub(crate) fn start_connections<S: MessageSink + Send + 'static>(
             }),
             paths: extras.paths.clone(),
             keep_open: extras.keep_open,
+            tls: tls.clone(),
         };
         let mut s = sink(first, share);
         first += share;

@@ -287,3 +287,89 @@ fn resume_loses_nothing_whether_the_drop_is_seen_or_silent() {
         assert!(r.delta(&before, "replayed") > 0, "{mode}: {v}");
     }
 }
+
+/// wss: fanout and echo over TLS against ringcast's `--tls-listen`, verifying the server with
+/// `--ca` (a committed self-signed localhost certificate), and `--insecure`.
+#[test]
+fn scenarios_run_over_wss() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let (crt, key) = (format!("{fixtures}/localhost.crt"), format!("{fixtures}/localhost.key"));
+    let mut child = Command::new(ringcast_bin())
+        .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--shards", "2"])
+        .args(["--tls-listen", "127.0.0.1:0", "--tls-cert", &crt, "--tls-key", &key])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut wss, mut api) = (None, None);
+    while wss.is_none() || api.is_none() {
+        let line = lines.next().expect("ringcast exited").unwrap();
+        for (marker, slot) in [("listening on wss://", &mut wss), ("API on http://", &mut api)] {
+            if let Some(i) = line.find(marker) {
+                let a: SocketAddr =
+                    line[i + marker.len()..].split_whitespace().next().unwrap().parse().unwrap();
+                *slot = Some(a);
+            }
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let (wss, api) = (wss.unwrap().to_string(), api.unwrap());
+    let publish = format!("http://{api}/v1/publish");
+    let fan = loadgen(&[
+        "fanout",
+        "--target",
+        &wss,
+        "--tls",
+        "--ca",
+        &crt,
+        "-n",
+        "40",
+        "--messages",
+        "25",
+        "--pub-rate",
+        "200",
+        "--pub-url",
+        &publish,
+    ]);
+    assert_eq!((u(&fan, "unique"), u(&fan, "missing"), u(&fan, "duplicates")), (1000, 0, 0));
+    assert!(fan["target"].as_str().unwrap().starts_with("wss://"), "{}", fan["target"]);
+    let echo = loadgen(&[
+        "echo",
+        "--target",
+        &wss,
+        "--tls",
+        "--insecure",
+        "-n",
+        "10",
+        "--messages-per-conn",
+        "20",
+        "--msg-rate",
+        "400",
+    ]);
+    assert_eq!(u(&echo, "received"), 200, "{echo}");
+    // A wrong name fails verification: no upgrade, and loadgen says why.
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "hold",
+            "--target",
+            &wss,
+            "--tls",
+            "--ca",
+            &crt,
+            "--sni",
+            "other.test",
+            "-n",
+            "3",
+            "--hold",
+            "100ms",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(v["upgraded"], 0, "{v} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(v["errors"].to_string().contains("certificate"), "{v}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -60,7 +60,7 @@ pub(crate) fn churn(a: ChurnArgs) -> Result<(), String> {
         &mut report,
         json!({
             "scenario": "churn",
-            "target": format!("ws://{}{}", a.conn.target, path),
+            "target": format!("{}://{}{}", a.conn.scheme(), a.conn.target, path),
             "connections": n,
             "connect_rate": a.conn.rate,
             "lifetime_secs": a.lifetime.as_secs_f64(),

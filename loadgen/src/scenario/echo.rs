@@ -68,7 +68,7 @@ pub(crate) fn echo(a: EchoArgs) -> Result<(), String> {
         &mut report,
         json!({
             "scenario": "echo",
-            "target": format!("ws://{}{}", a.conn.target, path),
+            "target": format!("{}://{}{}", a.conn.scheme(), a.conn.target, path),
             "connections": tally.upgraded,
             "sent": tally.sent,
             "expected": tally.sent,

@@ -124,7 +124,7 @@ pub(crate) fn fanout_with(a: FanoutArgs, slow_every: usize) -> Result<(), String
         &mut report,
         json!({
             "scenario": if slow_every > 0 { "slow" } else { "fanout" },
-            "target": format!("ws://{}{}", a.conn.target, path),
+            "target": format!("{}://{}{}", a.conn.scheme(), a.conn.target, path),
             "subscribers": upgraded,
             "slow_subscribers": tally.slow,
             "server_rss": match (mem0, mem1, mem2) {

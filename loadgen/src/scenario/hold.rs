@@ -70,7 +70,7 @@ pub(crate) fn hold(a: ConnArgs) -> Result<(), String> {
     let mut report = connect_summary(&tally);
     let extra = json!({
         "scenario": "hold",
-        "target": format!("ws://{}{}", a.target, path),
+        "target": format!("{}://{}{}", a.scheme(), a.target, path),
         "connections": a.connections,
         "threads": threads,
         "sources": a.sources.len(),

@@ -83,7 +83,7 @@ pub(crate) fn push(a: PushArgs) -> Result<(), String> {
         &mut report,
         json!({
             "scenario": "push",
-            "target": format!("ws://{}{}", a.conn.target, path),
+            "target": format!("{}://{}{}", a.conn.scheme(), a.conn.target, path),
             "connections": upgraded,
             "pushes": a.pushes,
             "size": a.publish.size,
