@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::{http, Server};
 
 fn hash(key: &str) -> String {
@@ -123,16 +121,7 @@ fn each_scope_allows_what_it_names_and_nothing_else() {
 #[test]
 fn the_metrics_listener_serves_without_a_key_and_nothing_else() {
     let (s, dir) = start("metrics");
-    let end = Instant::now() + Duration::from_secs(5);
-    let addr = loop {
-        let log = s.log();
-        if let Some(i) = log.find("metrics on http://") {
-            let rest = &log[i + "metrics on http://".len()..];
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-        assert!(Instant::now() < end, "{log}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let addr = s.logged_addr("metrics on http://");
     let (st, _, body) = http(addr, "GET", "/metrics", "", b"");
     assert!(st == 200 && body.contains("ringcast_connections"), "{st}");
     assert_eq!(http(addr, "GET", "/healthz", "", b"").0, 200);

@@ -56,16 +56,7 @@ impl Drop for Pki {
 }
 
 fn wss_addr(s: &Server) -> SocketAddr {
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
-        let log = s.log();
-        if let Some(i) = log.find("listening on wss://") {
-            let rest = &log[i + "listening on wss://".len()..];
-            return rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-        assert!(Instant::now() < end, "{log}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    s.logged_addr("listening on wss://")
 }
 
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;

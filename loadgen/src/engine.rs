@@ -241,26 +241,31 @@ fn read_in(c: &mut Conn, rbuf: &mut [u8]) -> io::Result<bool> {
     };
     let mut eof = false;
     loop {
-        match t.read_tls(&mut FdIo(c.fd.as_fd())) {
+        let n = match t.read_tls(&mut FdIo(c.fd.as_fd())) {
             Ok(0) => {
                 eof = true;
-                break;
+                0
             }
-            Ok(_) => {
-                t.process_new_packets()
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) => return Err(e),
+        };
+        if n > 0 {
+            t.process_new_packets().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         }
-    }
-    loop {
-        match io::Read::read(&mut t.reader(), rbuf) {
-            Ok(0) => return Ok(true),
-            Ok(k) => c.inbuf.extend_from_slice(&rbuf[..k]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(true),
-            Err(e) => return Err(e),
+        // Drain the plaintext after every read: rustls holds a bounded amount of it and
+        // refuses to read more records until it is taken.
+        loop {
+            match io::Read::read(&mut t.reader(), rbuf) {
+                Ok(0) => return Ok(true),
+                Ok(k) => c.inbuf.extend_from_slice(&rbuf[..k]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(true),
+                Err(e) => return Err(e),
+            }
+        }
+        if n == 0 {
+            break;
         }
     }
     // The handshake's answers, and anything queued while it ran.

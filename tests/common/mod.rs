@@ -113,6 +113,21 @@ impl Server {
         }
     }
 
+    /// The address a start-up log line gives after `marker` (`listening on wss://`), waiting
+    /// up to 5 s for it.
+    pub fn logged_addr(&self, marker: &str) -> SocketAddr {
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log();
+            if let Some(i) = log.find(marker) {
+                let rest = &log[i + marker.len()..];
+                return rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+            assert!(Instant::now() < end, "no {marker:?} in the log: {log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

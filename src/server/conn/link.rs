@@ -211,40 +211,67 @@ impl Link {
             return Ok(0);
         }
         let Link::Tls(t) = self else { return Ok(0) };
-        let total: usize = plaintext.iter().map(|s| s.len()).sum();
-        let mut record: Vec<u8> = Vec::with_capacity(total.min(RECORD));
-        let mut taken = 0;
-        let mut slices = plaintext.iter().map(|s| &s[..]).peekable();
-        let mut rest: &[u8] = &[];
-        loop {
-            // Fill one record's plaintext from the slices.
-            record.clear();
-            while record.len() < RECORD {
-                if rest.is_empty() {
-                    match slices.next() {
-                        Some(s) => rest = s,
-                        None => break,
+        SCRATCH.with(|cell| {
+            let mut scratch = cell.borrow_mut();
+            let (record, sealed) = &mut *scratch;
+            sealed.clear();
+            let mut taken = 0;
+            let mut slices = plaintext.iter().map(|s| &s[..]);
+            let mut rest: &[u8] = &[];
+            loop {
+                // Fill one record's plaintext from the slices (several frames to a record).
+                record.clear();
+                while record.len() < RECORD {
+                    if rest.is_empty() {
+                        match slices.next() {
+                            Some(s) => rest = s,
+                            None => break,
+                        }
+                        continue;
                     }
-                    continue;
+                    let k = rest.len().min(RECORD - record.len());
+                    record.extend_from_slice(&rest[..k]);
+                    rest = &rest[k..];
                 }
-                let k = rest.len().min(RECORD - record.len());
-                record.extend_from_slice(&rest[..k]);
-                rest = &rest[k..];
+                if record.is_empty() {
+                    break;
+                }
+                if !seal(t, record, sealed)? {
+                    // Not writable yet (the handshake is not done): nothing more is taken.
+                    break;
+                }
+                taken += record.len();
             }
-            if record.is_empty() {
-                break;
+            // One write from the shard's scratch; only what the socket refuses is kept.
+            let mut sent = 0;
+            while sent < sealed.len() {
+                match send(&[IoSlice::new(&sealed[sent..])]) {
+                    Ok(0) => break,
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
             }
-            if !seal(t, &record)? {
-                // Not writable yet (the handshake is not done): nothing more is taken.
-                break;
+            if sent < sealed.len() {
+                t.out.extend_from_slice(&sealed[sent..]);
             }
-            taken += record.len();
-        }
-        if taken > 0 {
-            self.flush_output(&mut send)?;
-        }
-        Ok(taken)
+            // A scratch that grew for one large write does not stay large.
+            if sealed.capacity() > 4 * RECORD {
+                *sealed = Vec::new();
+            }
+            if record.capacity() > 2 * RECORD {
+                *record = Vec::new();
+            }
+            Ok(taken)
+        })
     }
+}
+
+thread_local! {
+    /// Each shard thread's buffers for sealing: one record's plaintext, and the records sealed
+    /// by one write. Reused, so a write allocates nothing.
+    static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Appends a handshake message rustls wants sent to `out`.
@@ -266,29 +293,27 @@ fn encode_into<D>(out: &mut Vec<u8>, e: &mut rustls::unbuffered::EncodeTlsData<'
     }
 }
 
-/// Seals one record of `plain` into the link's output; false if the connection cannot write
-/// application data yet.
-fn seal(t: &mut TlsLink, plain: &[u8]) -> io::Result<bool> {
+/// Seals one record of `plain` onto `out`; false if the connection cannot write application
+/// data yet.
+fn seal(t: &mut TlsLink, plain: &[u8], out: &mut Vec<u8>) -> io::Result<bool> {
     loop {
         let UnbufferedStatus { state, .. } = t.conn.process_tls_records(&mut []);
         match state.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))? {
             ConnectionState::WriteTraffic(mut w) => {
-                let used = t.out.len();
-                grow(&mut t.out, used, plain.len() + 64);
+                let used = out.len();
+                grow(out, used, plain.len() + 64);
                 loop {
-                    match w.encrypt(plain, &mut t.out[used..]) {
+                    match w.encrypt(plain, &mut out[used..]) {
                         Ok(n) => {
-                            t.out.truncate(used + n);
+                            out.truncate(used + n);
                             return Ok(true);
                         }
-                        Err(EncryptError::InsufficientSize(s)) => {
-                            grow(&mut t.out, used, s.required_size)
-                        }
+                        Err(EncryptError::InsufficientSize(s)) => grow(out, used, s.required_size),
                         Err(e) => return Err(io::Error::other(e)),
                     }
                 }
             }
-            ConnectionState::EncodeTlsData(mut e) => encode_into(&mut t.out, &mut e),
+            ConnectionState::EncodeTlsData(mut e) => encode_into(out, &mut e),
             ConnectionState::TransmitTlsData(x) => x.done(),
             _ => return Ok(false),
         }
