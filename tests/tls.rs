@@ -217,6 +217,17 @@ fn plain_on_the_tls_port_and_tls_on_the_plain_port_fail_cleanly() {
     assert!(tls_connect(s.addr, &pki.der("one"), "localhost").is_err());
     let (_, v) = s.get("/v1/stats");
     assert!(v["totals"]["tls_errors"].as_u64().unwrap() >= 1, "{v}");
+    // A clean close ends with the server's close_notify, not a bare TCP close.
+    let mut echo =
+        Ws::upgrade(tls_connect(addr, &pki.der("one"), "localhost").unwrap(), "/echo").unwrap();
+    echo.send(OpCode::Close, &1000u16.to_be_bytes());
+    let mut rest = Vec::new();
+    let end = echo.s.read_to_end(&mut rest);
+    assert!(end.is_ok(), "close_notify before EOF: {end:?}");
+    assert!(
+        rest.starts_with(&[0x88]) || echo.buf.starts_with(&[0x88]),
+        "the close frame came back"
+    );
     // And the server is fine.
     let t = tls_connect(addr, &pki.der("one"), "localhost").unwrap();
     let mut echo = Ws::upgrade(t, "/echo").unwrap();

@@ -37,6 +37,8 @@ pub(crate) struct TlsLink {
     out: Vec<u8>,
     /// The peer sent close_notify.
     peer_closed: bool,
+    /// We sent ours.
+    notified: bool,
 }
 
 impl std::fmt::Debug for TlsLink {
@@ -75,6 +77,7 @@ impl TlsLink {
             partial: Vec::new(),
             out: Vec::new(),
             peer_closed: false,
+            notified: false,
         })
     }
 }
@@ -167,6 +170,33 @@ impl Link {
         let n = scratch.len();
         buf[start..start + n].copy_from_slice(scratch);
         Ok(Read { end: start + n, closed: t.peer_closed })
+    }
+
+    /// TLS: seals close_notify and sends it with whatever is still held, best effort (the
+    /// connection is ending: a full socket loses it, and the peer sees the TCP close alone).
+    pub(crate) fn close_notify(
+        &mut self,
+        mut send: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) {
+        let Link::Tls(t) = self else { return };
+        if t.notified {
+            return;
+        }
+        t.notified = true;
+        if let ConnectionState::WriteTraffic(mut w) =
+            match t.conn.process_tls_records(&mut []).state {
+                Ok(s) => s,
+                Err(_) => return,
+            }
+        {
+            let used = t.out.len();
+            grow(&mut t.out, used, 64);
+            match w.queue_close_notify(&mut t.out[used..]) {
+                Ok(n) => t.out.truncate(used + n),
+                Err(_) => t.out.truncate(used),
+            }
+        }
+        let _ = self.flush_output(&mut send);
     }
 
     /// Whether the link holds ciphertext the socket has not taken.

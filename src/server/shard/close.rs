@@ -110,7 +110,9 @@ impl Core {
         self.leave_indexes(key);
         let Some(conn) = self.conns.try_remove(key) else { return };
         if conn.has(flag::TLS) {
-            self.links.remove(&key);
+            if let Some(mut l) = self.links.remove(&key) {
+                l.close_notify(|w| sys::writev(std::os::fd::AsFd::as_fd(&conn.fd), w));
+            }
         }
         if conn.has(flag::GAPPED) {
             self.repairs.forget(key as u32);

@@ -136,7 +136,11 @@ impl Core {
         let tls_out = conn.has(flag::TLS) && self.links.get(&key).is_some_and(Link::has_output);
         if conn.outbox.is_none() && !tls_out && conn.has(flag::SHUT_AFTER_FLUSH) {
             conn.clear(flag::SHUT_AFTER_FLUSH);
-            sys::shutdown_write(conn.fd.as_fd());
+            let fd = conn.fd.as_fd();
+            if let Some(l) = self.links.get_mut(&key).filter(|_| conn.has(flag::TLS)) {
+                l.close_notify(|w| sys::writev(fd, w));
+            }
+            sys::shutdown_write(fd);
         }
         let conn = &self.conns[key];
         if conn.has(flag::READ_READY) && !conn.has(flag::QUEUED_READ) && !self.paused(conn) {
