@@ -10,7 +10,11 @@
 //!   idiom, which coalesces frames when the client falls behind. A client that falls more
 //!   than the channel's capacity behind loses messages (`Lagged`), which the server counts.
 //!
-//!   tungstenite-broadcast 127.0.0.1:9080 127.0.0.1:9081 [worker threads]
+//! - With a certificate and key (PEM) after the thread count (0: one thread), the WebSocket
+//!   address speaks wss instead, through tokio-rustls (TLS 1.3 and 1.2, ring, ALPN http/1.1):
+//!   the peer of ringcast's wss benchmarks.
+//!
+//!   tungstenite-broadcast 127.0.0.1:9080 127.0.0.1:9081 [worker threads] [cert.pem key.pem]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -29,6 +33,10 @@ fn main() {
     let ws: SocketAddr = args.get(1).and_then(|a| a.parse().ok()).unwrap_or_else(|| "127.0.0.1:9080".parse().unwrap());
     let api: SocketAddr = args.get(2).and_then(|a| a.parse().ok()).unwrap_or_else(|| "127.0.0.1:9081".parse().unwrap());
     let threads: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(0);
+    let tls = match (args.get(4), args.get(5)) {
+        (Some(c), Some(k)) => Some(tls_acceptor(c, k)),
+        _ => None,
+    };
     let rt = if threads > 0 {
         tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
     } else {
@@ -52,13 +60,46 @@ fn main() {
         loop {
             if let Ok((s, _)) = ws_listener.accept().await {
                 let _ = s.set_nodelay(true);
-                tokio::spawn(client(s, tx.subscribe(), lagged.clone()));
+                let (rx, lagged) = (tx.subscribe(), lagged.clone());
+                match &tls {
+                    None => {
+                        tokio::spawn(client(s, rx, lagged));
+                    }
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            if let Ok(t) = acceptor.accept(s).await {
+                                client(t, rx, lagged).await;
+                            }
+                        });
+                    }
+                }
             }
         }
     });
 }
 
-async fn client(s: TcpStream, mut rx: broadcast::Receiver<Utf8Bytes>, lagged: Arc<AtomicU64>) {
+fn tls_acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(cert).expect("certificate file").map(|c| c.expect("certificate")).collect();
+    let key = PrivateKeyDer::from_pem_file(key).expect("key file");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("certificate and key");
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+async fn client<S>(s: S, mut rx: broadcast::Receiver<Utf8Bytes>, lagged: Arc<AtomicU64>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let Ok(ws) = tokio_tungstenite::accept_async(s).await else { return };
     let (mut out, mut inc) = ws.split();
     loop {
