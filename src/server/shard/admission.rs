@@ -18,6 +18,16 @@ use super::super::conn::{flag, Conn, Link, Liveness, Phase, Route, TlsLink};
 use super::super::sys::{self, EV_IN, EV_OUT, EV_RDHUP};
 use super::{token, Core};
 
+/// The base retry hint of an overload refusal (jittered up to twice it): a draining server
+/// points clients elsewhere soon; a full one asks them to wait longer.
+fn overload_wait_ms(e: HandshakeError) -> u64 {
+    if e == HandshakeError::Draining {
+        1000
+    } else {
+        5000
+    }
+}
+
 impl Core {
     /// Takes a freshly accepted socket; refusing one means dropping `fd`, which closes it.
     pub(super) fn on_accept(&mut self, fd: OwnedFd, ip: IpAddr, tls: bool) {
@@ -114,8 +124,7 @@ impl Core {
             None
         };
         if let Some(e) = refusal {
-            let base_ms = if e == HandshakeError::Draining { 1000 } else { 5000 };
-            self.refuse_overload(key, up, e, base_ms);
+            self.refuse_overload(key, up, e, overload_wait_ms(e));
             return false;
         }
         let mut resp = Vec::with_capacity(160);
@@ -148,8 +157,7 @@ impl Core {
     }
 
     pub(super) fn refuse(&mut self, key: usize, e: HandshakeError) {
-        let base_ms = if e == HandshakeError::Draining { 1000 } else { 5000 };
-        self.refuse_retry(key, e, e.reason(), e.is_overload().then_some(base_ms));
+        self.refuse_retry(key, e, e.reason(), e.is_overload().then(|| overload_wait_ms(e)));
     }
 
     fn refuse_with(&mut self, key: usize, e: HandshakeError, reason: &str) {
