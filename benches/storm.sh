@@ -41,9 +41,10 @@ sio_run() { # mode clients
   (cd benches/socketio && exec taskset -c 0 timeout 200 node server.js 18160) &
   local pid=$!
   wait_port 18160
+  local spid; spid=$(pgrep -P "$pid" -x node || echo "$pid") # timeout runs node as its child
   (cd benches/socketio && taskset -c 1 timeout 180 node storm.js --url http://127.0.0.1:18160 \
     --clients "$2" --rate "$rate" --before 3 --away "$away" --after 5 --mode "$1" \
-    --silent-close keep) >"$out/socketio-$1-$2.json" || true
+    --silent-close keep --server-pid "$spid") >"$out/socketio-$1-$2.json" || true
   kill $pid 2>/dev/null; wait $pid 2>/dev/null || true
   pkill -f "node server.js 18160" 2>/dev/null || true
   sleep 1
@@ -57,22 +58,23 @@ sio_run silent "$sio_silent_n"
 python3 - "$out" "$n" "$sio_n" "$silent_n" "$sio_silent_n" <<'PY'
 import json, sys
 out, n, sio_n, silent_n, sio_silent_n = sys.argv[1], *sys.argv[2:]
-print("| server | drop | clients | missing (clients) | duplicates | resumed / recovered | resets | caught up | catch-up p50 / p99 / max | server CPU in the storm |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| server | drop | clients | missing (clients) | duplicates | resumed / recovered | resets | caught up | catch-up p50 / p99 / max | server CPU before the drop | server CPU in the storm |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+pc = lambda v: "%.0f %%" % (v * 100) if v is not None else "n/a"
 def ring(mode, k):
     r = json.load(open(f"{out}/ringcast-{mode}-{k}.json"))
     c = r["catch_up_ms"]
-    cpu = r["server_cpu_in_storm"]
-    print("| ringcast | %s | %d | %d (%d) | %d | %d | %s | %d/%d | %s / %s / %s ms | %s |" % (
+    print("| ringcast | %s | %d | %d (%d) | %d | %d | %s | %d/%d | %s / %s / %s ms | %s | %s |" % (
         mode, r["clients"], r["missing"], r["clients_with_missing"], r["duplicates"], r["resumed"],
         sum(r["resets"].values()), r["caught_up"], r["clients"], c["p50"], c["p99"], c["max"],
-        "%.0f %%" % (cpu * 100) if cpu is not None else "n/a"))
+        pc(r.get("server_cpu_steady")), pc(r.get("server_cpu_in_storm"))))
 def sio(mode, k):
     r = json.load(open(f"{out}/socketio-{mode}-{k}.json"))
     c = r["catchup_ms"]
-    print("| Socket.IO 4.8.4 | %s | %d | %d (%d) | %d | %d | - | %d/%d | %s / %s / %s ms | see below |" % (
+    print("| Socket.IO 4.8.4 | %s | %d | %d (%d) | %d | %d | - | %d/%d | %s / %s / %s ms | %s | %s |" % (
         mode, r["clients"], r["missing_total"], r["clients_with_missing"], r["duplicates_total"], r["recovered"],
-        r["clients"] - r["never_caught_up"], r["clients"], c["p50"], c["p99"], c["max"]))
+        r["clients"] - r["never_caught_up"], r["clients"], c["p50"], c["p99"], c["max"],
+        pc(r.get("server_cpu_steady")), pc(r.get("server_cpu_in_storm"))))
 ring("close", n); ring("close", sio_n); ring("silent", silent_n); ring("silent", sio_n)
 sio("reset", sio_n); sio("silent", sio_silent_n)
 PY

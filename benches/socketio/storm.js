@@ -56,13 +56,14 @@ function parseArgs(list) {
   const a = {
     url: null, clients: 100, rate: 20, before: 3, away: 2, after: 5, mode: "reset",
     "silent-close": "destroy", "connect-concurrency": 100, "connect-timeout": 60, drain: 2,
+    "server-pid": 0,
   };
   for (let k = 0; k < list.length; k++) {
     const key = list[k].replace(/^--/, "");
     if (!(key in a) || k + 1 >= list.length) fail(`bad argument ${list[k]}`);
     a[key] = list[++k];
   }
-  for (const key of ["clients", "rate", "before", "away", "after", "connect-concurrency", "connect-timeout", "drain"]) {
+  for (const key of ["clients", "rate", "before", "away", "after", "connect-concurrency", "connect-timeout", "drain", "server-pid"]) {
     a[key] = Number(a[key]);
     if (!Number.isFinite(a[key]) || a[key] < 0) fail(`--${key} must be a number >= 0`);
   }
@@ -90,8 +91,23 @@ setTimeout(() => {
   process.exit(3);
 }, plannedS * 1000).unref();
 
+// User plus system CPU seconds of the server process (--server-pid), from /proc; null without it.
+const clockTicks = (() => {
+  try {
+    return Number(require("child_process").execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+function serverCpu() {
+  if (!A["server-pid"]) return null;
+  const stat = require("fs").readFileSync(`/proc/${A["server-pid"]}/stat`, "utf8");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[11]) + Number(f[12])) / clockTicks;
+}
+
 async function http(method, path) {
-  const res = await fetch(base + path, { method, signal: AbortSignal.timeout(10000) });
+  const res = await fetch(base + path, { method, signal: AbortSignal.timeout(30000) });
   const body = await res.json();
   if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(body)}`);
   return body;
@@ -274,7 +290,12 @@ async function main() {
 
   await http("POST", `/publish?rate=${A.rate}`);
   log(`publishing at ${A.rate}/s; steady for ${A.before} s`);
-  await sleep(A.before * 1000);
+  // The server's CPU while it only follows the live stream, as loadgen's resume measures it.
+  const steadyFrom = Math.min(1, Math.max(0, A.before - 1));
+  await sleep(steadyFrom * 1000);
+  const steady0 = [serverCpu(), nowNs()];
+  await sleep((A.before - steadyFrom) * 1000);
+  const steadyCpu = steady0[0] === null ? null : (serverCpu() - steady0[0]) / ((nowNs() - steady0[1]) / 1e9);
 
   // The server's view shortly before the reconnects start (min(100 ms, D/2) before): shows
   // whether it saw the drop (reset: clients 0) or not (silent: clients still N).
@@ -295,9 +316,11 @@ async function main() {
     log(`silent clients closed locally (${A["silent-close"]}); reconnecting`);
   }
   const tAwayEnd = nowNs();
+  const stormCpu0 = serverCpu();
   await sleep(A.after * 1000);
 
   const stop = await http("POST", "/stop");
+  const stormCpu = stormCpu0 === null ? null : (serverCpu() - stormCpu0) / ((nowNs() - tAwayEnd) / 1e9);
   const published = stop.sent;
   log(`stopped after ${published} messages; draining up to ${A.drain} s`);
   const drainEnd = Date.now() + A.drain * 1000;
@@ -357,6 +380,8 @@ async function main() {
     reconnect_ms: pct(reconnectMs),
     first_attempt_after_drop_ms: pct(firstAttemptAfterDropMs),
     away_actual_ms: Math.round((tAwayEnd - tDrop) / 1e6),
+    server_cpu_steady: steadyCpu,
+    server_cpu_in_storm: stormCpu,
     server_before_reconnect: serverBeforeReconnect,
     server,
   };

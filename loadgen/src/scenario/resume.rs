@@ -219,7 +219,14 @@ pub(crate) fn resume(a: ResumeArgs) -> Result<(), String> {
                 },
             )
         });
-        std::thread::sleep(a.before);
+        // The server's CPU while it only follows the live stream (the last part of the before
+        // window, after the publisher's first second): the floor the storm adds to.
+        let steady_from = a.before.saturating_sub(Duration::from_secs(1)).min(Duration::from_secs(1));
+        std::thread::sleep(steady_from);
+        let steady0 = (pid.map(probe::proc_cpu_seconds).transpose()?, Instant::now());
+        std::thread::sleep(a.before - steady_from);
+        let steady1 = pid.map(probe::proc_cpu_seconds).transpose()?;
+        let steady_secs = steady0.1.elapsed().as_secs_f64();
         // The drop.
         let (tally1, sinks) = run.finish()?;
         let kept = tally1.kept.len();
@@ -295,6 +302,7 @@ pub(crate) fn resume(a: ResumeArgs) -> Result<(), String> {
             "catch_up_ms": {"p50": pick(0.5).map(|u| u as f64 / 1e3), "p99": pick(0.99).map(|u| u as f64 / 1e3), "max": catch.last().map(|u| *u as f64 / 1e3)},
             "storm_secs": storm_secs,
             "server_cpu_in_storm": match (cpu0, cpu1) { (Some(a), Some(b)) => json!((b - a) / storm_secs), _ => Value::Null },
+            "server_cpu_steady": match (steady0.0, steady1) { (Some(a), Some(b)) if steady_secs > 0.0 => json!((b - a) / steady_secs), _ => Value::Null },
             "loadgen_cpu_secs": probe::own_cpu_seconds() - own0,
             "run_secs": started.elapsed().as_secs_f64(),
             "connect": connect_summary(&tally2),
