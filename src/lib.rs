@@ -21,3 +21,4 @@ pub mod config;
 pub mod push;
 pub mod server;
 pub mod timer_wheel;
+pub mod upstream;

@@ -49,6 +49,23 @@ pub enum ClientMsg {
     Refresh {
         token: String,
     },
+    /// A call to a backend; answered with a `reply` carrying the same `id`. `data` is the
+    /// message's `data` as the client wrote it (valid JSON; `null` when absent).
+    Rpc {
+        id: u32,
+        method: String,
+        data: String,
+    },
+    /// A message for a backend that expects no answer.
+    Send {
+        data: String,
+    },
+    /// A message the client publishes into a channel; answered with a `reply` carrying `id`.
+    Publish {
+        id: u32,
+        channel: String,
+        data: String,
+    },
 }
 
 /// Why a client message was rejected; the `code` of the `error` message sent back.
@@ -69,6 +86,10 @@ pub enum ClientError {
     Forbidden,
     /// A `refresh` without a usable token; the error's reason says why.
     BadToken,
+    /// An `rpc` or `publish` without a u32 `id`.
+    BadId,
+    /// An `rpc` without a valid `method`.
+    BadMethod,
 }
 
 impl ClientError {
@@ -87,6 +108,8 @@ impl ClientError {
             ClientError::AlreadySubscribed => "already_subscribed",
             ClientError::Forbidden => "forbidden",
             ClientError::BadToken => "bad_token",
+            ClientError::BadId => "bad_id",
+            ClientError::BadMethod => "bad_method",
         }
     }
 
@@ -94,7 +117,7 @@ impl ClientError {
         match self {
             ClientError::BadJson => "message is not a JSON object with a string \"type\"",
             ClientError::UnknownType => {
-                "unknown message type (subscribe, unsubscribe, resume, refresh, ping)"
+                "unknown message type (subscribe, unsubscribe, resume, refresh, ping, rpc, send, publish)"
             }
             ClientError::MissingChannel => "\"channel\" is required",
             ClientError::BadChannel => "channel names are 1-128 bytes of A-Z a-z 0-9 _ - . : @ /",
@@ -113,6 +136,10 @@ impl ClientError {
             }
             ClientError::Forbidden => "the connection's token does not allow this channel",
             ClientError::BadToken => "refresh takes \"token\": a token for the connection's user",
+            ClientError::BadId => "rpc and publish take \"id\": an integer from 0 to 4294967295",
+            ClientError::BadMethod => {
+                "rpc takes \"method\": 1-128 bytes of A-Z a-z 0-9 _ - . : @ /"
+            }
         }
     }
 }
@@ -131,6 +158,12 @@ struct Wire<'a> {
     session: Option<std::borrow::Cow<'a, str>>,
     #[serde(default, borrow)]
     token: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    method: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
 }
 
 fn position(raw: &RawValue) -> Result<Position, ClientError> {
@@ -158,6 +191,16 @@ pub fn parse_resume_streams(raw: &str) -> Result<Vec<(String, Position)>, Client
         out
     };
     Ok(map)
+}
+
+/// A client's `id`: a JSON integer that fits a u32 (echoed, never interpreted).
+fn client_id(raw: Option<&RawValue>) -> Result<u32, ClientError> {
+    raw.and_then(|r| r.get().parse::<u32>().ok()).ok_or(ClientError::BadId)
+}
+
+/// A message's `data` as written (already valid JSON), `null` when absent.
+fn raw_data(raw: Option<&RawValue>) -> String {
+    raw.map_or_else(|| "null".to_string(), |r| r.get().to_string())
 }
 
 /// Parses one text message from a client.
@@ -190,6 +233,19 @@ pub fn parse_client(text: &[u8]) -> Result<ClientMsg, ClientError> {
             Some(t) if !t.is_empty() => Ok(ClientMsg::Refresh { token: t.into_owned() }),
             _ => Err(ClientError::BadToken),
         },
+        "rpc" => {
+            let id = client_id(w.id)?;
+            let method = match w.method.as_deref() {
+                Some(m) if valid_name(m) => m.to_string(),
+                _ => return Err(ClientError::BadMethod),
+            };
+            Ok(ClientMsg::Rpc { id, method, data: raw_data(w.data) })
+        }
+        "send" => Ok(ClientMsg::Send { data: raw_data(w.data) }),
+        "publish" => {
+            let id = client_id(w.id)?;
+            Ok(ClientMsg::Publish { id, channel: channel()?, data: raw_data(w.data) })
+        }
         _ => Err(ClientError::UnknownType),
     }
 }

@@ -14,6 +14,7 @@ pub mod decoder;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+pub mod reply;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod utf8;

@@ -110,6 +110,17 @@ pub fn check_client(data: &[u8]) {
             assert!(streams.iter().all(|(c, _)| valid_name(c)));
         }
         Ok(ClientMsg::Refresh { token }) => assert!(!token.is_empty()),
+        Ok(ClientMsg::Rpc { method, data, .. }) => {
+            assert!(valid_name(&method));
+            assert!(serde_json::from_str::<&serde_json::value::RawValue>(&data).is_ok());
+        }
+        Ok(ClientMsg::Publish { channel, data, .. }) => {
+            assert!(valid_name(&channel));
+            assert!(serde_json::from_str::<&serde_json::value::RawValue>(&data).is_ok());
+        }
+        Ok(ClientMsg::Send { data }) => {
+            assert!(serde_json::from_str::<&serde_json::value::RawValue>(&data).is_ok())
+        }
         Ok(ClientMsg::Ping) | Err(_) => {}
     }
 }

@@ -275,6 +275,21 @@ pub(crate) fn render(
         "Client messages answered with an error.",
         sum(c, |s| s.client_errors.get()),
     );
+    o.labelled(
+        "ringcast_client_refusals_total",
+        "counter",
+        "Client messages for backends refused by the connection's limits.",
+        "reason",
+        &[
+            ("rate_limited", sum(c, |s| s.client_rate_limited.get())),
+            ("too_many_requests", sum(c, |s| s.client_queue_full.get())),
+        ],
+    );
+    o.counter(
+        "ringcast_client_publishes_total",
+        "Client publishes published (allowed by pub_allow or a backend).",
+        sum(c, |s| s.client_publishes.get()),
+    );
     o.counter(
         "ringcast_inbox_messages_total",
         "Messages taken from shard inboxes.",
@@ -293,5 +308,6 @@ pub(crate) fn render(
     let _ =
         writeln!(o.0, "{name}_sum {}", sum(c, |s| s.publish_to_queued.sum_us.get()) as f64 / 1e6);
     let _ = writeln!(o.0, "{name}_count {count}");
+    super::upstream_metrics::render(&mut o.0, &shared.upstreams);
     o.0
 }

@@ -17,6 +17,7 @@ pub(crate) mod metrics;
 pub(crate) mod ops;
 mod query;
 mod router;
+mod upstream_metrics;
 
 use std::io;
 use std::net::SocketAddr;

@@ -187,6 +187,36 @@ pub(crate) fn stats(ctx: &ApiContext) -> Reply {
             })
         })
         .collect();
+    let u = &ctx.shared.upstreams;
+    let upstreams: Vec<Value> = u
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(b, r)| {
+            // Each shard's breaker for this backend: closed, half_open or open.
+            let breakers: Vec<&str> = u
+                .stats
+                .iter()
+                .map(|shard| match shard.get(b).map_or(0, |s| s.breaker_state.get()) {
+                    0 => "closed",
+                    1 => "half_open",
+                    _ => "open",
+                })
+                .collect();
+            let total = |f: &dyn Fn(&crate::upstream::stats::BackendStats) -> u64| -> u64 {
+                u.stats.iter().filter_map(|shard| shard.get(b)).map(|s| f(s)).sum()
+            };
+            json!({
+                "name": r.name,
+                "url": r.url,
+                "breakers": breakers,
+                "requests": total(&|s| s.requests.get()),
+                "events": total(&|s| s.events.get()),
+                "queued": total(&|s| s.queued.get()),
+                "in_flight": total(&|s| s.in_flight.get()),
+            })
+        })
+        .collect();
     Reply::json(
         200,
         &json!({
@@ -194,6 +224,7 @@ pub(crate) fn stats(ctx: &ApiContext) -> Reply {
             "connections": ctx.shared.total.load(Relaxed),
             "draining": ctx.shared.draining.load(Relaxed),
             "shards": shards,
+            "upstreams": upstreams,
             "totals": totals,
         }),
     )

@@ -66,6 +66,8 @@ struct Claims {
     ch: Vec<String>,
     #[serde(default)]
     sub_allow: Vec<String>,
+    #[serde(default)]
+    pub_allow: Vec<String>,
     info: Option<Box<RawValue>>,
 }
 
@@ -217,10 +219,12 @@ impl JwtAuth {
                 s.max_channels
             )));
         }
-        if c.sub_allow.len() > MAX_PATTERNS || !c.sub_allow.iter().all(|p| valid_pattern(p)) {
-            return Err(AuthError::Claim(format!(
-                "sub_allow takes up to {MAX_PATTERNS} patterns of name characters and *"
-            )));
+        for (name, list) in [("sub_allow", &c.sub_allow), ("pub_allow", &c.pub_allow)] {
+            if list.len() > MAX_PATTERNS || !list.iter().all(|p| valid_pattern(p)) {
+                return Err(AuthError::Claim(format!(
+                    "{name} takes up to {MAX_PATTERNS} patterns of name characters and *"
+                )));
+            }
         }
         let info = match c.info {
             Some(raw) if raw.get().len() > s.max_info_bytes => {
@@ -233,7 +237,9 @@ impl JwtAuth {
             None => None,
         };
         let sub_allow = c.sub_allow.into_iter().map(String::into_boxed_str).collect();
-        Ok(Verified { user, device, expires_ms, grant: Grant { channels, sub_allow }, info })
+        let pub_allow = c.pub_allow.into_iter().map(String::into_boxed_str).collect();
+        let grant = Grant { channels, sub_allow, pub_allow };
+        Ok(Verified { user, device, expires_ms, grant, info })
     }
 }
 

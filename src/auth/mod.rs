@@ -34,6 +34,8 @@ pub(crate) struct UpgradeRequest<'a> {
 pub(crate) struct Grant {
     pub(crate) channels: Vec<Arc<str>>,
     pub(crate) sub_allow: Vec<Box<str>>,
+    /// Channels the client may publish into itself (`pub_allow` patterns).
+    pub(crate) pub_allow: Vec<Box<str>>,
 }
 
 impl Grant {
@@ -41,6 +43,11 @@ impl Grant {
     pub(crate) fn allows(&self, channel: &str) -> bool {
         self.channels.iter().any(|c| &**c == channel)
             || self.sub_allow.iter().any(|p| glob(p, channel))
+    }
+
+    /// Whether the client may publish into `channel` without asking a backend.
+    pub(crate) fn may_publish(&self, channel: &str) -> bool {
+        self.pub_allow.iter().any(|p| glob(p, channel))
     }
 }
 

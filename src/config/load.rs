@@ -1,9 +1,10 @@
 //! Loading: defaults, then the `--config` TOML file, then `RINGCAST_*` variables, then flags,
 //! with where each value came from (for `ringcast check-config`). A file key is a flag's long
-//! name; `[[streams]]` tables are the stream rules (`streams.rs`).
+//! name; `[[streams]]`, `[[api_keys]]` and `[[upstreams]]` tables are read by their own modules.
 
 use super::api_keys::{parse_api_keys, ApiKeyRule};
 use super::streams::{parse_stream_rules, StreamRule};
+use super::upstreams::{self, parse_upstreams, UpstreamRule};
 use super::{Config, ConfigError};
 
 /// Where an effective setting came from.
@@ -75,6 +76,7 @@ impl Config {
         let mut from_file: Vec<String> = Vec::new();
         let mut stream_rules: Vec<StreamRule> = Vec::new();
         let mut api_keys: Vec<ApiKeyRule> = Vec::new();
+        let mut upstream_rules: Vec<UpstreamRule> = Vec::new();
         if let Some(path) = &file {
             let name = path.display().to_string();
             let text = std::fs::read_to_string(path)
@@ -93,6 +95,10 @@ impl Config {
                 }
                 if key == "api_keys" {
                     api_keys = parse_api_keys(value, &name)?;
+                    continue;
+                }
+                if key == "upstreams" {
+                    upstream_rules = parse_upstreams(value, &name)?;
                     continue;
                 }
                 let long = key.replace('_', "-");
@@ -131,6 +137,7 @@ impl Config {
             Config::from_arg_matches(&matches).map_err(|e| ConfigError(e.render().to_string()))?;
         config.history.streams = stream_rules;
         config.api.api_keys = api_keys;
+        config.two_way.upstreams = upstream_rules;
         config.validate()?;
         let mut settings = Vec::new();
         for a in cmd.get_arguments() {
@@ -165,6 +172,9 @@ impl Config {
             }
             settings.push(("[[api_keys]]".to_string(), v, Source::File));
         }
+        for u in &config.two_way.upstreams {
+            settings.push(("[[upstreams]]".to_string(), upstreams::describe(u), Source::File));
+        }
         Ok(Loaded { config, settings })
     }
 }
@@ -194,7 +204,7 @@ pub fn render(settings: &[(String, String, Source)]) -> String {
         if k == "config" {
             continue;
         }
-        if k == "[[streams]]" || k == "[[api_keys]]" {
+        if k == "[[streams]]" || k == "[[api_keys]]" || k == "[[upstreams]]" {
             out.push_str(&format!("{k}  # {}\n{v}\n", src.as_str()));
             continue;
         }

@@ -14,12 +14,14 @@ mod auth;
 mod load;
 mod streams;
 mod units;
+mod upstreams;
 
 pub(crate) use api_keys::{ApiKeyRule, Scope};
 pub(crate) use auth::{Auth, AuthMode};
 pub use load::{render, Loaded, Source};
 pub(crate) use streams::StreamRule;
 pub(crate) use units::{parse_duration, parse_size};
+pub(crate) use upstreams::{EventRule, UpstreamRule};
 
 /// A WebSocket push gateway: one io_uring runtime per core.
 ///
@@ -53,6 +55,8 @@ pub struct Config {
     pub(crate) delivery: Delivery,
     #[command(flatten)]
     pub(crate) history: History,
+    #[command(flatten)]
+    pub(crate) two_way: TwoWay,
     #[command(flatten)]
     pub log: Logging,
 }
@@ -316,6 +320,34 @@ pub(crate) struct History {
     pub(crate) streams: Vec<StreamRule>,
 }
 
+/// What clients send their backends.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Client messages and backends")]
+pub(crate) struct TwoWay {
+    /// Messages per second each connection may send to backends (rpc, send, publish), on
+    /// average; over it a message is refused with `rate_limited`.
+    #[arg(long, env = "RINGCAST_CLIENT_MESSAGE_RATE", default_value_t = 10.0)]
+    pub(crate) client_message_rate: f64,
+    /// Messages a connection may send at once above that rate.
+    #[arg(long, env = "RINGCAST_CLIENT_MESSAGE_BURST", default_value_t = 20)]
+    pub(crate) client_message_burst: u32,
+    /// Bytes per second each connection may send to backends, on average.
+    #[arg(long, env = "RINGCAST_CLIENT_BYTE_RATE", default_value = "64KiB", value_parser = parse_size)]
+    pub(crate) client_byte_rate: u64,
+    /// Bytes a connection may send at once above that rate (at least --max-message-size is
+    /// sensible, or a large message is never allowed).
+    #[arg(long, env = "RINGCAST_CLIENT_BYTE_BURST", default_value = "1MiB", value_parser = parse_size)]
+    pub(crate) client_byte_burst: u64,
+    /// Calls of one connection that may wait behind the one in flight (its order is kept);
+    /// more are refused with `too_many_requests`.
+    #[arg(long, env = "RINGCAST_CLIENT_QUEUE", default_value_t = 16)]
+    pub(crate) client_queue: usize,
+    /// The backends: `[[upstreams]]` tables of the configuration file (name, url, events,
+    /// timeout, batch_max, ...; docs/upstream.md).
+    #[arg(skip)]
+    pub(crate) upstreams: Vec<UpstreamRule>,
+}
+
 /// Logging.
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Logging")]
@@ -410,6 +442,18 @@ impl Config {
         }
         if self.history.session_key.as_ref().is_some_and(|k| k.len() < 16) {
             return err("--session-key must be at least 16 bytes".into());
+        }
+        let t = &self.two_way;
+        if !(t.client_message_rate > 0.0 && t.client_message_rate <= 1e6)
+            || t.client_message_burst == 0
+        {
+            return err(format!(
+                "--client-message-rate must be in (0, 1000000] and --client-message-burst at least 1, got {} and {}",
+                t.client_message_rate, t.client_message_burst
+            ));
+        }
+        if t.client_byte_rate == 0 || t.client_byte_burst == 0 {
+            return err("--client-byte-rate and --client-byte-burst must be positive".into());
         }
         if self.history.session_ttl < Duration::from_secs(1) {
             return err("--session-ttl must be at least 1s".into());

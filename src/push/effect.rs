@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use crate::proto::CloseReason;
 
+use super::call::Event;
 use super::ids::ConnId;
 use super::msg::{Frame, ShardMsg};
 use super::streams::{Position, StreamKey};
@@ -46,6 +47,12 @@ pub(crate) enum Effect {
     Update { shard: usize, msg: ShardMsg },
     /// A delivery for a shard: a full inbox refuses it and its recipients count as dropped.
     Deliver { shard: usize, msg: ShardMsg, expected: Expected },
+    /// A call for backend `backend` (an `rpc`, a `send`, a publish or subscribe a backend
+    /// decides); its outcome comes back through [`Session::on_backend`](super::session::Session::on_backend).
+    Upstream { backend: usize, event: Event },
+    /// A client publish the token allows (or a backend approved): publish `data` into the
+    /// channel and answer the client's `id` with where it went.
+    ClientPublish { conn: ConnId, id: u32, channel: Arc<str>, data: String },
 }
 
 /// How many recipients a refused delivery loses.

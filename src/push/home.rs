@@ -13,7 +13,7 @@ use super::directory::{ChannelDirectory, UserConn, UserDirectory};
 use super::effect::{Effect, Effects, Expected};
 use super::ids::ConnId;
 use super::msg::{ConnInfo, Frame, Meta, Payload, Priority, ShardMsg, Target};
-use super::report::Totals;
+use super::report::{ReportPart, Totals};
 use super::streams::{Position, StreamKey, Streams};
 
 /// How the home service behaves, from the configuration.
@@ -58,6 +58,38 @@ impl Home {
         Frame { bytes, priority, kept: self.streams.recoverable(key), meta }
     }
 
+    /// Numbers a channel message, keeps it where the channel keeps history, and hands it to
+    /// every shard with subscribers; its seq, unless an ephemeral channel nobody follows
+    /// (nothing to keep, nothing numbered).
+    fn publish(
+        &mut self,
+        channel: &Arc<str>,
+        payload: &Payload,
+        (priority, meta): (Priority, Option<Arc<Meta>>),
+        report: &ReportPart,
+        now_ms: u64,
+        out: &mut Effects,
+    ) -> Option<u64> {
+        let key = StreamKey::Channel(channel.clone());
+        let shards = self.channels.publish(channel).unwrap_or_default();
+        // Nobody listens: an ephemeral stream has nothing to keep; a recoverable one numbers
+        // and keeps the message for whoever resumes.
+        if shards.is_empty() && !self.streams.recoverable(&key) {
+            return None;
+        }
+        let frame = self.append(&key, now_ms, payload, priority, meta);
+        for shard in shards {
+            let msg = ShardMsg::Deliver {
+                target: Target::Channel(channel.clone()),
+                frame: frame.clone(),
+                report: report.split(),
+            };
+            let expected = Expected::Recipients(self.channels.count_on(channel, shard));
+            out.push_back(Effect::Deliver { shard, msg, expected });
+        }
+        Some(self.streams.position(&key, now_ms).seq)
+    }
+
     /// Whether a message is for the home service (rather than for local connections).
     pub(crate) fn takes(m: &ShardMsg) -> bool {
         !matches!(
@@ -68,6 +100,7 @@ impl Home {
                 | ShardMsg::Subscribed { .. }
                 | ShardMsg::Repaired { .. }
                 | ShardMsg::Joined { .. }
+                | ShardMsg::Published { .. }
         )
     }
 
@@ -139,23 +172,19 @@ impl Home {
                 }
             }
             ShardMsg::Publish { channel, payload, priority, meta, report } => {
-                let key = StreamKey::Channel(channel.clone());
-                let shards = self.channels.publish(&channel).unwrap_or_default();
-                // Nobody listens: an ephemeral stream has nothing to keep; a recoverable one
-                // numbers and keeps the message for whoever resumes.
-                if shards.is_empty() && !self.streams.recoverable(&key) {
-                    return;
-                }
-                let frame = self.append(&key, now_ms, &payload, priority, meta);
-                for shard in shards {
-                    let msg = ShardMsg::Deliver {
-                        target: Target::Channel(channel.clone()),
-                        frame: frame.clone(),
-                        report: report.split(),
-                    };
-                    let expected = Expected::Recipients(self.channels.count_on(&channel, shard));
-                    out.push_back(Effect::Deliver { shard, msg, expected });
-                }
+                self.publish(&channel, &payload, (priority, meta), &report, now_ms, out);
+            }
+            ShardMsg::ClientPublish { channel, payload, from, id, report } => {
+                let seq = self.publish(
+                    &channel,
+                    &payload,
+                    (Priority::Normal, None),
+                    &report,
+                    now_ms,
+                    out,
+                );
+                let msg = ShardMsg::Published { conn: from, id, channel, seq };
+                out.push_back(Effect::Update { shard: usize::from(from.shard), msg });
             }
             ShardMsg::Broadcast { payload, priority, meta, report } => {
                 let frame = self.append(&StreamKey::Broadcast, now_ms, &payload, priority, meta);
@@ -215,7 +244,8 @@ impl Home {
             | ShardMsg::Kick { .. }
             | ShardMsg::Subscribed { .. }
             | ShardMsg::Repaired { .. }
-            | ShardMsg::Joined { .. } => {
+            | ShardMsg::Joined { .. }
+            | ShardMsg::Published { .. } => {
                 debug_assert!(false, "not a home message");
             }
         }

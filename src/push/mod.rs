@@ -7,6 +7,7 @@
 //! subscribers, encoded once at the home shard and shared by reference. Nothing here takes a
 //! lock shared across cores: each structure is owned by one shard.
 
+pub(crate) mod call;
 pub mod delivery;
 pub(crate) mod directory;
 pub(crate) mod effect;

@@ -156,6 +156,15 @@ pub enum ShardMsg {
         meta: Option<Arc<Meta>>,
         report: ReportPart,
     },
+    /// A client's own publish (the token's `pub_allow`, or a backend, allowed it): published
+    /// like `Publish`, and where it went is told to `from` in `Published`.
+    ClientPublish {
+        channel: Arc<str>,
+        payload: Payload,
+        from: ConnId,
+        id: u32,
+        report: ReportPart,
+    },
     /// A broadcast, to the broadcast stream's home: it numbers it, encodes it once and hands
     /// every shard a reference.
     Broadcast {
@@ -206,6 +215,14 @@ pub enum ShardMsg {
     Joined {
         conn: ConnId,
         at: Position,
+    },
+    /// A `ClientPublish` of `conn` became this seq of the channel (none: an ephemeral channel
+    /// nobody follows, where nothing is numbered).
+    Published {
+        conn: ConnId,
+        id: u32,
+        channel: Arc<str>,
+        seq: Option<u64>,
     },
 
     // ----- work, to the shard holding the connections -----

@@ -49,6 +49,31 @@ pub struct Shared {
     pub(crate) epoch: u64,
     /// What session tokens are signed with (one key for every shard).
     pub(crate) token_key: TokenKey,
+    /// The backends, and each shard's figures for each (`[shard][backend]`).
+    pub(crate) upstreams: Upstreams,
+}
+
+/// The `[[upstreams]]` every shard calls, this node's name in their events, and their figures.
+#[derive(Debug)]
+pub(crate) struct Upstreams {
+    pub(crate) rules: Vec<Arc<crate::config::UpstreamRule>>,
+    pub(crate) node: Arc<str>,
+    pub(crate) stats: Vec<Vec<Arc<crate::upstream::stats::BackendStats>>>,
+}
+
+impl Upstreams {
+    pub(crate) fn new(cfg: &Config, shards: usize) -> Upstreams {
+        let rules: Vec<_> = cfg.two_way.upstreams.iter().cloned().map(Arc::new).collect();
+        let stats = (0..shards).map(|_| rules.iter().map(|_| Arc::default()).collect()).collect();
+        Upstreams { rules, node: node_name().into(), stats }
+    }
+}
+
+/// This node's name in backend events: host name and process id.
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    format!("{}:{}", if host.is_empty() { "localhost" } else { host }, std::process::id())
 }
 
 /// The authenticator `--auth` names, its keys loaded (a key file that does not load is a
@@ -286,6 +311,7 @@ impl Server {
             epoch: crate::clock::unix_ms(),
             token_key: session_key(&cfg)
                 .map_err(|e| StartError(format!("cannot make a session key: {e}")))?,
+            upstreams: Upstreams::new(&cfg, n),
         });
         let cfg = Arc::new(cfg);
         let mut threads = Vec::with_capacity(n);

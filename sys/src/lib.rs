@@ -160,6 +160,18 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     cvt_size(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
 }
 
+/// Whether an idle keep-alive connection can carry another request: nothing to read on it,
+/// no end of stream, no error (a backend that closed it while idle makes it unusable, and
+/// finding that out before writing means the request surely never reached it).
+pub fn idle_reusable(fd: RawFd) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: `b` is valid for writes of one byte for the duration of the call; MSG_PEEK
+    // leaves any byte in the socket.
+    let r =
+        unsafe { libc::recv(fd, b.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
 /// Non-blocking gather write. MSG_NOSIGNAL: a closed peer is an EPIPE error, not a signal.
 pub fn writev(fd: BorrowedFd<'_>, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
     let fd = fd.as_raw_fd();

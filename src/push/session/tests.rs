@@ -15,6 +15,7 @@ fn params() -> SessionParams {
         token_key: TokenKey::new(b"session test key"),
         session_ttl_ms: 120_000,
         auth: Arc::new(crate::auth::OpenMode { max_channels: 2 }),
+        backends: Arc::new(crate::push::call::NoBackends),
     }
 }
 
@@ -400,7 +401,11 @@ impl crate::auth::Authenticator for Tokens {
             user: Arc::from(user),
             device: device.map(Arc::from),
             expires_ms: 9000,
-            grant: Arc::new(Grant { channels: vec![], sub_allow: vec!["q.*".into()] }),
+            grant: Arc::new(Grant {
+                channels: vec![],
+                sub_allow: vec!["q.*".into()],
+                pub_allow: vec![],
+            }),
         })
     }
 }
@@ -409,6 +414,7 @@ impl crate::auth::Authenticator for Tokens {
 fn a_token_grant_limits_subscriptions_and_a_refresh_extends_it() {
     let p = SessionParams {
         auth: Arc::new(Tokens),
+        backends: Arc::new(crate::push::call::NoBackends),
         max_channels: 8,
         max_client_errors: 100,
         ..params()
@@ -421,6 +427,7 @@ fn a_token_grant_limits_subscriptions_and_a_refresh_extends_it() {
         grant: Some(Arc::new(Grant {
             channels: vec![Arc::from("news")],
             sub_allow: vec!["p.*".into()],
+            pub_allow: vec![],
         })),
         expires_ms: Some(5000),
         ..Identity::default()

@@ -73,6 +73,11 @@ impl Core {
             ShardMsg::Repaired { conn, channel, catch_up, kept } => {
                 self.repaired(conn, &channel, catch_up, kept)
             }
+            ShardMsg::Published { conn, id, channel, seq } => {
+                if self.local(conn).is_some() {
+                    self.published(conn, id, &channel, seq);
+                }
+            }
             ShardMsg::Joined { conn, at } => {
                 if let Some(key) = self.local(conn) {
                     let (slot, p) = (&mut self.conns[key].session, &self.p.session);
@@ -160,6 +165,10 @@ impl Core {
                     }
                 }
                 Effect::ClientError => self.counters.client_errors.inc(),
+                Effect::Upstream { backend, event } => self.call_backend(backend, event),
+                Effect::ClientPublish { conn, id, channel, data } => {
+                    self.client_publish(conn, id, channel, data)
+                }
                 Effect::Refreshed => self.counters.token_refreshes.inc(),
                 Effect::Close { conn, reason } => {
                     if let Some(key) = self.local(conn) {

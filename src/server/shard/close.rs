@@ -95,6 +95,11 @@ impl Core {
     /// A closing connection takes no more pushes: its session leaves the channel index and its
     /// user's directory at once, not when the close handshake ends.
     fn leave_indexes(&mut self, key: usize) {
+        if self.conns.contains(key) {
+            // What it sent its backends still goes; nothing more comes back to it.
+            let id = self.conn_id(key);
+            self.upstream_forget(id);
+        }
         let Some(session) = self.conns.get_mut(key).and_then(|c| c.session.take()) else {
             return;
         };

@@ -18,6 +18,7 @@ mod close;
 mod read;
 mod runtime;
 mod timers;
+mod upstream;
 mod write;
 
 use std::collections::HashMap;
@@ -162,6 +163,9 @@ impl Params {
                 token_key,
                 session_ttl_ms: cfg.history.session_ttl.as_millis() as u64,
                 auth,
+                backends: Arc::new(crate::upstream::Routes(
+                    cfg.two_way.upstreams.iter().cloned().map(Arc::new).collect(),
+                )),
             },
             home: HomeParams {
                 replace: cfg.delivery.replace_same_device,
@@ -281,6 +285,12 @@ pub(super) struct Core {
     drain_queue: Vec<u64>,
     drain_from: u64,
     drain_total: usize,
+    /// Backends: their queues, breakers and the connections that sent to them; requests for
+    /// the runtime to send, requests that ended, and outcomes being applied.
+    upstream: crate::upstream::Upstreams,
+    upstream_out: Vec<crate::upstream::Request>,
+    upstream_results: Vec<(usize, u64, crate::upstream::CallResult)>,
+    upstream_done: Vec<crate::upstream::Done>,
 }
 
 /// What a shard is built from besides the configuration.
@@ -311,6 +321,20 @@ impl Shard {
             p.history_budget,
         );
         let home = Home::new(p.home, streams);
+        let two = &cfg.two_way;
+        let upstream = crate::upstream::Upstreams::new(
+            &shared.upstreams.rules,
+            shared.upstreams.stats.get(id).map_or(&[][..], |v| &v[..]),
+            shared.upstreams.node.clone(),
+            crate::upstream::ClientLimits {
+                messages_per_s: two.client_message_rate,
+                message_burst: f64::from(two.client_message_burst),
+                bytes_per_s: two.client_byte_rate as f64,
+                byte_burst: two.client_byte_burst as f64,
+                queue: two.client_queue,
+            },
+            clock::unix_ms() ^ ((id as u64 + 7) << 40),
+        );
         let epoll = Epoll::new()?;
         let tickfd = TimerFd::periodic(cfg.timeouts.tick)?;
         epoll.add(wake.raw(), WAKE_TOKEN, EV_IN)?;
@@ -364,6 +388,10 @@ impl Shard {
             drain_queue: Vec::new(),
             drain_from: 0,
             drain_total: 0,
+            upstream,
+            upstream_out: Vec::new(),
+            upstream_results: Vec::new(),
+            upstream_done: Vec::new(),
         };
         Ok(Shard { read_buf, core })
     }
@@ -395,6 +423,33 @@ impl Shard {
         self.core.on_accept(fd, ip, tls);
     }
 
+    /// Backend requests to send now (the runtime spawns one task each).
+    pub(crate) fn take_upstream_requests(&mut self) -> Vec<crate::upstream::Request> {
+        self.core.take_upstream_requests()
+    }
+
+    /// A backend request ended; its outcome is applied in the next turn.
+    pub(crate) fn upstream_ended(
+        &mut self,
+        backend: usize,
+        id: u64,
+        r: crate::upstream::CallResult,
+    ) {
+        self.core.upstream_ended(backend, id, r);
+    }
+
+    /// What a runtime task needs to send a backend's requests: its rule, and the shard's wake
+    /// (a finished request wakes the event loop).
+    pub(crate) fn upstream_io(
+        &self,
+    ) -> (Vec<Arc<crate::config::UpstreamRule>>, Arc<str>, Arc<EventFd>) {
+        (
+            self.core.shared.upstreams.rules.clone(),
+            self.core.shared.upstreams.node.clone(),
+            self.core.wake.clone(),
+        )
+    }
+
     pub(crate) fn count_accept_error(&self) {
         self.core.counters.accept_errors.inc();
     }
@@ -409,6 +464,7 @@ impl Shard {
         self.core.expire_timers(); // handshake, ping, pong, idle, slow and close deadlines
         self.core.drain_wave(); // while draining with --drain-spread: this tick's closes
         self.core.sweep_streams(); // once a minute: forget streams idle past their TTL
+        self.core.drive_upstream(); // backend answers to their sessions; requests that can go
         self.core.flush_dirty(); // one gather write per connection with queued frames
         self.core.after_flush(); // what drained outboxes asked of this shard itself
         self.core.next_turn(inbox_left, self.core.ready.is_empty())

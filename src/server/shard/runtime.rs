@@ -9,6 +9,7 @@ use crate::clock;
 
 use super::super::sys;
 use super::{Shard, Turn};
+use crate::upstream::client::{self, Pool};
 
 /// The accept loop: io_uring accept on one of the shard's listeners (the plain one, or the
 /// `--tls-listen` one with `tls`), until the listener is shut.
@@ -40,10 +41,25 @@ pub(crate) async fn accept_loop(
     }
 }
 
-/// The event loop: wait for the epoll set through the runtime, then turn.
+/// The event loop: wait for the epoll set through the runtime, then turn. After each turn the
+/// backend requests it left are sent, one task each; a task that ends hands its result to the
+/// shard and wakes it.
 pub(crate) async fn event_loop(shard: Rc<RefCell<Shard>>, waiter: monoio::net::UnixStream) {
+    let (rules, node, wake) = shard.borrow().upstream_io();
+    let pools: Vec<Rc<Pool>> = rules.iter().map(|_| Rc::new(Pool::default())).collect();
     loop {
         let next = shard.borrow_mut().turn(clock::now());
+        for req in shard.borrow_mut().take_upstream_requests() {
+            let Some(rule) = rules.get(req.backend).cloned() else { continue };
+            let pool = pools[req.backend].clone();
+            let (shard, wake) = (shard.clone(), wake.clone());
+            let bytes = client::request_bytes(&rule, &node, &req.body);
+            monoio::spawn(async move {
+                let result = client::call(rule, pool, bytes).await;
+                shard.borrow_mut().upstream_ended(req.backend, req.id, result);
+                wake.notify();
+            });
+        }
         match next {
             Turn::Done => return,
             Turn::Again => YieldNow(false).await,
