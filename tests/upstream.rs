@@ -384,3 +384,141 @@ fn a_failing_backend_trips_the_breaker_and_half_open_probes_close_it_again() {
     let (_, stats) = s.get("/v1/stats");
     assert_eq!(stats["upstreams"][0]["breakers"], json!(["closed"]), "{stats}");
 }
+
+/// A JWKS file with one HS256 key, and tokens signed with it.
+struct Jwt {
+    path: std::path::PathBuf,
+}
+
+const JWT_SECRET: &[u8] = b"upstream-test-secret-32-bytes-ok";
+
+impl Jwt {
+    fn new(tag: &str) -> Jwt {
+        use jsonwebtoken::jwk::{Jwk, JwkSet};
+        let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET).unwrap();
+        let mut j = Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::HS256).unwrap();
+        j.common.key_id = Some("hs".into());
+        let path = std::env::temp_dir()
+            .join(format!("ringcast-up-jwks-{tag}-{}.json", std::process::id()));
+        std::fs::write(&path, serde_json::to_string(&JwkSet { keys: vec![j] }).unwrap()).unwrap();
+        Jwt { path }
+    }
+    fn token(&self, claims: Value) -> String {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        h.kid = Some("hs".into());
+        jsonwebtoken::encode(
+            &h,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET).unwrap(),
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for Jwt {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn exp() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 300
+}
+
+#[test]
+fn client_publish_is_allowed_by_pub_allow_refused_outside_it_and_rewritten_by_a_publish_backend() {
+    // The backend decides mod.* publishes: it upper-cases "text", and refuses "bad".
+    let b = Backend::start(|e| {
+        let text = e["data"]["text"].as_str().unwrap_or("");
+        if text == "bad" {
+            json!({"error": {"code": "moderated", "message": "not allowed here", "temporary": false}})
+        } else {
+            json!({"data": {"text": text.to_uppercase()}})
+        }
+    });
+    let jwt = Jwt::new("pub");
+    let path = jwt.path.display().to_string();
+    let (s, _cfg) = start(
+        "pub",
+        &upstream(&b.url(), "\"publish:mod.*\"", ""),
+        &["--auth", "jwt", "--jwt-keys", &path],
+    );
+    let t =
+        jwt.token(json!({"sub": "p", "exp": exp(), "pub_allow": ["rooms.*"], "sub_allow": ["*"]}));
+    let reader_token = jwt.token(json!({"sub": "r", "exp": exp(), "ch": ["rooms.1", "mod.x"]}));
+    let mut reader = Client::try_connect(s.addr, &format!("/ws?token={reader_token}"), "").unwrap();
+    let mut c = Client::try_connect(s.addr, &format!("/ws?token={t}"), "").unwrap();
+    c.text(r#"{"type":"publish","id":1,"channel":"rooms.1","data":{"text":"hi"}}"#);
+    let r = next(&mut c);
+    assert_eq!(r, json!({"type":"reply","id":1,"data":{"stream":"channel:rooms.1","seq":1}}));
+    let m = next(&mut reader);
+    assert_eq!(
+        (m["stream"].as_str(), &m["data"]),
+        (Some("channel:rooms.1"), &json!({"text":"hi"})),
+        "{m}"
+    );
+    assert!(b.events.lock().unwrap().is_empty(), "pub_allow needs no backend");
+    // Outside pub_allow and no backend for it: forbidden.
+    c.text(r#"{"type":"publish","id":2,"channel":"news","data":1}"#);
+    let r = next(&mut c);
+    assert_eq!(
+        (r["id"].as_u64(), r["error"]["code"].as_str()),
+        (Some(2), Some("forbidden")),
+        "{r}"
+    );
+    // A publish backend decides mod.*: it rewrites the data, or refuses with its message.
+    c.text(r#"{"type":"publish","id":3,"channel":"mod.x","data":{"text":"quiet"}}"#);
+    let r = next(&mut c);
+    assert_eq!(r["data"]["stream"], "channel:mod.x", "{r}");
+    let m = next(&mut reader);
+    assert_eq!(m["data"], json!({"text":"QUIET"}), "published as the backend rewrote it");
+    c.text(r#"{"type":"publish","id":4,"channel":"mod.x","data":{"text":"bad"}}"#);
+    let r = next(&mut c);
+    assert_eq!(r["error"]["code"], "forbidden", "{r}");
+    assert_eq!(r["error"]["message"], "not allowed here");
+    let e = b.events.lock().unwrap()[0].clone();
+    assert_eq!(
+        (e["event"].as_str(), e["channel"].as_str(), e["user"].as_str()),
+        (Some("publish"), Some("mod.x"), Some("p"))
+    );
+}
+
+#[test]
+fn subscribe_through_a_backend_allows_and_refuses_and_cannot_be_bypassed_at_connect() {
+    let b = Backend::start(|e| {
+        let ok = e["user"] == "alice";
+        if ok {
+            json!({})
+        } else {
+            json!({"error": {"code": 403, "message": "members only", "temporary": false}})
+        }
+    });
+    let (s, _cfg) = start("sub", &upstream(&b.url(), "\"subscribe:private.*\"", ""), &[]);
+    let mut alice = Client::connect(s.addr, "/ws?user=alice");
+    alice.text(r#"{"type":"subscribe","channel":"private.1"}"#);
+    let r = next(&mut alice);
+    assert_eq!(
+        (r["type"].as_str(), r["channel"].as_str()),
+        (Some("subscribed"), Some("private.1")),
+        "{r}"
+    );
+    let mut bob = Client::connect(s.addr, "/ws?user=bob");
+    bob.text(r#"{"type":"subscribe","channel":"private.1"}"#);
+    let r = next(&mut bob);
+    assert_eq!(r["code"], "forbidden", "{r}");
+    assert!(r["reason"].as_str().unwrap_or("").contains("members only"), "{r}");
+    // Other channels need no backend.
+    bob.text(r#"{"type":"subscribe","channel":"public"}"#);
+    assert_eq!(next(&mut bob)["type"], "subscribed");
+    // Naming it at connect, where the backend cannot be asked, is refused and said.
+    let mut sneaky = Client::connect(s.addr, "/ws?user=bob&channels=private.1");
+    assert_eq!(sneaky.welcome.clone().unwrap()["channels"], json!([]));
+    let r = next(&mut sneaky);
+    assert_eq!(r["code"], "forbidden", "{r}");
+    // Only alice and bob's subscribes reached the backend.
+    assert_eq!(b.events.lock().unwrap().len(), 2);
+    // The publish reaches alice only.
+    let (st, _) = s.post("/v1/publish", json!({"channel": "private.1", "data": "secret"}));
+    assert_eq!(st, 200);
+    assert_eq!(next(&mut alice)["data"], "secret");
+}
