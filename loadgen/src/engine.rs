@@ -75,12 +75,15 @@ pub struct Plan {
 
 /// Messages a thread sends (the `echo` scenario): `per_conn` on each of its connections, at
 /// `rate` per second for the thread, round-robin, each numbered from `first_msg`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct SendPlan {
     pub per_conn: u64,
     pub rate: f64,
     pub size: usize,
     pub first_msg: u64,
+    /// `rpc`: each message is `{"type":"rpc","id":I,"method":M,"data":PAYLOAD}` (the reply's
+    /// `data` carries the payload back); `None`: the payload alone (echo).
+    pub rpc_method: Option<Arc<str>>,
 }
 
 /// What the threads share while running: progress, and the signal to stop.
@@ -343,7 +346,7 @@ pub fn run(
     let mut open_keys: Vec<usize> = Vec::new();
     let mut next_key = 0usize;
     let mut sent_local = 0u64;
-    let send_total = plan.send.map_or(0, |s| s.per_conn * plan.conns as u64);
+    let send_total = plan.send.as_ref().map_or(0, |s| s.per_conn * plan.conns as u64);
     let settle = |tally: &mut Tally, progress: &Progress| {
         let _ = tally;
         progress.settled.fetch_add(1, Relaxed);
@@ -560,7 +563,7 @@ pub fn run(
             }
         }
         // Echo: send what the schedule says is due, round-robin over open connections.
-        if let Some(sp) = plan.send {
+        if let Some(sp) = &plan.send {
             let due = ((start.elapsed().as_secs_f64() * sp.rate) as u64).min(send_total);
             let mut tries = 0;
             while sent_local < due && !open_keys.is_empty() && tries < open_keys.len() {
@@ -572,7 +575,11 @@ pub fn run(
                 };
                 tries = 0;
                 let i = sp.first_msg + sent_local;
-                let body = crate::publish::payload(i, now_ns(), Some(u64::from(c.index)), sp.size);
+                let mut body =
+                    crate::publish::payload(i, now_ns(), Some(u64::from(c.index)), sp.size);
+                if let Some(m) = &sp.rpc_method {
+                    body = format!(r#"{{"type":"rpc","id":{i},"method":"{m}","data":{body}}}"#);
+                }
                 encode_frame(&mut c.out, OpCode::Text, true, Some([9, 8, 7, 6]), body.as_bytes());
                 sent_local += 1;
                 tally.sent += 1;

@@ -28,6 +28,7 @@ use scenario::echo::EchoArgs;
 use scenario::fanout::{FanoutArgs, SlowArgs};
 use scenario::push::PushArgs;
 use scenario::resume::ResumeArgs;
+use scenario::rpc::RpcArgs;
 
 #[derive(Parser, Debug)]
 #[command(name = "loadgen", version, about = "Load generator for ringcast and any RFC 6455 server")]
@@ -55,6 +56,9 @@ enum Scenario {
     Slow(SlowArgs),
     /// Round trips against an echo endpoint (any RFC 6455 server): latency and throughput.
     Echo(EchoArgs),
+    /// RPCs through ringcast to a backend: latency, lost and mismatched replies, backend
+    /// requests per event.
+    Rpc(RpcArgs),
     /// N subscribers; every connection drops (closed, or silently) and comes back resuming
     /// from its position: missing, duplicated, resets, time to catch up, server CPU.
     Resume(ResumeArgs),
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         Scenario::Churn(a) => scenario::churn::churn(a),
         Scenario::Slow(a) => scenario::fanout::slow(a),
         Scenario::Echo(a) => scenario::echo::echo(a),
+        Scenario::Rpc(a) => scenario::rpc::rpc(a),
         Scenario::Resume(a) => scenario::resume::resume(a),
     };
     match result {

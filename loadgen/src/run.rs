@@ -44,8 +44,10 @@ pub(crate) struct Running<S> {
 pub(crate) struct Extras {
     pub(crate) lifetime: Option<Duration>,
     pub(crate) slow_every: usize,
-    /// (messages per connection, total rate, size) for echo.
+    /// (messages per connection, total rate, size) for echo and rpc.
     pub(crate) send: Option<(u64, f64, usize)>,
+    /// rpc: the method each message calls (else messages are sent as they are).
+    pub(crate) rpc_method: Option<Arc<str>>,
     /// A path per connection (resume), and whether to leave sockets open at stop.
     pub(crate) paths: Option<Arc<Vec<String>>>,
     pub(crate) keep_open: bool,
@@ -92,6 +94,7 @@ pub(crate) fn start_connections<S: MessageSink + Send + 'static>(
                 rate: rate / threads as f64,
                 size,
                 first_msg: first as u64 * per_conn,
+                rpc_method: extras.rpc_method.clone(),
             }),
             paths: extras.paths.clone(),
             keep_open: extras.keep_open,

@@ -6,3 +6,4 @@ pub(crate) mod fanout;
 pub(crate) mod hold;
 pub(crate) mod push;
 pub(crate) mod resume;
+pub(crate) mod rpc;

@@ -221,7 +221,8 @@ pub(crate) fn resume(a: ResumeArgs) -> Result<(), String> {
         });
         // The server's CPU while it only follows the live stream (the last part of the before
         // window, after the publisher's first second): the floor the storm adds to.
-        let steady_from = a.before.saturating_sub(Duration::from_secs(1)).min(Duration::from_secs(1));
+        let steady_from =
+            a.before.saturating_sub(Duration::from_secs(1)).min(Duration::from_secs(1));
         std::thread::sleep(steady_from);
         let steady0 = (pid.map(probe::proc_cpu_seconds).transpose()?, Instant::now());
         std::thread::sleep(a.before - steady_from);
