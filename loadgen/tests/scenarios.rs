@@ -373,3 +373,96 @@ fn scenarios_run_over_wss() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A backend answering every event of each request with its data, on its own threads; the
+/// requests it served are counted.
+fn echo_backend() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let requests = std::sync::Arc::new(AtomicU64::new(0));
+    let r = requests.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let r = r.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + len {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body: Value = serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap();
+                    buf.drain(..end + 4 + len);
+                    r.fetch_add(1, SeqCst);
+                    let results: Vec<Value> = body["events"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| serde_json::json!({"data": e["data"]}))
+                        .collect();
+                    let out =
+                        serde_json::to_vec(&serde_json::json!({ "results": results })).unwrap();
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", out.len());
+                    if s.write_all(head.as_bytes()).and_then(|_| s.write_all(&out)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, requests)
+}
+
+#[test]
+fn rpc_counts_every_reply_and_the_backend_requests() {
+    let (backend, requests) = echo_backend();
+    let cfg = std::env::temp_dir().join(format!("loadgen-rpc-{}.toml", std::process::id()));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[upstreams]]\nname = \"b\"\nurl = \"http://{backend}/rc\"\nevents = [\"rpc:*\"]\n"
+        ),
+    )
+    .unwrap();
+    let r = Ringcast::start(&["--config", cfg.to_str().unwrap()]);
+    let v = loadgen(&[
+        "rpc",
+        "--target",
+        &r.ws.to_string(),
+        "-n",
+        "50",
+        "--calls-per-conn",
+        "4",
+        "--rate-per-conn",
+        "5",
+        "--api-url",
+        &format!("http://{}", r.api),
+    ]);
+    let _ = std::fs::remove_file(&cfg);
+    assert_eq!((u(&v, "sent"), u(&v, "unique")), (200, 200), "{v}");
+    assert_eq!((u(&v, "lost"), u(&v, "mismatched"), u(&v, "error_replies")), (0, 0, 0), "{v}");
+    assert_eq!(u(&v, "backend_events"), 200, "{v}");
+    let per_event = v["backend_requests_per_event"].as_f64().unwrap();
+    let served = requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(u(&v, "backend_requests"), served, "{v}");
+    assert!(per_event > 0.0 && per_event <= 1.0, "{v}");
+    assert!(v["latency_us"]["p99"].as_u64().is_some(), "{v}");
+}
