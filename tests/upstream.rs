@@ -522,3 +522,150 @@ fn subscribe_through_a_backend_allows_and_refuses_and_cannot_be_bypassed_at_conn
     assert_eq!(st, 200);
     assert_eq!(next(&mut alice)["data"], "secret");
 }
+
+/// Connect backend for `--auth proxy`: who the Cookie says, or its refusals.
+fn cookie_backend(e: &Value) -> Value {
+    match e["headers"]["cookie"].as_str() {
+        Some("sid=good") => json!({"data": {"user": "42", "device": "web", "channels": ["news"]}}),
+        Some("sid=banned") => json!({"error": {"code": "403", "message": "banned"}}),
+        Some("sid=weird") => json!({"data": {"user": "not a name"}}),
+        Some("sid=busy") => {
+            json!({"error": {"code": "busy", "message": "try later", "temporary": true}})
+        }
+        Some("sid=slow") => {
+            std::thread::sleep(Duration::from_millis(1500));
+            json!({"data": {"user": "late"}})
+        }
+        _ => json!({"error": {"code": 401, "message": "log in first"}}),
+    }
+}
+
+#[test]
+fn proxy_auth_lets_a_connect_backend_name_the_user_from_a_cookie_and_its_refusals_are_statuses() {
+    let b = Backend::start(cookie_backend);
+    let (s, _cfg) = start(
+        "proxy",
+        &upstream(&b.url(), "\"connect\"", "forward_headers = [\"Cookie\"]\ntimeout = \"300ms\""),
+        &["--auth", "proxy"],
+    );
+    // The backend names the user and its channels; the query cannot claim either.
+    let mut c = Client::try_connect(
+        s.addr,
+        "/ws?user=evil&channels=admin",
+        "Cookie: sid=good\r\nUser-Agent: t\r\n",
+    )
+    .unwrap();
+    let w = c.welcome.clone().unwrap();
+    assert_eq!((w["user"].as_str(), w["device"].as_str()), (Some("42"), Some("web")), "{w}");
+    assert_eq!(w["channels"], json!(["news"]), "{w}");
+    let (st, _) = s.post("/v1/publish", json!({"channel": "news", "data": "hello"}));
+    assert_eq!(st, 200);
+    assert_eq!(next(&mut c)["data"], "hello");
+    let e = b.events.lock().unwrap()[0].clone();
+    assert_eq!(e["event"], "connect", "{e}");
+    assert_eq!(e["headers"], json!({"cookie": "sid=good"}), "only forward_headers: {e}");
+    assert_eq!(e["query"], "user=evil&channels=admin");
+    assert!(e["user"].is_null(), "nobody yet: {e}");
+
+    // The backend's refusals are the upgrade's status; a bad answer is 403.
+    for (cookie, status) in [
+        ("", "401"),
+        ("Cookie: sid=bad\r\n", "401"),
+        ("Cookie: sid=banned\r\n", "403"),
+        ("Cookie: sid=weird\r\n", "403"),
+    ] {
+        let head = Client::try_connect(s.addr, "/ws", cookie).err().unwrap();
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{cookie}: {head}");
+    }
+    // It could not decide (a temporary refusal, a timeout): 503 with Retry-After.
+    for cookie in ["Cookie: sid=busy\r\n", "Cookie: sid=slow\r\n"] {
+        let t = Instant::now();
+        let head = Client::try_connect(s.addr, "/ws", cookie).err().unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "), "{cookie}: {head}");
+        assert!(head.contains("Retry-After: "), "{head}");
+        assert!(t.elapsed() < Duration::from_millis(1200), "{cookie}: {:?}", t.elapsed());
+    }
+    let metrics = s.http("GET", "/metrics", "", b"").2;
+    for line in [
+        "ringcast_handshake_failures_total{reason=\"unauthorized\"} 2",
+        "ringcast_handshake_failures_total{reason=\"forbidden\"} 2",
+        "ringcast_handshake_failures_total{reason=\"backend_unavailable\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
+}
+
+#[test]
+fn frames_sent_before_the_connect_backend_answers_are_read_after_the_101() {
+    let b = Backend::start(cookie_backend);
+    b.delay_ms.store(100, SeqCst);
+    let (s, _cfg) = start(
+        "proxy-early",
+        &upstream(&b.url(), "\"connect\"", "forward_headers = [\"cookie\"]"),
+        &["--auth", "proxy"],
+    );
+    let mut stream = TcpStream::connect(s.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut req = common::upgrade_request("/ws", "Cookie: sid=good\r\n").into_bytes();
+    let mut frame = Vec::new();
+    ringcast::proto::frame::encode_frame(
+        &mut frame,
+        ringcast::proto::OpCode::Text,
+        true,
+        Some([9, 8, 7, 6]),
+        br#"{"type":"ping"}"#,
+    );
+    req.extend_from_slice(&frame);
+    stream.write_all(&req).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\"pong\"") {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    let (w, p) = (text.find("\"welcome\"").unwrap(), text.find("\"pong\"").unwrap());
+    assert!(text.starts_with("HTTP/1.1 101 ") && w < p, "{text}");
+}
+
+#[test]
+fn jwt_clients_with_a_token_skip_the_connect_backend_and_those_without_ask_it() {
+    let b = Backend::start(cookie_backend);
+    let jwt = Jwt::new("proxy");
+    let path = jwt.path.display().to_string();
+    let (s, _cfg) = start(
+        "jwt-connect",
+        &upstream(&b.url(), "\"connect\"", "forward_headers = [\"cookie\"]"),
+        &["--auth", "jwt", "--jwt-keys", &path],
+    );
+    let t = jwt.token(json!({"sub": "tok", "exp": exp()}));
+    let c = Client::try_connect(s.addr, &format!("/ws?token={t}"), "").unwrap();
+    assert_eq!(c.welcome.clone().unwrap()["user"], "tok");
+    assert!(b.events.lock().unwrap().is_empty(), "a token needs no backend");
+    let c = Client::try_connect(s.addr, "/ws", "Cookie: sid=good\r\n").unwrap();
+    assert_eq!(c.welcome.clone().unwrap()["user"], "42");
+    // A bad token is refused as before, not passed on.
+    let head =
+        Client::try_connect(s.addr, "/ws?token=x.y.z", "Cookie: sid=good\r\n").err().unwrap();
+    assert!(head.starts_with("HTTP/1.1 401 "), "{head}");
+    assert_eq!(b.events.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn a_connect_backend_slower_than_the_handshake_timeout_is_answered_with_503() {
+    let b = Backend::start(cookie_backend);
+    let (s, _cfg) = start(
+        "proxy-slow",
+        &upstream(&b.url(), "\"connect\"", "forward_headers = [\"cookie\"]\ntimeout = \"5s\""),
+        &["--auth", "proxy", "--handshake-timeout", "300ms"],
+    );
+    let t = Instant::now();
+    let head = Client::try_connect(s.addr, "/ws", "Cookie: sid=slow\r\n").err().unwrap();
+    assert!(head.starts_with("HTTP/1.1 503 ") && head.contains("Retry-After: "), "{head}");
+    assert!(t.elapsed() < Duration::from_millis(1400), "{:?}", t.elapsed());
+    // The late answer finds nobody waiting; the server carries on.
+    std::thread::sleep(Duration::from_millis(1500));
+    let c = Client::try_connect(s.addr, "/ws", "Cookie: sid=good\r\n").unwrap();
+    assert_eq!(c.welcome.clone().unwrap()["user"], "42");
+}

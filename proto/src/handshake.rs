@@ -24,6 +24,9 @@ pub struct HandshakePolicy {
     pub subprotocols: Vec<String>,
     /// Cap on the request head in bytes.
     pub max_header_bytes: usize,
+    /// Headers kept in [`Upgrade::headers`] (lower-case names), for a backend that decides
+    /// who the connection is. Empty: none kept.
+    pub keep_headers: Vec<String>,
 }
 
 /// An accepted upgrade request.
@@ -40,6 +43,9 @@ pub struct Upgrade {
     /// A bearer token from `Authorization: Bearer TOKEN` or, for browsers (which cannot set
     /// headers), a `Sec-WebSocket-Protocol` entry `ringcast.token.TOKEN`. Never logged.
     pub bearer: Option<String>,
+    /// The [`HandshakePolicy::keep_headers`] the request had (lower-case name, value as sent;
+    /// a header sent twice appears twice). Never logged.
+    pub headers: Vec<(String, String)>,
 }
 
 /// The prefix of a `Sec-WebSocket-Protocol` entry that carries a token; it is never chosen
@@ -88,11 +94,14 @@ pub enum HandshakeError {
     Forbidden,
     /// The source address made more handshakes than `--handshake-rate-per-ip` allows.
     RateLimited,
+    /// The backend that decides who a connection is did not answer (a timeout, an open
+    /// breaker, a failed request) or asked to be tried again.
+    BackendUnavailable,
 }
 
 impl HandshakeError {
     /// Every variant, in a fixed order (metrics index by it).
-    pub const ALL: [HandshakeError; 19] = {
+    pub const ALL: [HandshakeError; 20] = {
         use HandshakeError::*;
         [
             Malformed,
@@ -114,6 +123,7 @@ impl HandshakeError {
             Unauthorized,
             Forbidden,
             RateLimited,
+            BackendUnavailable,
         ]
     };
 
@@ -145,6 +155,7 @@ impl HandshakeError {
             Unauthorized => "unauthorized",
             Forbidden => "forbidden",
             RateLimited => "rate_limited",
+            BackendUnavailable => "backend_unavailable",
         }
     }
 
@@ -163,7 +174,7 @@ impl HandshakeError {
             OriginNotAllowed | Forbidden => (403, "Forbidden"),
             Unauthorized => (401, "Unauthorized"),
             AddressLimit | RateLimited => (429, "Too Many Requests"),
-            ServerFull | Draining => (503, "Service Unavailable"),
+            ServerFull | Draining | BackendUnavailable => (503, "Service Unavailable"),
         }
     }
 
@@ -190,6 +201,7 @@ impl HandshakeError {
             Unauthorized => "a valid token is required",
             Forbidden => "the token does not allow this",
             RateLimited => "too many handshakes from this address",
+            BackendUnavailable => "the connect backend is unavailable; retry later",
         }
     }
 
@@ -202,6 +214,7 @@ impl HandshakeError {
                 | HandshakeError::AddressLimit
                 | HandshakeError::RateLimited
                 | HandshakeError::Draining
+                | HandshakeError::BackendUnavailable
         )
     }
 
@@ -299,9 +312,15 @@ pub fn parse_upgrade(
     let mut origin: Option<&[u8]> = None;
     let mut offered: Vec<&[u8]> = Vec::new();
     let mut bearer: Option<&[u8]> = None;
+    let mut kept: Vec<(String, String)> = Vec::new();
     for h in req.headers.iter() {
         let v = h.value;
         let name = h.name;
+        if policy.keep_headers.iter().any(|k| name.eq_ignore_ascii_case(k)) {
+            if let Ok(value) = std::str::from_utf8(v.trim_ascii()) {
+                kept.push((name.to_ascii_lowercase(), value.to_string()));
+            }
+        }
         if name.eq_ignore_ascii_case("host") {
             host += 1;
             if v.trim_ascii().is_empty() || v.iter().any(|b| b.is_ascii_whitespace()) {
@@ -374,6 +393,7 @@ pub fn parse_upgrade(
         subprotocol,
         query: query.map(str::to_owned),
         bearer,
+        headers: kept,
     };
     Ok(Some((upgrade, head_len)))
 }
@@ -435,6 +455,7 @@ mod tests {
             allowed_origins: vec!["https://app.example".into()],
             subprotocols: vec!["ringcast.v1".into(), "chat".into()],
             max_header_bytes: 1024,
+            keep_headers: vec!["cookie".into()],
         }
     }
 
@@ -456,6 +477,19 @@ mod tests {
         let r = req("").replace("GET /echo", "GET http://x/echo");
         let (up, _) = parse_upgrade(r.as_bytes(), &policy()).unwrap().unwrap();
         assert_eq!(up.route, 1);
+    }
+
+    #[test]
+    fn kept_headers_are_named_in_lower_case_with_their_values() {
+        let r = req("Cookie: sid=1\r\nCOOKIE: b=2\r\nUser-Agent: x\r\n");
+        let (up, _) = parse_upgrade(r.as_bytes(), &policy()).unwrap().unwrap();
+        assert_eq!(
+            up.headers,
+            vec![
+                ("cookie".to_string(), "sid=1".to_string()),
+                ("cookie".to_string(), "b=2".to_string())
+            ]
+        );
     }
 
     #[test]

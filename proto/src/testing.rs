@@ -79,6 +79,7 @@ pub fn check_handshake(data: &[u8]) {
         allowed_origins: vec!["https://a.example".into()],
         subprotocols: vec!["v1".into()],
         max_header_bytes: 4096,
+        keep_headers: vec!["cookie".into(), "origin".into()],
     };
     match parse_upgrade(data, &policy) {
         Ok(Some((up, n))) => {

@@ -9,12 +9,14 @@
 mod jwt;
 mod keys;
 mod open;
+mod proxy;
 mod query;
 
 use std::sync::Arc;
 
 pub(crate) use jwt::{JwtAuth, JwtSettings};
 pub(crate) use open::OpenMode;
+pub(crate) use proxy::{identity as proxy_identity, ProxyMode};
 
 use crate::proto::client::{glob, Position};
 use crate::proto::handshake::HandshakeError;

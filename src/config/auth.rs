@@ -9,8 +9,10 @@ use super::units::{parse_duration, parse_size};
 #[command(next_help_heading = "Client identity")]
 pub(crate) struct Auth {
     /// How a connection proves who it is: `jwt` (a signed token, checked against
-    /// --jwt-keys) or `open` (trusts `?user=`; for development and loopback: ringcast refuses
-    /// it on a non-loopback --listen unless --insecure-open-identity true).
+    /// --jwt-keys; with a `connect` backend, clients without a token ask it), `proxy` (a
+    /// `connect` backend in [[upstreams]] decides, from the upgrade's forwarded headers), or
+    /// `open` (trusts `?user=`; for development and loopback: ringcast refuses it on a
+    /// non-loopback --listen unless --insecure-open-identity true).
     #[arg(long, env = "RINGCAST_AUTH", value_enum, default_value_t = AuthMode::Open)]
     pub(crate) auth: AuthMode,
     /// JWKS file (RFC 7517) of the keys tokens are verified with; each key needs `alg`, and
@@ -40,4 +42,5 @@ pub(crate) struct Auth {
 pub(crate) enum AuthMode {
     Open,
     Jwt,
+    Proxy,
 }

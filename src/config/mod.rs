@@ -525,6 +525,19 @@ impl Config {
             AuthMode::Jwt if self.auth.jwt_keys.is_none() => {
                 return err("--auth jwt needs --jwt-keys FILE (a JWKS document)".into());
             }
+            AuthMode::Proxy
+                if !self
+                    .two_way
+                    .upstreams
+                    .iter()
+                    .any(|u| u.events.contains(&EventRule::Connect)) =>
+            {
+                return err(
+                    "--auth proxy needs a [[upstreams]] backend with \"connect\" in its events \
+                     (docs/upstream.md)"
+                        .into(),
+                );
+            }
             AuthMode::Open if public && !self.auth.insecure_open_identity => {
                 return err(format!(
                     "--auth open on a non-loopback --listen or --tls-listen ({}) lets anyone \
@@ -607,6 +620,10 @@ mod tests {
         c.validate().unwrap();
         let c = Config::parse_from(["ringcast", "--auth", "jwt"]);
         assert!(c.validate().unwrap_err().0.contains("--jwt-keys"));
+        // Proxy mode on a public address is fine, but only with a backend to ask.
+        let c = Config::parse_from(["ringcast", "--auth", "proxy", "--listen", "0.0.0.0:8080"]);
+        let e = c.validate().unwrap_err().0;
+        assert!(e.contains("--auth proxy") && e.contains("\"connect\""), "{e}");
     }
 
     #[test]

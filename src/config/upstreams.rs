@@ -20,6 +20,8 @@ pub(crate) enum EventRule {
     Publish(String),
     /// `subscribe:PATTERN`: subscriptions to matching channels, asked before subscribing.
     Subscribe(String),
+    /// `connect`: who an upgrading connection is (`--auth proxy`, or `jwt` without a token).
+    Connect,
 }
 
 impl EventRule {
@@ -45,12 +47,14 @@ impl EventRule {
             "publish" => Ok(EventRule::Publish(pattern()?)),
             "subscribe" => Ok(EventRule::Subscribe(pattern()?)),
             "send" if given.is_none() => Ok(EventRule::Send),
-            "connect" | "refresh" => Err(format!(
-                "event {s:?}: connect and refresh backends come with `--auth proxy`, which this \
-                 build does not have yet; use JWT identity (--auth jwt) for now"
+            "connect" if given.is_none() => Ok(EventRule::Connect),
+            "refresh" => Err(format!(
+                "event {s:?}: refreshing a connection through a backend is not built yet; a \
+                 connect backend's expire_at closes the connection with 4003 and the client \
+                 reconnects (asking the backend again)"
             )),
             _ => Err(format!(
-                "unknown event {s:?}; events are rpc[:PATTERN], send, publish[:PATTERN], subscribe[:PATTERN]"
+                "unknown event {s:?}; events are rpc[:PATTERN], send, publish[:PATTERN], subscribe[:PATTERN], connect"
             )),
         }
     }
@@ -61,6 +65,7 @@ impl EventRule {
             EventRule::Send => "send".into(),
             EventRule::Publish(p) => format!("publish:{p}"),
             EventRule::Subscribe(p) => format!("subscribe:{p}"),
+            EventRule::Connect => "connect".into(),
         }
     }
 }
@@ -75,6 +80,8 @@ pub(crate) struct UpstreamRule {
     pub(crate) host: String,
     pub(crate) path: String,
     pub(crate) events: Vec<EventRule>,
+    /// Upgrade-request headers a `connect` event carries (lower case).
+    pub(crate) forward_headers: Vec<String>,
     /// How long a request may take, connect included.
     pub(crate) timeout: Duration,
     /// Events per request, and request body bytes (a single larger event still goes alone).
@@ -92,7 +99,7 @@ pub(crate) struct UpstreamRule {
 }
 
 const KEYS: &str = "name, url, events, timeout, batch_max, batch_bytes, max_in_flight, queue_max, \
-     max_response, secret, breaker_failures, breaker_ratio, breaker_min_calls, \
+     max_response, forward_headers, secret, breaker_failures, breaker_ratio, breaker_min_calls, \
      breaker_window, breaker_open, breaker_max_open, breaker_probes";
 
 /// `http://HOST[:PORT][/PATH]`: the address (resolved now), the Host header and the path.
@@ -145,6 +152,7 @@ pub(crate) fn parse_upstreams(
             host: String::new(),
             path: String::new(),
             events: Vec::new(),
+            forward_headers: Vec::new(),
             timeout: Duration::from_secs(1),
             batch_max: 128,
             batch_bytes: 1 << 20,
@@ -208,13 +216,18 @@ pub(crate) fn parse_upstreams(
                 "queue_max" => r.queue_max = count(1)?,
                 "max_response" => r.max_response = size()?,
                 "forward_headers" => {
-                    return Err(err(
-                        i,
-                        "forward_headers come with connect events (`--auth proxy`), which this \
-                         build does not have yet; rpc, send, publish and subscribe events carry \
-                         no headers"
-                            .into(),
-                    ))
+                    for h in list()? {
+                        if h.is_empty()
+                            || h.len() > 64
+                            || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        {
+                            return Err(err(
+                                i,
+                                format!("forward_headers: {h:?} is not a header name"),
+                            ));
+                        }
+                        r.forward_headers.push(h.to_ascii_lowercase());
+                    }
                 }
                 "secret" => {
                     let s = text()?;
@@ -264,6 +277,12 @@ pub(crate) fn parse_upstreams(
             ));
         }
         r.events = events;
+        if !r.forward_headers.is_empty() && !r.events.contains(&EventRule::Connect) {
+            return Err(err(
+                i,
+                "forward_headers is for a `connect` backend: add \"connect\" to events".into(),
+            ));
+        }
         if r.breaker.max_open_ms < r.breaker.open_ms {
             return Err(err(i, "`breaker_max_open` must be at least `breaker_open`".into()));
         }
@@ -278,7 +297,7 @@ pub(crate) fn describe(r: &UpstreamRule) -> String {
     let events: Vec<String> = r.events.iter().map(|e| quote(&e.name())).collect();
     let mut v = format!(
         "name = {}\nurl = {}\nevents = [{}]\ntimeout = \"{}ms\"\nbatch_max = {}\nbatch_bytes = {}\n\
-         max_in_flight = {}\nqueue_max = {}\nmax_response = {}",
+         max_in_flight = {}\nqueue_max = {}\nmax_response = {}\nforward_headers = [{}]",
         quote(&r.name),
         quote(&r.url),
         events.join(", "),
@@ -288,6 +307,7 @@ pub(crate) fn describe(r: &UpstreamRule) -> String {
         r.max_in_flight,
         r.queue_max,
         r.max_response,
+        r.forward_headers.iter().map(|h| quote(h)).collect::<Vec<_>>().join(", "),
     );
     if r.secret.is_some() {
         v.push_str("\nsecret = \"<set>\"");
@@ -340,14 +360,18 @@ mod tests {
         for (bad, says) in [
             (base.to_string(), "`events` is required"),
             (format!("{base}events = [\"fly\"]\n"), "unknown event \"fly\""),
-            (format!("{base}events = [\"connect\"]\n"), "--auth proxy"),
+            (format!("{base}events = [\"refresh\"]\n"), "not built yet"),
+            (
+                format!("{base}events = [\"send\"]\nforward_headers = [\"Cookie\"]\n"),
+                "add \"connect\"",
+            ),
             (format!("{base}events = [\"rpc:a b\"]\n"), "pattern"),
             (format!("{base}events = [\"send\"]\ntimeout = \"0ms\"\n"), "at least 1ms"),
             (format!("{base}events = [\"send\"]\nbatch_max = 0\n"), "at least 1"),
             (format!("{base}events = [\"send\"]\nsecret = \"short\"\n"), "16 bytes"),
             (
-                format!("{base}events = [\"send\"]\nforward_headers = [\"Cookie\"]\n"),
-                "connect events",
+                format!("{base}events = [\"connect\"]\nforward_headers = [\"Co okie\"]\n"),
+                "not a header name",
             ),
             (format!("{base}events = [\"send\"]\nbreaker_ratio = 2\n"), "fraction"),
             (format!("{base}events = [\"send\"]\ncolour = 2\n"), "unknown key `colour`"),

@@ -11,10 +11,28 @@ use super::streams::Position;
 /// What a client's message asks of a backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Call {
-    Rpc { id: u32, method: Arc<str>, data: String },
-    Send { data: String },
-    Publish { id: u32, channel: Arc<str>, data: String },
-    Subscribe { channel: Arc<str>, since: Option<Position> },
+    Rpc {
+        id: u32,
+        method: Arc<str>,
+        data: String,
+    },
+    Send {
+        data: String,
+    },
+    Publish {
+        id: u32,
+        channel: Arc<str>,
+        data: String,
+    },
+    Subscribe {
+        channel: Arc<str>,
+        since: Option<Position>,
+    },
+    /// Who an upgrading connection is: the upgrade's forwarded headers and query string.
+    Connect {
+        headers: Vec<(String, String)>,
+        query: Option<String>,
+    },
 }
 
 impl Call {
@@ -24,6 +42,7 @@ impl Call {
             Call::Send { .. } => "send",
             Call::Publish { .. } => "publish",
             Call::Subscribe { .. } => "subscribe",
+            Call::Connect { .. } => "connect",
         }
     }
 
@@ -31,7 +50,7 @@ impl Call {
     pub(crate) fn data_len(&self) -> usize {
         match self {
             Call::Rpc { data, .. } | Call::Send { data } | Call::Publish { data, .. } => data.len(),
-            Call::Subscribe { .. } => 0,
+            Call::Subscribe { .. } | Call::Connect { .. } => 0,
         }
     }
 }

@@ -94,6 +94,12 @@ pub(crate) fn authenticator(cfg: &Config) -> Result<Arc<dyn Authenticator>, Star
             tracing::info!("clients authenticate with JWTs: {}", a.describe());
             Arc::new(a)
         }
+        (AuthMode::Proxy, _) => {
+            tracing::info!(
+                "clients are identified by the connect backend ([[upstreams]] with connect)"
+            );
+            Arc::new(crate::auth::ProxyMode)
+        }
         _ => Arc::new(OpenMode { max_channels }),
     })
 }

@@ -491,6 +491,7 @@ pub(crate) fn route<'a>(
             (EventRule::Send, Call::Send { .. }) => true,
             (EventRule::Publish(p), Call::Publish { channel, .. }) => glob(p, channel),
             (EventRule::Subscribe(p), Call::Subscribe { channel, .. }) => glob(p, channel),
+            (EventRule::Connect, Call::Connect { .. }) => true,
             _ => false,
         });
         if takes {
@@ -544,6 +545,26 @@ fn encode_event(out: &mut Vec<u8>, e: &Event, node: &str) {
         Call::Subscribe { channel, .. } => {
             out.extend_from_slice(b",\"channel\":");
             push_str(out, channel);
+        }
+        Call::Connect { headers, query } => {
+            // `{"cookie":"a","x-forwarded-for":"b"}`; a header sent twice is joined with ", ".
+            out.extend_from_slice(b",\"headers\":{");
+            let mut names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+            names.dedup();
+            names.sort_unstable();
+            names.dedup();
+            for (k, name) in names.iter().enumerate() {
+                if k > 0 {
+                    out.push(b',');
+                }
+                let joined: Vec<&str> =
+                    headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect();
+                push_str(out, name);
+                out.push(b':');
+                push_str(out, &joined.join(", "));
+            }
+            out.extend_from_slice(b"},\"query\":");
+            push_opt(out, query.as_deref());
         }
     }
     out.push(b'}');

@@ -10,6 +10,7 @@ fn rule(name: &str, events: Vec<EventRule>) -> UpstreamRule {
         host: "127.0.0.1:1".into(),
         path: "/rc".into(),
         events,
+        forward_headers: Vec::new(),
         timeout: Duration::from_secs(1),
         batch_max: 128,
         batch_bytes: 1 << 20,

@@ -129,7 +129,8 @@ impl Session {
                 &format!("the backend refused channel {channel}: {}", f.message),
             ),
             (Call::Subscribe { .. }, Outcome::Error(f)) => reply::send_refused(&f),
-            (_, Outcome::Disconnect { .. }) => return,
+            // A connect is answered by the shard (the upgrade), never through a session.
+            (Call::Connect { .. }, _) | (_, Outcome::Disconnect { .. }) => return,
         };
         out.push_back(Effect::Reply { conn, body });
     }
@@ -153,7 +154,7 @@ impl Session {
 pub(crate) fn failure_reply(call: &Call, f: &Failure) -> Vec<u8> {
     match call {
         Call::Rpc { id, .. } | Call::Publish { id, .. } => reply::reply_error(*id, f),
-        Call::Send { .. } | Call::Subscribe { .. } => reply::send_refused(f),
+        Call::Send { .. } | Call::Subscribe { .. } | Call::Connect { .. } => reply::send_refused(f),
     }
 }
 

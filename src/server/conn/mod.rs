@@ -54,6 +54,9 @@ pub(crate) mod flag {
     /// A wss connection: its TLS state is in the shard's side map (`Core::links`), so a plain
     /// connection's slab entry holds nothing of it.
     pub(crate) const TLS: u16 = 2048;
+    /// A connect backend is deciding who the connection is: the upgrade waits (its request is
+    /// in `Core::authorizing`), and bytes that arrive meanwhile are kept.
+    pub(crate) const AUTHORIZING: u16 = 4096;
 }
 
 /// Input kept between reads: an incomplete request head, frame header or control frame, and

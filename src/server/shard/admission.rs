@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use bytes::Bytes;
 
-use crate::auth::UpgradeRequest;
+use crate::auth::{AuthError, Identity, UpgradeRequest};
 use crate::proto::close::retry_reason;
 use crate::proto::frame::encode_frame;
 use crate::proto::handshake::{self, HandshakeError, Upgrade};
@@ -100,6 +100,11 @@ impl Core {
             let req = UpgradeRequest { query: up.query.as_deref(), bearer: up.bearer.as_deref() };
             match self.p.session.auth.authenticate(&req, self.now_ms) {
                 Ok(id) => Some(id),
+                Err(AuthError::Missing) if self.connect_backend().is_some() => {
+                    // No token (or `--auth proxy`): the connect backend decides.
+                    self.ask_connect(key, up);
+                    return false;
+                }
                 Err(e) => {
                     self.counters.auth_refused[e.index()].inc();
                     // The reason, never the token (nor the query that may carry it).
@@ -111,6 +116,18 @@ impl Core {
         } else {
             None
         };
+        self.accept_upgrade(key, up, route, identity)
+    }
+
+    /// The upgrade's limits, then the 101 and the session; returns whether it is open.
+    pub(super) fn accept_upgrade(
+        &mut self,
+        key: usize,
+        up: &Upgrade,
+        route: Route,
+        identity: Option<Identity>,
+    ) -> bool {
+        let ip = self.conns[key].ip;
         let refusal = if self.draining {
             Some(HandshakeError::Draining)
         } else if (self.p.max_per_shard > 0 && self.open >= self.p.max_per_shard)
@@ -160,7 +177,7 @@ impl Core {
         self.refuse_retry(key, e, e.reason(), e.is_overload().then(|| overload_wait_ms(e)));
     }
 
-    fn refuse_with(&mut self, key: usize, e: HandshakeError, reason: &str) {
+    pub(super) fn refuse_with(&mut self, key: usize, e: HandshakeError, reason: &str) {
         self.refuse_retry(key, e, reason, None);
     }
 
@@ -192,7 +209,13 @@ impl Core {
     }
 
     /// Answers the upgrade with an HTTP refusal, then lingers so it is read before the close.
-    fn refuse_retry(&mut self, key: usize, e: HandshakeError, reason: &str, base_ms: Option<u64>) {
+    pub(super) fn refuse_retry(
+        &mut self,
+        key: usize,
+        e: HandshakeError,
+        reason: &str,
+        base_ms: Option<u64>,
+    ) {
         self.counters.refused(e).inc();
         // Retry-After is whole seconds: jitter in seconds, base to twice the base.
         let retry_s = base_ms.map(|b| {

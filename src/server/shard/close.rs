@@ -112,6 +112,7 @@ impl Core {
         if !self.conns.contains(key) {
             return;
         }
+        self.authorizing.remove(&key);
         self.leave_indexes(key);
         let Some(conn) = self.conns.try_remove(key) else { return };
         if conn.has(flag::TLS) {

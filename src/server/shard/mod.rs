@@ -95,6 +95,8 @@ pub(crate) struct Params {
     /// What each stream keeps, and the bytes this shard's histories may hold together.
     pub(crate) history: Rules,
     pub(crate) history_budget: usize,
+    /// The largest `info` a connect backend may give (as a token's, `--jwt-max-info`).
+    pub(crate) max_connect_info: usize,
 }
 
 impl Params {
@@ -127,6 +129,14 @@ impl Params {
                 allowed_origins: cfg.routes.allowed_origins.clone(),
                 subprotocols,
                 max_header_bytes: cfg.frames.max_header_bytes as usize,
+                // What a connect backend is shown of the upgrade.
+                keep_headers: cfg
+                    .two_way
+                    .upstreams
+                    .iter()
+                    .filter(|u| u.events.contains(&crate::config::EventRule::Connect))
+                    .flat_map(|u| u.forward_headers.iter().cloned())
+                    .collect(),
             },
             routes,
             limits: Limits {
@@ -175,6 +185,7 @@ impl Params {
             stream_idle_ttl_ms: cfg.delivery.stream_idle_ttl.as_millis() as u64,
             history: history_rules(cfg),
             history_budget: (cfg.history.history_memory / shards.max(1) as u64) as usize,
+            max_connect_info: cfg.auth.jwt_max_info as usize,
         }
     }
 }
@@ -291,6 +302,8 @@ pub(super) struct Core {
     upstream_out: Vec<crate::upstream::Request>,
     upstream_results: Vec<(usize, u64, crate::upstream::CallResult)>,
     upstream_done: Vec<crate::upstream::Done>,
+    /// Upgrades waiting for the connect backend, by slot.
+    authorizing: HashMap<usize, Box<crate::proto::handshake::Upgrade>>,
 }
 
 /// What a shard is built from besides the configuration.
@@ -392,6 +405,7 @@ impl Shard {
             upstream_out: Vec::new(),
             upstream_results: Vec::new(),
             upstream_done: Vec::new(),
+            authorizing: HashMap::new(),
         };
         Ok(Shard { read_buf, core })
     }

@@ -4,7 +4,7 @@
 use std::io;
 use std::os::fd::AsFd;
 
-use crate::proto::handshake;
+use crate::proto::handshake::{self, HandshakeError};
 use crate::proto::{CloseReason, Event, OpCode};
 use crate::push::session::Session;
 
@@ -214,18 +214,35 @@ impl Core {
     /// Handles bytes just read (with any kept bytes in front).
     fn process(&mut self, key: usize, data: &mut [u8]) {
         match self.conns[key].phase {
+            Phase::Handshake if self.conns[key].has(flag::AUTHORIZING) => {
+                // Sent before the 101: kept for when the connect backend has answered, within
+                // the head cap (a client has no reason to send much before it).
+                let pending = &mut self.conns[key].bufs().pending;
+                if pending.len() + data.len() > self.p.policy.max_header_bytes {
+                    self.refuse(key, HandshakeError::HeaderTooLarge);
+                } else {
+                    pending.extend_from_slice(data);
+                }
+            }
             Phase::Handshake => match handshake::parse_upgrade(data, &self.p.policy) {
                 Ok(None) => self.conns[key].bufs().pending.extend_from_slice(data),
                 Err(e) => self.refuse(key, e),
                 Ok(Some((up, n))) => {
                     if self.upgrade(key, &up) {
                         self.decode_frames(key, &mut data[n..]);
+                    } else if self.conns.get(key).is_some_and(|c| c.has(flag::AUTHORIZING)) {
+                        self.conns[key].bufs().pending.extend_from_slice(&data[n..]);
                     }
                 }
             },
             Phase::Open | Phase::Closing => self.decode_frames(key, data),
             Phase::Linger => {}
         }
+    }
+
+    /// Frames kept while the upgrade waited for its connect backend.
+    pub(super) fn decode_kept(&mut self, key: usize, data: &mut [u8]) {
+        self.decode_frames(key, data);
     }
 
     fn decode_frames(&mut self, key: usize, data: &mut [u8]) {

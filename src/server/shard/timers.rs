@@ -1,6 +1,7 @@
 //! Time: arming each connection's one timer, and what a fired timer means in each phase (for
 //! an open connection, the pure liveness decision of `conn::liveness`).
 
+use crate::proto::handshake::HandshakeError;
 use crate::proto::OpCode;
 use crate::push::session::Session;
 
@@ -59,6 +60,13 @@ impl Core {
 
     fn on_timer(&mut self, key: usize) {
         match self.conns[key].phase {
+            Phase::Handshake if self.conns[key].has(flag::AUTHORIZING) => {
+                // The connect backend took longer than the upgrade may: answered, not dropped.
+                self.conns[key].clear(flag::AUTHORIZING);
+                self.authorizing.remove(&key);
+                let e = HandshakeError::BackendUnavailable;
+                self.refuse_retry(key, e, "the connect backend did not answer in time", Some(1000));
+            }
             Phase::Handshake => {
                 self.counters.handshake_timeouts.inc();
                 self.remove(key);

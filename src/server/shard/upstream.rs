@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
+use crate::auth::{proxy_identity, AuthError};
 use crate::clock;
+use crate::proto::handshake::{HandshakeError, Upgrade};
 use crate::proto::reply::{self, Code, Failure};
 use crate::push::call::{Call, Event, Outcome};
 use crate::push::ids::{home_of, ConnId};
@@ -16,6 +18,7 @@ use crate::push::report::Report;
 use crate::push::session::{failure_reply, Session};
 use crate::upstream::{CallResult, Done, Request};
 
+use super::super::conn::{flag, Route};
 use super::Core;
 
 impl Core {
@@ -90,9 +93,109 @@ impl Core {
     }
 
     fn upstream_answered(&mut self, event: Event, outcome: Outcome, now: crate::push::effect::Now) {
+        if matches!(event.call, Call::Connect { .. }) {
+            self.connect_answered(event.conn, outcome);
+            return;
+        }
         let Some(key) = self.local(event.conn) else { return };
         let (slot, p) = (&mut self.conns[key].session, &self.p.session);
         Session::on_backend(slot, event.conn, event.call, outcome, now, p, &mut self.effects);
+    }
+
+    /// The connect backend for upgrades without a token, if one is configured.
+    pub(super) fn connect_backend(&self) -> Option<usize> {
+        let probe = Call::Connect { headers: Vec::new(), query: None };
+        self.p.session.backends.route(&probe)
+    }
+
+    /// Holds the upgrade while the connect backend decides who the connection is.
+    pub(super) fn ask_connect(&mut self, key: usize, up: &Upgrade) {
+        let Some(backend) = self.connect_backend() else { return };
+        let conn = self.conn_id(key);
+        let call = Call::Connect { headers: up.headers.clone(), query: up.query.clone() };
+        let event = Event { conn, user: None, device: None, call };
+        match self.upstream.submit(backend, event, self.now_ms) {
+            Ok(()) => {
+                self.conns[key].set(flag::AUTHORIZING);
+                self.authorizing.insert(key, Box::new(up.clone()));
+            }
+            Err(f) => {
+                let wait = f.retry_ms.unwrap_or(1000);
+                self.refuse_retry(key, HandshakeError::BackendUnavailable, &f.message, Some(wait));
+            }
+        }
+    }
+
+    /// The connect backend answered: the upgrade completes with the identity it gave, or is
+    /// refused with its status (401, 403), or with 503 and `Retry-After` when it could not
+    /// decide (a timeout, an open breaker, a temporary error).
+    fn connect_answered(&mut self, conn: ConnId, outcome: Outcome) {
+        let Some(key) = self.slot_of(conn) else { return };
+        if !self.conns[key].has(flag::AUTHORIZING) {
+            return;
+        }
+        self.conns[key].clear(flag::AUTHORIZING);
+        let Some(up) = self.authorizing.remove(&key) else { return };
+        match outcome {
+            Outcome::Data(d) => {
+                let max_info = self.p.max_connect_info;
+                let max_channels = self.p.session.max_channels;
+                match proxy_identity(
+                    d.as_deref(),
+                    up.query.as_deref(),
+                    max_channels,
+                    max_info,
+                    self.now_ms,
+                ) {
+                    Ok(id) => {
+                        let route = self.p.routes.get(up.route).copied().unwrap_or(Route::Ws);
+                        if self.accept_upgrade(key, &up, route, Some(id)) {
+                            // Frames the client sent before the 101 came.
+                            let mut kept = self.conns[key]
+                                .bufs
+                                .as_mut()
+                                .map(|b| std::mem::take(&mut b.pending))
+                                .unwrap_or_default();
+                            if !kept.is_empty() {
+                                self.decode_kept(key, &mut kept);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        self.counters.auth_refused[e.index()].inc();
+                        tracing::debug!(shard = self.id, reason = %e.reason(), "connect backend answer refused");
+                        // A bad answer is the backend's fault: refused, never guessed at. A
+                        // bad `resume=` or `session=` is the client's, said as for a token.
+                        let h = match e {
+                            AuthError::Claim(_) => HandshakeError::Forbidden,
+                            _ => e.handshake(),
+                        };
+                        self.refuse_with(key, h, &e.reason());
+                    }
+                }
+            }
+            Outcome::Refused(f) => {
+                let e = match f.code.as_str() {
+                    "401" | "\"401\"" => HandshakeError::Unauthorized,
+                    "403" | "\"403\"" => HandshakeError::Forbidden,
+                    _ if f.temporary => HandshakeError::BackendUnavailable,
+                    _ => HandshakeError::Forbidden,
+                };
+                if e == HandshakeError::BackendUnavailable {
+                    self.refuse_retry(key, e, &f.message, Some(1000));
+                } else {
+                    self.refuse_with(key, e, &f.message);
+                }
+            }
+            Outcome::Error(f) => {
+                let wait = f.retry_ms.unwrap_or(1000);
+                self.refuse_retry(key, HandshakeError::BackendUnavailable, &f.message, Some(wait));
+            }
+            Outcome::Disconnect { reason, .. } => {
+                self.refuse_with(key, HandshakeError::Forbidden, &reason);
+            }
+        }
+        self.apply_effects();
     }
 
     /// A client's own publish: to the channel's home, which numbers and fans it out and
