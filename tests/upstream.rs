@@ -590,6 +590,7 @@ fn proxy_auth_lets_a_connect_backend_name_the_user_from_a_cookie_and_its_refusal
         "ringcast_handshake_failures_total{reason=\"unauthorized\"} 2",
         "ringcast_handshake_failures_total{reason=\"forbidden\"} 2",
         "ringcast_handshake_failures_total{reason=\"backend_unavailable\"} 2",
+        "ringcast_auth_failures_total{reason=\"claim\"} 1",
     ] {
         assert!(metrics.contains(line), "{line}: {metrics}");
     }
@@ -668,4 +669,58 @@ fn a_connect_backend_slower_than_the_handshake_timeout_is_answered_with_503() {
     std::thread::sleep(Duration::from_millis(1500));
     let c = Client::try_connect(s.addr, "/ws", "Cookie: sid=good\r\n").unwrap();
     assert_eq!(c.welcome.clone().unwrap()["user"], "42");
+}
+
+fn unix_s() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+#[test]
+fn a_refresh_backend_renews_a_connect_identity_before_it_expires_and_a_decline_ends_it_with_4003() {
+    // Connect: the cookie names the user, for 2 s. Refresh: "keep" gets 3 s more, "drop" not.
+    let b = Backend::start(|e| match e["event"].as_str() {
+        Some("connect") => {
+            let user = e["headers"]["cookie"].as_str().unwrap_or("").trim_start_matches("u=");
+            json!({"data": {"user": user, "expire_at": unix_s() + 2.0}})
+        }
+        Some("refresh") if e["user"] == "keep" => json!({"data": {"expire_at": unix_s() + 3.0}}),
+        _ => json!({"error": {"code": 403, "message": "session over"}}),
+    });
+    let (s, _cfg) = start(
+        "refresh",
+        &upstream(
+            &b.url(),
+            "\"connect\", \"refresh\"",
+            "forward_headers = [\"cookie\"]\nrefresh_lead = \"1s\"",
+        ),
+        &["--auth", "proxy"],
+    );
+    let t = Instant::now();
+    let mut keep = Client::try_connect(s.addr, "/ws", "Cookie: u=keep\r\n").unwrap();
+    let mut gone = Client::try_connect(s.addr, "/ws", "Cookie: u=drop\r\n").unwrap();
+    let r = next(&mut keep);
+    assert_eq!(r["type"], "refreshed", "{r}");
+    let expires = r["expires"].as_f64().unwrap() / 1000.0;
+    assert!(expires > unix_s() + 2.0, "renewed for 3 s: {r}");
+    assert!(
+        t.elapsed() < Duration::from_millis(1800),
+        "asked before the expiry: {:?}",
+        t.elapsed()
+    );
+    // The declined one is closed when its expiry passes, with 4003.
+    let (code, _) = gone.recv_close();
+    assert_eq!(code, Some(4003));
+    assert!(t.elapsed() >= Duration::from_millis(1800), "{:?}", t.elapsed());
+    // The renewed one is still open past the first expiry (they had the same).
+    keep.text(r#"{"type":"ping"}"#);
+    let m = keep.json();
+    assert_eq!(m["type"], "pong", "{m}");
+    let refreshes: Vec<Value> =
+        b.events.lock().unwrap().iter().filter(|e| e["event"] == "refresh").cloned().collect();
+    assert_eq!(refreshes.len(), 2, "one each so far: {refreshes:?}");
+    assert!(refreshes.iter().all(|e| e["expire_at"].as_u64().is_some() && e["conn"].is_string()));
+    let metrics = s.http("GET", "/metrics", "", b"").2;
+    for line in ["ringcast_token_refreshes_total 1", "ringcast_refreshes_declined_total 1"] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
 }

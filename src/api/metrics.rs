@@ -155,8 +155,13 @@ pub(crate) fn render(
     );
     o.counter(
         "ringcast_token_refreshes_total",
-        "refresh messages that extended a connection's token.",
+        "Refreshes (a client's token, or the refresh backend) that extended a connection's expiry.",
         sum(c, |s| s.token_refreshes.get()),
+    );
+    o.counter(
+        "ringcast_refreshes_declined_total",
+        "Refresh backend answers that did not extend a connection's expiry.",
+        sum(c, |s| s.refreshes_declined.get()),
     );
     o.counter(
         "ringcast_replayed_messages_total",

@@ -287,6 +287,7 @@ impl Authenticator for JwtAuth {
             grant: Some(Arc::new(v.grant)),
             expires_ms: Some(v.expires_ms),
             info: v.info,
+            backend_renews: false,
         })
     }
 

@@ -71,6 +71,8 @@ pub(crate) struct Identity {
     pub(crate) expires_ms: Option<u64>,
     /// The token's `info` claim (JSON text), shown in presence queries.
     pub(crate) info: Option<Arc<str>>,
+    /// The expiry is a connect backend's: a `refresh` backend renews it (no client token).
+    pub(crate) backend_renews: bool,
 }
 
 /// A `refresh` accepted: the token's user and device, its new expiry and grant.
@@ -174,7 +176,9 @@ impl AuthError {
             AuthError::Audience => "token audience (aud) not accepted".into(),
             AuthError::Issuer => "token issuer (iss) not accepted".into(),
             AuthError::Claim(r) => format!("token claim invalid: {r}"),
-            AuthError::NoTokens => "this server does not use tokens (--auth open)".into(),
+            AuthError::NoTokens => {
+                "this server does not use tokens (--auth open or proxy)".into()
+            }
         }
     }
 }

@@ -116,6 +116,7 @@ pub(crate) fn identity(
         })),
         expires_ms,
         info: a.info.map(|i| Arc::from(i.get())),
+        backend_renews: true,
     })
 }
 

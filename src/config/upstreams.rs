@@ -22,6 +22,8 @@ pub(crate) enum EventRule {
     Subscribe(String),
     /// `connect`: who an upgrading connection is (`--auth proxy`, or `jwt` without a token).
     Connect,
+    /// `refresh`: renews the `expire_at` a connect backend gave, before it passes.
+    Refresh,
 }
 
 impl EventRule {
@@ -48,13 +50,9 @@ impl EventRule {
             "subscribe" => Ok(EventRule::Subscribe(pattern()?)),
             "send" if given.is_none() => Ok(EventRule::Send),
             "connect" if given.is_none() => Ok(EventRule::Connect),
-            "refresh" => Err(format!(
-                "event {s:?}: refreshing a connection through a backend is not built yet; a \
-                 connect backend's expire_at closes the connection with 4003 and the client \
-                 reconnects (asking the backend again)"
-            )),
+            "refresh" if given.is_none() => Ok(EventRule::Refresh),
             _ => Err(format!(
-                "unknown event {s:?}; events are rpc[:PATTERN], send, publish[:PATTERN], subscribe[:PATTERN], connect"
+                "unknown event {s:?}; events are rpc[:PATTERN], send, publish[:PATTERN], subscribe[:PATTERN], connect, refresh"
             )),
         }
     }
@@ -66,6 +64,7 @@ impl EventRule {
             EventRule::Publish(p) => format!("publish:{p}"),
             EventRule::Subscribe(p) => format!("subscribe:{p}"),
             EventRule::Connect => "connect".into(),
+            EventRule::Refresh => "refresh".into(),
         }
     }
 }
@@ -82,6 +81,8 @@ pub(crate) struct UpstreamRule {
     pub(crate) events: Vec<EventRule>,
     /// Upgrade-request headers a `connect` event carries (lower case).
     pub(crate) forward_headers: Vec<String>,
+    /// How long before a connect backend's `expire_at` a `refresh` backend is asked.
+    pub(crate) refresh_lead: Duration,
     /// How long a request may take, connect included.
     pub(crate) timeout: Duration,
     /// Events per request, and request body bytes (a single larger event still goes alone).
@@ -99,7 +100,7 @@ pub(crate) struct UpstreamRule {
 }
 
 const KEYS: &str = "name, url, events, timeout, batch_max, batch_bytes, max_in_flight, queue_max, \
-     max_response, forward_headers, secret, breaker_failures, breaker_ratio, breaker_min_calls, \
+     max_response, forward_headers, refresh_lead, secret, breaker_failures, breaker_ratio, breaker_min_calls, \
      breaker_window, breaker_open, breaker_max_open, breaker_probes";
 
 /// `http://HOST[:PORT][/PATH]`: the address (resolved now), the Host header and the path.
@@ -145,6 +146,7 @@ pub(crate) fn parse_upstreams(
         let mut name = None;
         let mut url = None;
         let mut events = Vec::new();
+        let mut lead_given = false;
         let mut r = UpstreamRule {
             name: String::new(),
             url: String::new(),
@@ -153,6 +155,7 @@ pub(crate) fn parse_upstreams(
             path: String::new(),
             events: Vec::new(),
             forward_headers: Vec::new(),
+            refresh_lead: Duration::from_secs(30),
             timeout: Duration::from_secs(1),
             batch_max: 128,
             batch_bytes: 1 << 20,
@@ -229,6 +232,10 @@ pub(crate) fn parse_upstreams(
                         r.forward_headers.push(h.to_ascii_lowercase());
                     }
                 }
+                "refresh_lead" => {
+                    r.refresh_lead = duration()?;
+                    lead_given = true;
+                }
                 "secret" => {
                     let s = text()?;
                     if s.len() < 16 {
@@ -283,6 +290,12 @@ pub(crate) fn parse_upstreams(
                 "forward_headers is for a `connect` backend: add \"connect\" to events".into(),
             ));
         }
+        if lead_given && !r.events.contains(&EventRule::Refresh) {
+            return Err(err(
+                i,
+                "refresh_lead is for a `refresh` backend: add \"refresh\" to events".into(),
+            ));
+        }
         if r.breaker.max_open_ms < r.breaker.open_ms {
             return Err(err(i, "`breaker_max_open` must be at least `breaker_open`".into()));
         }
@@ -297,7 +310,7 @@ pub(crate) fn describe(r: &UpstreamRule) -> String {
     let events: Vec<String> = r.events.iter().map(|e| quote(&e.name())).collect();
     let mut v = format!(
         "name = {}\nurl = {}\nevents = [{}]\ntimeout = \"{}ms\"\nbatch_max = {}\nbatch_bytes = {}\n\
-         max_in_flight = {}\nqueue_max = {}\nmax_response = {}\nforward_headers = [{}]",
+         max_in_flight = {}\nqueue_max = {}\nmax_response = {}\nforward_headers = [{}]\nrefresh_lead = \"{}ms\"",
         quote(&r.name),
         quote(&r.url),
         events.join(", "),
@@ -308,6 +321,7 @@ pub(crate) fn describe(r: &UpstreamRule) -> String {
         r.queue_max,
         r.max_response,
         r.forward_headers.iter().map(|h| quote(h)).collect::<Vec<_>>().join(", "),
+        r.refresh_lead.as_millis(),
     );
     if r.secret.is_some() {
         v.push_str("\nsecret = \"<set>\"");
@@ -360,7 +374,7 @@ mod tests {
         for (bad, says) in [
             (base.to_string(), "`events` is required"),
             (format!("{base}events = [\"fly\"]\n"), "unknown event \"fly\""),
-            (format!("{base}events = [\"refresh\"]\n"), "not built yet"),
+            (format!("{base}events = [\"send\"]\nrefresh_lead = \"5s\"\n"), "add \"refresh\""),
             (
                 format!("{base}events = [\"send\"]\nforward_headers = [\"Cookie\"]\n"),
                 "add \"connect\"",

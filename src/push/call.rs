@@ -33,6 +33,10 @@ pub(crate) enum Call {
         headers: Vec<(String, String)>,
         query: Option<String>,
     },
+    /// Renew a connect backend's identity before it expires (its expiry now, Unix ms).
+    Refresh {
+        expires_ms: u64,
+    },
 }
 
 impl Call {
@@ -43,6 +47,7 @@ impl Call {
             Call::Publish { .. } => "publish",
             Call::Subscribe { .. } => "subscribe",
             Call::Connect { .. } => "connect",
+            Call::Refresh { .. } => "refresh",
         }
     }
 
@@ -50,7 +55,7 @@ impl Call {
     pub(crate) fn data_len(&self) -> usize {
         match self {
             Call::Rpc { data, .. } | Call::Send { data } | Call::Publish { data, .. } => data.len(),
-            Call::Subscribe { .. } | Call::Connect { .. } => 0,
+            Call::Subscribe { .. } | Call::Connect { .. } | Call::Refresh { .. } => 0,
         }
     }
 }

@@ -38,8 +38,12 @@ pub(crate) enum Effect {
     Replay { conn: ConnId, stream: StreamKey, at: Position, frames: Vec<Frame> },
     /// A client message was refused (counted in `client_errors`).
     ClientError,
-    /// A `refresh` extended a connection's token (counted in `token_refreshes`).
+    /// A `refresh` (a client's token, or the refresh backend) extended a connection's expiry
+    /// (counted in `token_refreshes`).
     Refreshed,
+    /// The refresh backend declined to extend it (counted in `refreshes_declined`): the
+    /// connection closes with 4003 when its expiry passes.
+    RefreshDeclined,
     /// Close `conn` for this reason.
     Close { conn: ConnId, reason: CloseReason },
     /// A message for a shard (this one included) that must not be lost: a directory update or

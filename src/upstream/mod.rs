@@ -492,6 +492,7 @@ pub(crate) fn route<'a>(
             (EventRule::Publish(p), Call::Publish { channel, .. }) => glob(p, channel),
             (EventRule::Subscribe(p), Call::Subscribe { channel, .. }) => glob(p, channel),
             (EventRule::Connect, Call::Connect { .. }) => true,
+            (EventRule::Refresh, Call::Refresh { .. }) => true,
             _ => false,
         });
         if takes {
@@ -565,6 +566,10 @@ fn encode_event(out: &mut Vec<u8>, e: &Event, node: &str) {
             }
             out.extend_from_slice(b"},\"query\":");
             push_opt(out, query.as_deref());
+        }
+        Call::Refresh { expires_ms } => {
+            // Unix seconds, as the connect answer gave it.
+            out.extend_from_slice(format!(",\"expire_at\":{}", expires_ms / 1000).as_bytes());
         }
     }
     out.push(b'}');

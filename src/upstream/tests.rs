@@ -11,6 +11,7 @@ fn rule(name: &str, events: Vec<EventRule>) -> UpstreamRule {
         path: "/rc".into(),
         events,
         forward_headers: Vec::new(),
+        refresh_lead: Duration::from_secs(30),
         timeout: Duration::from_secs(1),
         batch_max: 128,
         batch_bytes: 1 << 20,

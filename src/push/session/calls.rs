@@ -129,6 +129,12 @@ impl Session {
                 &format!("the backend refused channel {channel}: {}", f.message),
             ),
             (Call::Subscribe { .. }, Outcome::Error(f)) => reply::send_refused(&f),
+            (Call::Refresh { .. }, outcome) => {
+                if let Some(s) = slot.as_mut() {
+                    s.on_refresh(conn, outcome, now, p, out);
+                }
+                return;
+            }
             // A connect is answered by the shard (the upgrade), never through a session.
             (Call::Connect { .. }, _) | (_, Outcome::Disconnect { .. }) => return,
         };
@@ -154,11 +160,102 @@ impl Session {
 pub(crate) fn failure_reply(call: &Call, f: &Failure) -> Vec<u8> {
     match call {
         Call::Rpc { id, .. } | Call::Publish { id, .. } => reply::reply_error(*id, f),
-        Call::Send { .. } | Call::Subscribe { .. } | Call::Connect { .. } => reply::send_refused(f),
+        Call::Send { .. }
+        | Call::Subscribe { .. }
+        | Call::Connect { .. }
+        | Call::Refresh { .. } => reply::send_refused(f),
     }
 }
 
 /// The event of a call by this connection.
+/// When to ask for a renewal of an identity that expires at `expires_ms`: `refresh_lead_ms`
+/// before it, but never sooner than halfway there (an answer that renews for less than the
+/// lead is not asked again at once). 0: no refresh backend.
+pub(super) fn refresh_time(expires_ms: u64, now_ms: u64, p: &SessionParams) -> u64 {
+    let renewable = p.refresh_lead_ms > 0
+        && p.backends.route(&Call::Refresh { expires_ms }).is_some()
+        && expires_ms > now_ms;
+    if !renewable {
+        return 0;
+    }
+    let halfway = now_ms + (expires_ms - now_ms) / 2;
+    expires_ms.saturating_sub(p.refresh_lead_ms).max(halfway).max(1)
+}
+
+/// What a refresh backend may answer in `data`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Renewal {
+    /// Unix seconds.
+    expire_at: f64,
+}
+
+impl Session {
+    /// The refresh is due: asks the backend, once (the answer sets the next time).
+    pub(crate) fn refresh_due(
+        slot: &mut Option<Box<Session>>,
+        conn: ConnId,
+        now: Now,
+        p: &SessionParams,
+        out: &mut Effects,
+    ) {
+        let Some(s) = slot.as_mut() else { return };
+        if s.refresh_at_ms == 0 || now.ms < s.refresh_at_ms {
+            return;
+        }
+        s.refresh_at_ms = 0;
+        let call = Call::Refresh { expires_ms: s.expires_ms };
+        if let Some(backend) = p.backends.route(&call) {
+            out.push_back(Effect::Upstream { backend, event: event_of(slot, conn, call) });
+        }
+    }
+
+    /// The refresh backend's answer: a later `expire_at` extends the connection (and the
+    /// client is told, `refreshed`); a refusal or an answer that extends nothing leaves the
+    /// expiry as it was (the connection closes with 4003 then); a failure (timeout, breaker,
+    /// a temporary error) is asked again after its retry hint while there is time.
+    fn on_refresh(
+        &mut self,
+        conn: ConnId,
+        outcome: Outcome,
+        now: Now,
+        p: &SessionParams,
+        out: &mut Effects,
+    ) {
+        match outcome {
+            Outcome::Data(d) => {
+                let renewed = d
+                    .as_deref()
+                    .and_then(|d| serde_json::from_str::<Renewal>(d).ok())
+                    .filter(|r| r.expire_at.is_finite() && r.expire_at > 0.0)
+                    .map(|r| (r.expire_at * 1000.0).min(u64::MAX as f64) as u64)
+                    .filter(|&ms| ms > self.expires_ms && ms > now.ms);
+                match renewed {
+                    Some(ms) => {
+                        self.expires_ms = ms;
+                        self.refresh_at_ms = refresh_time(ms, now.ms, p);
+                        out.push_back(Effect::Refreshed);
+                        out.push_back(Effect::Reply { conn, body: client::refreshed(ms) });
+                    }
+                    None => self.decline(out),
+                }
+            }
+            Outcome::Refused(_) => self.decline(out),
+            Outcome::Error(f) => {
+                let retry = now.ms + f.retry_ms.unwrap_or(1000).max(100);
+                self.refresh_at_ms = if retry < self.expires_ms { retry } else { 0 };
+            }
+            Outcome::Disconnect { .. } => {}
+        }
+    }
+
+    /// The backend will not renew: asked no more, closed with 4003 when the expiry passes.
+    fn decline(&mut self, out: &mut Effects) {
+        self.refresh_at_ms = 0;
+        out.push_back(Effect::RefreshDeclined);
+    }
+}
+
 pub(super) fn event_of(slot: &Option<Box<Session>>, conn: ConnId, call: Call) -> Event {
     let (user, device) = slot.as_ref().map_or((None, None), |s| (s.user.clone(), s.device.clone()));
     Event { conn, user, device, call }

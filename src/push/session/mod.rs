@@ -40,6 +40,8 @@ pub(crate) struct SessionParams {
     pub(crate) auth: Arc<dyn Authenticator>,
     /// Where `rpc`, `send`, and backend-decided publishes and subscriptions go.
     pub(crate) backends: Arc<dyn Backends>,
+    /// How long before a connect backend's expiry its `refresh` backend is asked.
+    pub(crate) refresh_lead_ms: u64,
 }
 
 /// Who a push connection is and what it follows; allocated only for connections that have
@@ -65,6 +67,8 @@ pub(crate) struct Session {
     /// When the connection's token expires (Unix ms; 0: never): closed then with 4003 unless
     /// a `refresh` extends it.
     expires_ms: u64,
+    /// When to ask the refresh backend to renew `expires_ms` (Unix ms; 0: not to, or asked).
+    refresh_at_ms: u64,
     /// Until the welcome goes out: what it will say. Freed once it is sent.
     opening: Option<Box<Opening>>,
 }
@@ -157,6 +161,9 @@ impl Session {
             expires_ms: id.expires_ms.unwrap_or(0),
             ..Default::default()
         });
+        if id.backend_renews && session.expires_ms > 0 {
+            session.refresh_at_ms = calls::refresh_time(session.expires_ms, now.ms, p);
+        }
         let mut opening = Opening {
             channels: Vec::with_capacity(channels.len()),
             at_ms: now.ms,
@@ -191,6 +198,11 @@ impl Session {
     /// When the connection's token expires (Unix ms), if it has one.
     pub(crate) fn expires_ms(slot: &Option<Box<Session>>) -> Option<u64> {
         slot.as_ref().map(|s| s.expires_ms).filter(|&e| e > 0)
+    }
+
+    /// When the refresh backend is to be asked (Unix ms), if it is.
+    pub(crate) fn refresh_ms(slot: &Option<Box<Session>>) -> Option<u64> {
+        slot.as_ref().map(|s| s.refresh_at_ms).filter(|&e| e > 0)
     }
 
     /// Whether the connection still waits for its welcome (nothing may be written before it).

@@ -16,6 +16,7 @@ fn params() -> SessionParams {
         session_ttl_ms: 120_000,
         auth: Arc::new(crate::auth::OpenMode { max_channels: 2 }),
         backends: Arc::new(crate::push::call::NoBackends),
+        refresh_lead_ms: 0,
     }
 }
 
@@ -497,7 +498,82 @@ fn open_mode_has_no_tokens_to_refresh() {
     );
     assert_eq!(
         text(&out)[1],
-        r#"{"type":"error","code":"bad_token","reason":"this server does not use tokens (--auth open)"}"#
+        r#"{"type":"error","code":"bad_token","reason":"this server does not use tokens (--auth open or proxy)"}"#
     );
     assert_eq!(Session::expires_ms(&s), None);
+}
+
+/// Routes refresh events (only) to backend 0.
+#[derive(Debug)]
+struct RefreshBackend;
+
+impl crate::push::call::Backends for RefreshBackend {
+    fn route(&self, call: &Call) -> Option<usize> {
+        matches!(call, Call::Refresh { .. }).then_some(0)
+    }
+}
+
+#[test]
+fn a_backend_identity_is_renewed_before_it_expires_retried_on_failure_and_declines_are_kept() {
+    use crate::proto::reply::{Code, Failure};
+    use crate::push::call::Outcome;
+    let p = SessionParams { backends: Arc::new(RefreshBackend), refresh_lead_ms: 2000, ..params() };
+    let id = Identity {
+        user: Some(Arc::from("u")),
+        expires_ms: Some(10_000),
+        backend_renews: true,
+        ..Identity::default()
+    };
+    let mut out = Effects::new();
+    let mut s = Session::open(C, id, Now { tick: 0, ms: 100 }, &p, &mut out);
+    // Asked the lead before the expiry, never sooner than halfway.
+    assert_eq!(Session::refresh_ms(&s), Some(8000));
+    let at = |ms: u64| Now { tick: 0, ms };
+    let ask = |s: &mut Option<Box<Session>>, ms: u64| {
+        let mut out = Effects::new();
+        Session::refresh_due(s, C, at(ms), &p, &mut out);
+        out.into_iter()
+            .filter_map(|e| match e {
+                Effect::Upstream { backend: 0, event } => Some(event.call),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(ask(&mut s, 7999).is_empty(), "not yet");
+    assert_eq!(ask(&mut s, 8000), vec![Call::Refresh { expires_ms: 10_000 }]);
+    assert_eq!(Session::refresh_ms(&s), None, "asked once, until the answer");
+    assert!(ask(&mut s, 8100).is_empty());
+    let answer = |s: &mut Option<Box<Session>>, ms: u64, o: Outcome| {
+        let mut out = Effects::new();
+        let call = Call::Refresh { expires_ms: 0 };
+        Session::on_backend(s, C, call, o, at(ms), &p, &mut out);
+        text(&out)
+    };
+    // A failure is asked again after its hint, while there is time.
+    let busy = Failure { retry_ms: Some(500), ..Failure::new(Code::UpstreamUnavailable, "open") };
+    assert!(answer(&mut s, 8200, Outcome::Error(busy.clone())).is_empty());
+    assert_eq!(Session::refresh_ms(&s), Some(8700));
+    // A later expire_at renews it, and the client is told.
+    let renewed = answer(&mut s, 8700, Outcome::Data(Some(r#"{"expire_at":20}"#.into())));
+    assert_eq!(renewed, ["Refreshed", r#"{"type":"refreshed","expires":20000}"#]);
+    assert_eq!((Session::expires_ms(&s), Session::refresh_ms(&s)), (Some(20_000), Some(18_000)));
+    // An answer that extends nothing, or a refusal, is a decline: no more asks.
+    for o in [
+        Outcome::Data(Some(r#"{"expire_at":15}"#.into())),
+        Outcome::Data(Some(r#"{"expire_at":"later"}"#.into())),
+        Outcome::Data(None),
+        Outcome::Refused(Failure::new(Code::Forbidden, "no")),
+    ] {
+        assert_eq!(answer(&mut s, 18_000, o), ["RefreshDeclined"]);
+        assert_eq!(Session::refresh_ms(&s), None);
+        assert_eq!(Session::expires_ms(&s), Some(20_000), "the expiry stands");
+    }
+    // A failure too close to the expiry is not retried: the expiry closes it.
+    assert!(answer(&mut s, 19_800, Outcome::Error(busy)).is_empty());
+    assert_eq!(Session::refresh_ms(&s), None);
+    // A token identity is never sent to the refresh backend.
+    let id =
+        Identity { user: Some(Arc::from("t")), expires_ms: Some(10_000), ..Identity::default() };
+    let t = Session::open(C, id, Now { tick: 0, ms: 100 }, &p, &mut out);
+    assert_eq!(Session::refresh_ms(&t), None);
 }

@@ -33,6 +33,8 @@ pub(crate) enum Verdict {
     Close(CloseReason),
     /// Send a ping (and stamp it).
     Ping,
+    /// Ask the refresh backend to renew the connection's expiry.
+    Refresh,
     /// Nothing is due: look again at [`Liveness::next_deadline`].
     Wait,
 }
@@ -46,6 +48,8 @@ pub(crate) struct State {
     pub(crate) slow: bool,
     /// The tick the connection's token expires at, if it has one.
     pub(crate) expires: Option<u64>,
+    /// The tick its refresh backend is to be asked at, if it is.
+    pub(crate) refresh: Option<u64>,
 }
 
 impl Liveness {
@@ -58,7 +62,8 @@ impl Liveness {
     }
 
     /// The first thing due at `now`, in the order that decides a close: an expired token,
-    /// then silence, then a slow reader, then a missing pong; else a ping if the connection has been quiet long enough.
+    /// then silence, then a slow reader, then a missing pong; else a refresh that is due, else
+    /// a ping if the connection has been quiet long enough.
     pub(crate) fn verdict(&self, now: u64, s: State, d: &Deadlines) -> Verdict {
         if s.expires.is_some_and(|e| now >= e) {
             return Verdict::Close(CloseReason::TokenExpired);
@@ -69,15 +74,15 @@ impl Liveness {
         if s.slow && Self::since(self.slow_since, now) >= d.slow {
             return Verdict::Close(CloseReason::SlowConsumer);
         }
-        if d.ping > 0 {
-            if s.ping_out {
-                if Self::since(self.ping_sent, now) >= d.pong {
-                    // A dead peer will not answer a close handshake: say why and drop it.
-                    return Verdict::Close(CloseReason::PongTimeout);
-                }
-            } else if Self::since(self.last_recv, now) >= d.ping {
-                return Verdict::Ping;
-            }
+        if d.ping > 0 && s.ping_out && Self::since(self.ping_sent, now) >= d.pong {
+            // A dead peer will not answer a close handshake: say why and drop it.
+            return Verdict::Close(CloseReason::PongTimeout);
+        }
+        if s.refresh.is_some_and(|r| now >= r) {
+            return Verdict::Refresh;
+        }
+        if d.ping > 0 && !s.ping_out && Self::since(self.last_recv, now) >= d.ping {
+            return Verdict::Ping;
         }
         Verdict::Wait
     }
@@ -103,7 +108,7 @@ impl Liveness {
         if s.slow {
             consider(d.slow, self.slow_since);
         }
-        if let Some(e) = s.expires {
+        for e in [s.expires, s.refresh].into_iter().flatten() {
             let at = e.max(now);
             next = Some(next.map_or(at, |n: u64| n.min(at)));
         }
@@ -135,13 +140,13 @@ mod tests {
     #[test]
     fn silence_closes_before_anything_else_and_slowness_next() {
         let l = Liveness::new(0);
-        let all = State { ping_out: true, slow: true, expires: None };
+        let all = State { ping_out: true, slow: true, ..State::default() };
         assert_eq!(l.verdict(40, all, &D), Verdict::Close(CloseReason::Idle));
         assert_eq!(l.verdict(7, all, &D), Verdict::Close(CloseReason::SlowConsumer));
         let off = Deadlines { ping: 0, idle: 0, ..D };
         assert_eq!(l.next_deadline(0, State::default(), &off), None);
         assert_eq!(
-            l.verdict(1_000_000, State { ping_out: true, slow: false, expires: None }, &off),
+            l.verdict(1_000_000, State { ping_out: true, ..State::default() }, &off),
             Verdict::Wait
         );
     }
@@ -153,7 +158,7 @@ mod tests {
         let s = State { expires: Some(50), ..State::default() };
         assert_eq!(l.next_deadline(0, s, &off), Some(50));
         assert_eq!(l.verdict(49, s, &off), Verdict::Wait);
-        let all = State { ping_out: true, slow: true, expires: Some(50) };
+        let all = State { ping_out: true, slow: true, expires: Some(50), refresh: Some(10) };
         assert_eq!(l.verdict(50, all, &D), Verdict::Close(CloseReason::TokenExpired));
     }
 
@@ -172,11 +177,12 @@ mod tests {
             recv in 0u32..100, msg in 0u32..100, ping in 0u32..100, slow_since in 0u32..100,
             ping_out: bool, slow: bool, later in 0u64..200,
             expires in proptest::option::of(0u64..400),
+            refresh in proptest::option::of(0u64..400),
             dp in 0u64..30, dq in 1u64..30, di in 0u64..60, ds in 1u64..30,
         ) {
             let l = Liveness { last_recv: recv, last_msg: msg.min(recv), ping_sent: ping, slow_since };
             let d = Deadlines { ping: dp, pong: dq, idle: di, slow: ds };
-            let s = State { ping_out, slow, expires };
+            let s = State { ping_out, slow, expires, refresh };
             let now = 100 + later;
             let age = |t: u32| now - u64::from(t);
             let idle = di > 0 && age(l.last_msg) >= di;
@@ -191,6 +197,8 @@ mod tests {
                 Verdict::Close(CloseReason::SlowConsumer)
             } else if pong {
                 Verdict::Close(CloseReason::PongTimeout)
+            } else if refresh.is_some_and(|r| now >= r) {
+                Verdict::Refresh
             } else if ping_due {
                 Verdict::Ping
             } else {

@@ -170,6 +170,7 @@ impl Core {
                     self.client_publish(conn, id, channel, data)
                 }
                 Effect::Refreshed => self.counters.token_refreshes.inc(),
+                Effect::RefreshDeclined => self.counters.refreshes_declined.inc(),
                 Effect::Close { conn, reason } => {
                     if let Some(key) = self.local(conn) {
                         self.close_for(key, reason);

@@ -176,6 +176,12 @@ impl Params {
                 backends: Arc::new(crate::upstream::Routes(
                     cfg.two_way.upstreams.iter().cloned().map(Arc::new).collect(),
                 )),
+                refresh_lead_ms: cfg
+                    .two_way
+                    .upstreams
+                    .iter()
+                    .find(|u| u.events.contains(&crate::config::EventRule::Refresh))
+                    .map_or(0, |u| u.refresh_lead.as_millis() as u64),
             },
             home: HomeParams {
                 replace: cfg.delivery.replace_same_device,

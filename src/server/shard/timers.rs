@@ -22,11 +22,18 @@ impl Core {
     fn live_state(&self, key: usize) -> LiveState {
         let conn = &self.conns[key];
         // A token's expiry in Unix ms, as the tick it falls in (rounded up: never early).
-        let expires = Session::expires_ms(&conn.session).map(|ms| {
+        let tick_of = |ms: u64| {
             let left = u128::from(ms.saturating_sub(self.now_ms)) * 1_000_000;
             self.now + left.div_ceil(self.p.tick_nanos).min(u128::from(u32::MAX)) as u64
-        });
-        LiveState { ping_out: conn.has(flag::PING_OUT), slow: conn.has(flag::SLOW), expires }
+        };
+        let expires = Session::expires_ms(&conn.session).map(tick_of);
+        let refresh = Session::refresh_ms(&conn.session).map(tick_of);
+        LiveState {
+            ping_out: conn.has(flag::PING_OUT),
+            slow: conn.has(flag::SLOW),
+            expires,
+            refresh,
+        }
     }
 
     /// The next instant an open connection needs looking at.
@@ -93,6 +100,15 @@ impl Core {
                         conn.live.ping_sent = now32;
                         self.counters.pings_sent.inc();
                         self.queue_control(key, OpCode::Ping, &[]);
+                    }
+                    Verdict::Refresh => {
+                        let (conn, now) = (self.conn_id(key), self.at());
+                        let (slot, p) = (&mut self.conns[key].session, &self.p.session);
+                        Session::refresh_due(slot, conn, now, p, &mut self.effects);
+                        self.apply_effects();
+                        if !self.conns.contains(key) {
+                            return;
+                        }
                     }
                     Verdict::Wait => {}
                 }

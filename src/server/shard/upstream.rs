@@ -18,7 +18,7 @@ use crate::push::report::Report;
 use crate::push::session::{failure_reply, Session};
 use crate::upstream::{CallResult, Done, Request};
 
-use super::super::conn::{flag, Route};
+use super::super::conn::{flag, Phase, Route};
 use super::Core;
 
 impl Core {
@@ -98,8 +98,14 @@ impl Core {
             return;
         }
         let Some(key) = self.local(event.conn) else { return };
+        let renewal = matches!(event.call, Call::Refresh { .. });
         let (slot, p) = (&mut self.conns[key].session, &self.p.session);
         Session::on_backend(slot, event.conn, event.call, outcome, now, p, &mut self.effects);
+        if renewal && self.conns[key].phase == Phase::Open {
+            // The expiry or the next ask moved: the connection's one timer follows.
+            let deadline = self.open_deadline(key);
+            self.arm(key, deadline);
+        }
     }
 
     /// The connect backend for upgrades without a token, if one is configured.
