@@ -72,7 +72,7 @@ fn every_kind_of_error_names_what_is_wrong() {
             "nonsense_key = 1\n",
             vec![],
             vec![],
-            "unknown key `nonsense_key`; known keys: active-window",
+            "unknown key `nonsense_key`; known keys: ack-attempts, ack-timeout, active-window",
         ),
         (
             "max_frame_size = \"12 parsecs\"\n",

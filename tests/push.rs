@@ -63,7 +63,7 @@ fn a_user_push_reaches_a_connection_on_the_other_shard() {
     assert_eq!(status, 200);
     assert_eq!(
         report,
-        json!({"recipients": 1, "queued": 1, "dropped": 0, "deferred": 0, "conflated": 0, "offline": 0})
+        json!({"recipients": 1, "queued": 1, "dropped": 0, "deferred": 0, "conflated": 0, "offline": 0, "stored": 0})
     );
     let m = message(&mut c);
     assert_eq!(
@@ -106,11 +106,12 @@ fn devices_get_every_copy_with_all_and_one_with_one() {
     assert_eq!(r["recipients"], 1);
     let m = message(&mut phones[0]);
     assert_eq!((m["data"].as_str(), m["seq"].as_u64()), (Some("phone only"), Some(3)));
-    // A user with nothing connected is offline.
+    // A user with nothing connected: a durable user stream (the default) keeps it in the
+    // user's mailbox.
     let (_, r) = s.post("/v1/push", json!({"user": "nobody", "data": 1}));
     assert_eq!(
         r,
-        json!({"recipients": 0, "queued": 0, "dropped": 0, "deferred": 0, "conflated": 0, "offline": 1})
+        json!({"recipients": 0, "queued": 0, "dropped": 0, "deferred": 0, "conflated": 0, "offline": 0, "stored": 1})
     );
 }
 
@@ -141,7 +142,7 @@ fn channel_publish_reaches_exactly_its_subscribers_and_unsubscribe_stops_it() {
     let (_, r) = s.post("/v1/publish", json!({"channel": "prices", "data": {"px": 101.5}}));
     assert_eq!(
         r,
-        json!({"recipients": 7, "queued": 7, "dropped": 0, "deferred": 0, "conflated": 0, "offline": 0})
+        json!({"recipients": 7, "queued": 7, "dropped": 0, "deferred": 0, "conflated": 0, "offline": 0, "stored": 0})
     );
     for c in subs.iter_mut() {
         let m = message(c);
@@ -171,7 +172,7 @@ fn channel_publish_reaches_exactly_its_subscribers_and_unsubscribe_stops_it() {
     let (_, r) = s.post("/v1/publish", json!({"channel": "empty", "data": 0}));
     assert_eq!(
         r,
-        json!({"recipients": 0, "queued": 0, "dropped": 0, "deferred": 0, "conflated": 0, "offline": 0})
+        json!({"recipients": 0, "queued": 0, "dropped": 0, "deferred": 0, "conflated": 0, "offline": 0, "stored": 0})
     );
 }
 
@@ -365,6 +366,9 @@ fn a_streams_numbering_continues_after_its_last_listener_leaves() {
             ("user:back".into(), 2)
         ]
     );
+    // The user stream is durable (the default): acknowledged, so the next connection of the
+    // same device is not sent them again.
+    a.text(r#"{"type":"ack","stream":"user:back","seq":2}"#);
     // The only listener goes; a publish meanwhile reaches nobody. The channel is recoverable
     // (the default), so it is numbered and kept (3) for whoever resumes.
     a.send(OpCode::Close, &1000u16.to_be_bytes());

@@ -109,6 +109,8 @@ pub struct Tally {
     /// Connections the server dropped without a close frame.
     pub dropped_by_server: u64,
     pub pings_answered: u64,
+    /// Acks sent for messages of durable streams (`"ack":true`).
+    pub acks_sent: u64,
     pub messages: u64,
     /// Connect-to-101 latency, microseconds.
     pub handshake_us: Histogram<u64>,
@@ -137,6 +139,7 @@ impl Tally {
             closed_by_server: BTreeMap::new(),
             dropped_by_server: 0,
             pings_answered: 0,
+            acks_sent: 0,
             messages: 0,
             handshake_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds"),
             first_attempt: None,
@@ -164,6 +167,7 @@ impl Tally {
         }
         self.dropped_by_server += o.dropped_by_server;
         self.pings_answered += o.pings_answered;
+        self.acks_sent += o.acks_sent;
         self.messages += o.messages;
         let _ = self.handshake_us.add(&o.handshake_us);
         self.first_attempt = match (self.first_attempt, o.first_attempt) {
@@ -677,7 +681,22 @@ fn refusal(head: &[u8]) -> String {
     }
 }
 
-/// Decodes what arrived; answers pings and close frames. Returns whether to close.
+/// A durable stream's message (`"ack":true`): its stream and seq, to acknowledge.
+fn ack_of(payload: &[u8]) -> Option<(&[u8], u64)> {
+    let rest = payload.strip_prefix(b"{\"type\":\"message\",\"stream\":\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    let (stream, mut rest) = (&rest[..end], &rest[end + 1..]);
+    if let Some(r) = rest.strip_prefix(b",\"epoch\":") {
+        rest = &r[r.iter().take_while(|b| b.is_ascii_digit()).count()..];
+    }
+    let r = rest.strip_prefix(b",\"seq\":")?;
+    let digits = r.iter().take_while(|b| b.is_ascii_digit()).count();
+    r[digits..].starts_with(b",\"ack\":true").then_some(())?;
+    Some((stream, std::str::from_utf8(&r[..digits]).ok()?.parse().ok()?))
+}
+
+/// Decodes what arrived; answers pings and close frames, and acknowledges what a durable
+/// stream sent (once per read, cumulatively, as a client SDK would). Returns whether to close.
 fn read_frames(
     c: &mut Conn,
     limits: &Limits,
@@ -687,6 +706,15 @@ fn read_frames(
     let mut pos = 0;
     let mut close = false;
     let now = now_ns();
+    let mut ack: Option<(Vec<u8>, u64)> = None;
+    let note = |payload: &[u8], ack: &mut Option<(Vec<u8>, u64)>| {
+        if let Some((stream, seq)) = ack_of(payload) {
+            match ack {
+                Some((s, n)) if s.as_slice() == stream => *n = (*n).max(seq),
+                _ => *ack = Some((stream.to_vec(), seq)),
+            }
+        }
+    };
     loop {
         match c.dec.decode(&mut c.inbuf[pos..], limits) {
             Ok(Some((ev, n))) => {
@@ -695,6 +723,9 @@ fn read_frames(
                     Event::Data { text, payload, first, last } => {
                         if first && last {
                             tally.messages += 1;
+                            if text {
+                                note(payload, &mut ack);
+                            }
                             sink.message(c.index, text, payload, now);
                         } else {
                             if first {
@@ -703,6 +734,9 @@ fn read_frames(
                             c.msg.extend_from_slice(payload);
                             if last {
                                 tally.messages += 1;
+                                if text {
+                                    note(&c.msg, &mut ack);
+                                }
                                 sink.message(c.index, text, &c.msg, now);
                             }
                         }
@@ -741,5 +775,32 @@ fn read_frames(
         }
     }
     c.inbuf.drain(..pos);
+    if let (Some((stream, seq)), false) = (ack, close) {
+        let mut body = b"{\"type\":\"ack\",\"stream\":\"".to_vec();
+        body.extend_from_slice(&stream);
+        body.extend_from_slice(format!("\",\"seq\":{seq}}}").as_bytes());
+        encode_frame(&mut c.out, OpCode::Text, true, Some([1, 2, 3, 4]), &body);
+        tally.acks_sent += 1;
+    }
     Ok(close)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ack_of;
+
+    #[test]
+    fn durable_messages_are_recognised_for_their_ack() {
+        let m = br#"{"type":"message","stream":"user:7","epoch":5,"seq":1,"ack":true,"data":1}"#;
+        assert_eq!(ack_of(m), Some((&b"user:7"[..], 1)));
+        let m = br#"{"type":"message","stream":"user:7","seq":12,"ack":true,"data":1}"#;
+        assert_eq!(ack_of(m), Some((&b"user:7"[..], 12)));
+        for plain in [
+            &br#"{"type":"message","stream":"channel:a","seq":3,"data":{"ack":true}}"#[..],
+            br#"{"type":"welcome","conn":"c0.1.1"}"#,
+            br#"{"type":"message","stream":"user:7","seq":"#,
+        ] {
+            assert_eq!(ack_of(plain), None);
+        }
+    }
 }

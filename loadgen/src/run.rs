@@ -160,6 +160,7 @@ pub(crate) fn connect_summary(tally: &Tally) -> Value {
         "closed_by_server": tally.closed_by_server.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "dropped_by_server": tally.dropped_by_server,
         "pings_answered": tally.pings_answered,
+        "acks_sent": tally.acks_sent,
     })
 }
 

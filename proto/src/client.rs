@@ -66,6 +66,12 @@ pub enum ClientMsg {
         channel: String,
         data: String,
     },
+    /// Everything of a durable user stream up to `seq` arrived (cumulative, per device).
+    Ack {
+        /// The user's name (the stream was `user:NAME`).
+        user: String,
+        seq: u64,
+    },
 }
 
 /// Why a client message was rejected; the `code` of the `error` message sent back.
@@ -90,6 +96,7 @@ pub enum ClientError {
     BadId,
     /// An `rpc` without a valid `method`.
     BadMethod,
+    BadAck,
 }
 
 impl ClientError {
@@ -110,6 +117,7 @@ impl ClientError {
             ClientError::BadToken => "bad_token",
             ClientError::BadId => "bad_id",
             ClientError::BadMethod => "bad_method",
+            ClientError::BadAck => "bad_ack",
         }
     }
 
@@ -117,7 +125,7 @@ impl ClientError {
         match self {
             ClientError::BadJson => "message is not a JSON object with a string \"type\"",
             ClientError::UnknownType => {
-                "unknown message type (subscribe, unsubscribe, resume, refresh, ping, rpc, send, publish)"
+                "unknown message type (subscribe, unsubscribe, resume, refresh, ping, rpc, send, publish, ack)"
             }
             ClientError::MissingChannel => "\"channel\" is required",
             ClientError::BadChannel => "channel names are 1-128 bytes of A-Z a-z 0-9 _ - . : @ /",
@@ -139,6 +147,9 @@ impl ClientError {
             ClientError::BadId => "rpc and publish take \"id\": an integer from 0 to 4294967295",
             ClientError::BadMethod => {
                 "rpc takes \"method\": 1-128 bytes of A-Z a-z 0-9 _ - . : @ /"
+            }
+            ClientError::BadAck => {
+                "ack takes \"stream\" (the connection's durable user stream, user:NAME) and \"seq\" (a non-negative integer)"
             }
         }
     }
@@ -164,6 +175,10 @@ struct Wire<'a> {
     method: Option<std::borrow::Cow<'a, str>>,
     #[serde(default, borrow)]
     data: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    stream: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    seq: Option<&'a RawValue>,
 }
 
 fn position(raw: &RawValue) -> Result<Position, ClientError> {
@@ -246,6 +261,16 @@ pub fn parse_client(text: &[u8]) -> Result<ClientMsg, ClientError> {
             let id = client_id(w.id)?;
             Ok(ClientMsg::Publish { id, channel: channel()?, data: raw_data(w.data) })
         }
+        "ack" => {
+            let user = w.stream.as_deref().and_then(|s| s.strip_prefix("user:"));
+            let seq = w.seq.and_then(|r| r.get().parse::<u64>().ok());
+            match (user, seq) {
+                (Some(u), Some(seq)) if valid_name(u) => {
+                    Ok(ClientMsg::Ack { user: u.to_string(), seq })
+                }
+                _ => Err(ClientError::BadAck),
+            }
+        }
         _ => Err(ClientError::UnknownType),
     }
 }
@@ -290,6 +315,24 @@ fn push_num(out: &mut Vec<u8>, name: &str, n: u64) {
     out.extend_from_slice(n.to_string().as_bytes());
 }
 
+/// `,"ack":true` on a message of a durable stream: the client acknowledges it.
+fn push_ack(out: &mut Vec<u8>, ack: bool) {
+    if ack {
+        out.extend_from_slice(b",\"ack\":true");
+    }
+}
+
+/// `{"type":"cancel","stream":"user:NAME","seq":N}`: another device acknowledged this
+/// `first_ack` message first; it is settled and will not come again.
+pub fn cancel(user: &str, seq: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + user.len());
+    out.extend_from_slice(b"{\"type\":\"cancel\",");
+    push_stream(&mut out, &Stream::User(user));
+    push_num(&mut out, "seq", seq);
+    out.push(b'}');
+    out
+}
+
 fn push_epoch(out: &mut Vec<u8>, epoch: Option<u64>) {
     if let Some(e) = epoch {
         push_num(out, "epoch", e);
@@ -306,7 +349,7 @@ fn push_position(out: &mut Vec<u8>, p: Position) {
 /// `{"type":"message","stream":"…","seq":N,"data":<data>}` for a JSON payload. `data` must be
 /// valid JSON (the API checks it); names are valid names, so they need no escaping.
 pub fn message_json(stream: &Stream<'_>, seq: u64, data: &RawValue) -> Vec<u8> {
-    message_json_at(stream, None, seq, data)
+    message_json_at(stream, None, seq, false, data)
 }
 
 /// A message as [`message_json`], with `"epoch"` when given (the first message of a stream's
@@ -315,6 +358,7 @@ pub fn message_json_at(
     stream: &Stream<'_>,
     epoch: Option<u64>,
     seq: u64,
+    ack: bool,
     data: &RawValue,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + data.get().len());
@@ -322,6 +366,7 @@ pub fn message_json_at(
     push_stream(&mut out, stream);
     push_epoch(&mut out, epoch);
     push_num(&mut out, "seq", seq);
+    push_ack(&mut out, ack);
     out.extend_from_slice(b",\"data\":");
     out.extend_from_slice(data.get().as_bytes());
     out.push(b'}');
@@ -331,7 +376,7 @@ pub fn message_json_at(
 /// A binary message: a 4-byte big-endian length, that many bytes of JSON header
 /// `{"type":"message","stream":"…","seq":N}`, then the payload as published.
 pub fn message_binary(stream: &Stream<'_>, seq: u64, data: &[u8]) -> Vec<u8> {
-    message_binary_at(stream, None, seq, data)
+    message_binary_at(stream, None, seq, false, data)
 }
 
 /// A binary message as [`message_binary`], with `"epoch"` in its header when given.
@@ -339,6 +384,7 @@ pub fn message_binary_at(
     stream: &Stream<'_>,
     epoch: Option<u64>,
     seq: u64,
+    ack: bool,
     data: &[u8],
 ) -> Vec<u8> {
     let mut head = Vec::with_capacity(64);
@@ -346,6 +392,7 @@ pub fn message_binary_at(
     push_stream(&mut head, stream);
     push_epoch(&mut head, epoch);
     push_num(&mut head, "seq", seq);
+    push_ack(&mut head, ack);
     head.push(b'}');
     let mut out = Vec::with_capacity(4 + head.len() + data.len());
     out.extend_from_slice(&(head.len() as u32).to_be_bytes());
@@ -593,10 +640,10 @@ mod tests {
                 _ => Stream::Direct,
             };
             let (op, body) = if binary {
-                (crate::OpCode::Binary, message_binary_at(&stream, epoch, seq, &vec![b'"'; len]))
+                (crate::OpCode::Binary, message_binary_at(&stream, epoch, seq, len % 2 == 0, &vec![b'"'; len]))
             } else {
                 let data = serde_json::value::RawValue::from_string(format!("\"{}\"", "x".repeat(len))).unwrap();
-                (crate::OpCode::Text, message_json_at(&stream, epoch, seq, &data))
+                (crate::OpCode::Text, message_json_at(&stream, epoch, seq, len % 2 == 1, &data))
             };
             let mut frame = Vec::new();
             crate::frame::encode_frame(&mut frame, op, true, None, &body);
@@ -662,6 +709,24 @@ mod tests {
             Ok(ClientMsg::Unsubscribe("x".into()))
         );
         assert_eq!(parse_client(br#"{"type":"ping"}"#), Ok(ClientMsg::Ping));
+        assert_eq!(
+            parse_client(br#"{"type":"ack","stream":"user:42","seq":7}"#),
+            Ok(ClientMsg::Ack { user: "42".into(), seq: 7 })
+        );
+        for bad in [
+            &br#"{"type":"ack","stream":"channel:a","seq":7}"#[..],
+            br#"{"type":"ack","stream":"user:42"}"#,
+            br#"{"type":"ack","stream":"user:a b","seq":1}"#,
+            br#"{"type":"ack","stream":"user:42","seq":-1}"#,
+        ] {
+            assert_eq!(
+                parse_client(bad),
+                Err(ClientError::BadAck),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(cancel("42", 3), br#"{"type":"cancel","stream":"user:42","seq":3}"#.to_vec());
         assert_eq!(parse_client(b"nope"), Err(ClientError::BadJson));
         assert_eq!(parse_client(br#"{"type":3}"#), Err(ClientError::BadJson));
         assert_eq!(parse_client(br#"{"type":"dance"}"#), Err(ClientError::UnknownType));
@@ -718,7 +783,7 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(&resumed(&Stream::Channel("a"), 4, 9)).unwrap();
         assert_eq!((v["from"].as_u64(), v["to"].as_u64()), (Some(4), Some(9)));
-        let m = message_json_at(&Stream::Channel("a"), Some(77), 1, &data);
+        let m = message_json_at(&Stream::Channel("a"), Some(77), 1, false, &data);
         let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
         assert_eq!((v["epoch"].as_u64(), v["seq"].as_u64()), (Some(77), Some(1)));
         let e: serde_json::Value = serde_json::from_slice(&error(ClientError::BadJson)).unwrap();

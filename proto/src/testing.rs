@@ -122,6 +122,7 @@ pub fn check_client(data: &[u8]) {
         Ok(ClientMsg::Send { data }) => {
             assert!(serde_json::from_str::<&serde_json::value::RawValue>(&data).is_ok())
         }
+        Ok(ClientMsg::Ack { user, .. }) => assert!(valid_name(&user)),
         Ok(ClientMsg::Ping) | Err(_) => {}
     }
 }

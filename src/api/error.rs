@@ -49,6 +49,8 @@ pub(crate) enum ApiError {
     NotFound,
     /// 405: the endpoint takes only this method.
     Method(http::Method),
+    /// 405: the endpoint takes these methods (as `Allow` lists them).
+    Methods(&'static str),
     /// 408: the request did not arrive whole within its deadline.
     Late,
     /// 411: a chunked body.
@@ -74,7 +76,7 @@ impl ApiError {
             ApiError::Unauthorized | ApiError::KeyExpired(_) => 401,
             ApiError::Forbidden | ApiError::Scope { .. } => 403,
             ApiError::NotFound => 404,
-            ApiError::Method(_) => 405,
+            ApiError::Method(_) | ApiError::Methods(_) => 405,
             ApiError::Late => 408,
             ApiError::LengthRequired => 411,
             ApiError::BodyTooLarge { .. } => 413,
@@ -100,6 +102,7 @@ impl ApiError {
             }
             ApiError::NotFound => Cow::Borrowed("no such endpoint"),
             ApiError::Method(m) => Cow::Owned(format!("use {m}")),
+            ApiError::Methods(m) => Cow::Owned(format!("use one of {m}")),
             ApiError::Late => Cow::Borrowed("the request did not arrive whole within 10 s"),
             ApiError::LengthRequired => Cow::Borrowed("send the body with Content-Length"),
             ApiError::BodyTooLarge { limit } => {
@@ -131,6 +134,7 @@ impl ApiError {
             ApiError::Unauthorized | ApiError::KeyExpired(_) => "WWW-Authenticate: Bearer\r\n",
             ApiError::Method(m) if m == http::Method::GET => "Allow: GET\r\n",
             ApiError::Method(_) => "Allow: POST\r\n",
+            ApiError::Methods(_) => "Allow: GET, DELETE\r\n",
             _ => "",
         }
     }

@@ -199,9 +199,11 @@ impl Fields {
             None | Some("all") => Ok(Policy::All),
             Some("active") => Ok(Policy::Active),
             Some("one") => Ok(Policy::One),
-            Some(_) => {
-                Err(BadRequest::new("policy", "\"policy\" must be \"all\", \"active\" or \"one\""))
-            }
+            Some("first_ack") => Ok(Policy::FirstAck),
+            Some(_) => Err(BadRequest::new(
+                "policy",
+                "\"policy\" must be \"all\", \"active\", \"one\" or \"first_ack\"",
+            )),
         }
     }
 

@@ -95,6 +95,37 @@ pub(crate) fn render(
     );
     per_shard(
         &mut o,
+        "ringcast_mailbox_bytes",
+        "Frame bytes held in durable user streams' mailboxes.",
+        &|_, s| s.mailbox_bytes.get(),
+    );
+    for (name, help, get) in [
+        (
+            "ringcast_mailbox_evicted_total",
+            "Mailbox messages dropped unsettled by --mailbox-size or --mailbox-bytes.",
+            (|s: &Counters| s.mailbox_evicted.get()) as fn(&Counters) -> u64,
+        ),
+        (
+            "ringcast_mailbox_expired_total",
+            "Mailbox messages dropped unsettled by --mailbox-ttl or their own ttl.",
+            |s: &Counters| s.mailbox_expired.get(),
+        ),
+        (
+            "ringcast_redelivered_total",
+            "Durable messages sent again after going unacknowledged past --ack-timeout.",
+            |s: &Counters| s.redelivered.get(),
+        ),
+        (
+            "ringcast_redelivery_gave_up_total",
+            "Connections given up on after --ack-attempts redeliveries.",
+            |s: &Counters| s.redelivery_gave_up.get(),
+        ),
+        ("ringcast_acks_total", "Ack messages from clients.", |s: &Counters| s.acks.get()),
+    ] {
+        o.counter(name, help, sum(c, get));
+    }
+    per_shard(
+        &mut o,
         "ringcast_gapped_connections",
         "Connections with a gap waiting for repair.",
         &|_, s| s.gapped_connections.get(),

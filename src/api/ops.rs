@@ -81,6 +81,7 @@ impl Done {
                 "deferred": t.deferred,
                 "conflated": t.conflated,
                 "offline": t.offline,
+                "stored": t.stored,
             })
         }
     }

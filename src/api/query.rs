@@ -171,6 +171,35 @@ pub(crate) async fn stream(
     Ok(Reply::json(200, &v))
 }
 
+/// `GET /v1/users/{user}/mailbox`: what the user's durable stream keeps for its devices;
+/// `DELETE`: empties it (the devices' cursors stay, so a device that had not acknowledged
+/// what went is told `reset` at its next connection).
+pub(crate) async fn mailbox(ctx: &ApiContext, user: &str, clear: bool) -> Result<Reply, ApiError> {
+    let user = name_in_path(user).ok_or(ApiError::BadName("invalid user name"))?;
+    let home = home_of(&user, ctx.router.shards());
+    let (tx, rx) = oneshot::channel();
+    let m = ShardMsg::QueryMailbox { user: user.clone(), clear, reply: tx };
+    ctx.router.send(home, m).map_err(|_| ApiError::Busy { shard: home })?;
+    let Ok(Ok((info, cleared, durable))) = monoio::time::timeout(REPORT_TIMEOUT, rx).await else {
+        return Err(ApiError::NoAnswer("no answer from the user's shard"));
+    };
+    let cursors: serde_json::Map<String, Value> =
+        info.cursors.iter().map(|(d, seq)| (d.to_string(), json!(seq))).collect();
+    let mut v = json!({
+        "user": &*user,
+        "durable": durable,
+        "count": info.count,
+        "bytes": info.bytes,
+        "oldest": info.oldest,
+        "newest": info.newest,
+        "cursors": cursors,
+    });
+    if clear {
+        v["cleared"] = json!(cleared);
+    }
+    Ok(Reply::json(200, &v))
+}
+
 pub(crate) fn stats(ctx: &ApiContext) -> Reply {
     let totals: serde_json::Map<String, Value> =
         stats::sum(&ctx.counters).into_iter().map(|(k, v)| (k, json!(v))).collect();

@@ -21,6 +21,8 @@ enum Endpoint<'a> {
     Batch,
     Stats,
     User(&'a str),
+    /// `GET` (what it holds, each device's cursor) or `DELETE` (empty it).
+    Mailbox(&'a str),
     Channel(&'a str),
     Stream(&'a str),
     StreamHistory(&'a str),
@@ -41,7 +43,10 @@ impl Endpoint<'_> {
                         None => Endpoint::Stream(rest),
                     }
                 } else if let Some(user) = p.strip_prefix("/v1/users/") {
-                    Endpoint::User(user)
+                    match user.strip_suffix("/mailbox") {
+                        Some(user) => Endpoint::Mailbox(user),
+                        None => Endpoint::User(user),
+                    }
                 } else if let Some(channel) = p.strip_prefix("/v1/channels/") {
                     Endpoint::Channel(channel)
                 } else {
@@ -54,7 +59,7 @@ impl Endpoint<'_> {
     /// The one method the endpoint takes (probes and metrics take any).
     fn method(&self) -> Option<http::Method> {
         match self {
-            Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => None,
+            Endpoint::Health | Endpoint::Ready | Endpoint::Metrics | Endpoint::Mailbox(_) => None,
             Endpoint::Op(_) | Endpoint::Batch => Some(http::Method::POST),
             Endpoint::Stats
             | Endpoint::User(_)
@@ -92,6 +97,12 @@ async fn route(
     }
     match endpoint {
         Endpoint::Metrics => caller.require(Need::Metrics)?,
+        // Emptying a mailbox takes what a push takes.
+        Endpoint::Mailbox(_) if head.method == http::Method::DELETE => {
+            caller.require(Need::Push)?
+        }
+        Endpoint::Mailbox(_) if head.method == http::Method::GET => caller.require(Need::Read)?,
+        Endpoint::Mailbox(_) => return Err(ApiError::Methods("GET, DELETE")),
         Endpoint::Stats
         | Endpoint::User(_)
         | Endpoint::Channel(_)
@@ -128,6 +139,9 @@ async fn route(
         Endpoint::Batch => Ok(batch::batch(ctx, &body, caller).await),
         Endpoint::Stats => Ok(query::stats(ctx)),
         Endpoint::User(user) => query::user(ctx, user).await,
+        Endpoint::Mailbox(user) => {
+            query::mailbox(ctx, user, head.method == http::Method::DELETE).await
+        }
         Endpoint::Channel(channel) => query::channel(ctx, channel).await,
         Endpoint::Stream(stream) => query::stream(ctx, stream, None).await,
         Endpoint::StreamHistory(stream) => {

@@ -314,6 +314,28 @@ pub(crate) struct History {
     /// it a key is generated at start-up, so tokens do not survive a restart.
     #[arg(long, env = "RINGCAST_SESSION_KEY")]
     pub(crate) session_key: Option<String>,
+    /// Messages a durable user stream keeps for its devices while one has not acknowledged
+    /// them (the user's mailbox; the oldest go first).
+    #[arg(long, env = "RINGCAST_MAILBOX_SIZE", default_value_t = 100)]
+    pub(crate) mailbox_size: usize,
+    /// How long a mailbox keeps a message (a push's own `ttl` may be shorter).
+    #[arg(long, env = "RINGCAST_MAILBOX_TTL", default_value = "7d", value_parser = parse_duration)]
+    pub(crate) mailbox_ttl: Duration,
+    /// Frame bytes one user's mailbox may hold.
+    #[arg(long, env = "RINGCAST_MAILBOX_BYTES", default_value = "1MiB", value_parser = parse_size)]
+    pub(crate) mailbox_bytes: u64,
+    /// How long a durable message may go unacknowledged before it is sent again (then twice
+    /// as long each time).
+    #[arg(long, env = "RINGCAST_ACK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) ack_timeout: Duration,
+    /// Times an unacknowledged message is sent again on one connection; after that it waits
+    /// for the device's next connection.
+    #[arg(long, env = "RINGCAST_ACK_ATTEMPTS", default_value_t = 5)]
+    pub(crate) ack_attempts: u32,
+    /// Devices per user whose acknowledged position is kept (the one that acknowledged least
+    /// recently goes first).
+    #[arg(long, env = "RINGCAST_MAILBOX_DEVICES", default_value_t = 16)]
+    pub(crate) mailbox_devices: usize,
     /// What streams keep, by name pattern: `[[streams]]` tables of the configuration file
     /// (pattern, guarantee, history_size, history_ttl, history_bytes), first match wins.
     #[arg(skip)]
@@ -417,6 +439,19 @@ impl Config {
             || self.timeouts.drain_timeout < self.timeouts.tick
         {
             return err("--close-timeout and --drain-timeout must be at least one --tick".into());
+        }
+        if self.history.ack_timeout < self.timeouts.tick {
+            return err("--ack-timeout must be at least one --tick".into());
+        }
+        if self.history.mailbox_size == 0
+            || self.history.mailbox_bytes < 1024
+            || self.history.mailbox_devices == 0
+            || self.history.mailbox_ttl.is_zero()
+        {
+            return err("--mailbox-size, --mailbox-devices and --mailbox-ttl must be above 0 and \
+                 --mailbox-bytes at least 1KiB (to keep no mailbox, make user streams \
+                 `recoverable` or `ephemeral` with a [[streams]] rule for user:*)"
+                .into());
         }
         if !(4096..=1 << 30).contains(&self.outbox.read_buffer) {
             return err(format!(
@@ -624,6 +659,10 @@ mod tests {
         let c = Config::parse_from(["ringcast", "--auth", "proxy", "--listen", "0.0.0.0:8080"]);
         let e = c.validate().unwrap_err().0;
         assert!(e.contains("--auth proxy") && e.contains("\"connect\""), "{e}");
+        let c = Config::parse_from(["ringcast", "--mailbox-size", "0"]);
+        assert!(c.validate().unwrap_err().0.contains("--mailbox-size"));
+        let c = Config::parse_from(["ringcast", "--ack-timeout", "1ms"]);
+        assert!(c.validate().unwrap_err().0.contains("--ack-timeout"));
     }
 
     #[test]

@@ -66,15 +66,23 @@ pub(crate) fn parse_stream_rules(
         check_pattern(&rule.pattern).map_err(|m| err(i, m))?;
         match rule.guarantee.as_str() {
             "ephemeral" | "recoverable" => {}
+            "durable" if rule.pattern.starts_with("user:") => {}
             "durable" => {
                 return Err(err(
                     i,
-                    "guarantee `durable` arrives with acknowledgements and the durable log; use \
-                     `recoverable` or `ephemeral`"
-                        .into(),
+                    format!(
+                        "pattern {:?}: `durable` is for user streams (`user:NAME`, acknowledged \
+                         per device, with a mailbox); channels are `recoverable` or `ephemeral`",
+                        rule.pattern
+                    ),
                 ))
             }
-            g => return Err(err(i, format!("guarantee {g:?}: use `ephemeral` or `recoverable`"))),
+            g => {
+                return Err(err(
+                    i,
+                    format!("guarantee {g:?}: use `ephemeral`, `recoverable` or `durable`"),
+                ))
+            }
         }
         rules.push(rule);
     }
@@ -120,7 +128,7 @@ mod tests {
         for (bad, says) in [
             ("[[streams]]\nguarantee = \"recoverable\"\n", "pattern \"\""),
             ("[[streams]]\npattern = \"a b\"\n", "pattern \"a b\""),
-            ("[[streams]]\npattern = \"x\"\nguarantee = \"durable\"\n", "acknowledgements"),
+            ("[[streams]]\npattern = \"x\"\nguarantee = \"durable\"\n", "for user streams"),
             ("[[streams]]\npattern = \"x\"\nguarantee = \"maybe\"\n", "\"maybe\""),
             ("[[streams]]\npattern = \"x\"\nhistory_ttl = \"soon\"\n", "#1"),
             ("[[streams]]\npattern = \"x\"\nsize = 3\n", "unknown key `size`"),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// Parses `250ms`, `10s`, `2m`, `1h` (or a bare number of seconds).
+/// Parses `250ms`, `10s`, `2m`, `1h`, `7d` (or a bare number of seconds).
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
@@ -13,7 +13,8 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => v,
         "m" => v * 60.0,
         "h" => v * 3600.0,
-        u => return Err(format!("unknown duration unit {u:?} (use ms, s, m or h)")),
+        "d" => v * 86400.0,
+        u => return Err(format!("unknown duration unit {u:?} (use ms, s, m, h or d)")),
     };
     if !(0.0..=1e9).contains(&secs) {
         return Err(format!("{s:?} is out of range"));

@@ -16,20 +16,29 @@ pub fn encode_message(
     payload: &Payload,
     priority: Priority,
 ) -> Frame {
-    Frame { bytes: encode(stream, None, seq, payload), priority, kept: false, meta: None }
+    Frame { bytes: encode(stream, None, seq, false, payload), priority, kept: false, meta: None }
 }
 
 /// Encodes a numbered stream message: the first message of an epoch carries the epoch, so a
-/// client sees a stream that began again in the stream itself.
-pub fn encode_at(stream: &Stream<'_>, pos: Position, payload: &Payload) -> Bytes {
+/// client sees a stream that began again in the stream itself; a durable stream's carries
+/// `"ack":true`.
+pub fn encode_at(stream: &Stream<'_>, pos: Position, ack: bool, payload: &Payload) -> Bytes {
     let epoch = (pos.seq == 1).then_some(pos.epoch);
-    encode(stream, epoch, pos.seq, payload)
+    encode(stream, epoch, pos.seq, ack, payload)
 }
 
-fn encode(stream: &Stream<'_>, epoch: Option<u64>, seq: u64, payload: &Payload) -> Bytes {
+fn encode(
+    stream: &Stream<'_>,
+    epoch: Option<u64>,
+    seq: u64,
+    ack: bool,
+    payload: &Payload,
+) -> Bytes {
     let (op, body) = match payload {
-        Payload::Json(raw) => (OpCode::Text, client::message_json_at(stream, epoch, seq, raw)),
-        Payload::Binary(b) => (OpCode::Binary, client::message_binary_at(stream, epoch, seq, b)),
+        Payload::Json(raw) => (OpCode::Text, client::message_json_at(stream, epoch, seq, ack, raw)),
+        Payload::Binary(b) => {
+            (OpCode::Binary, client::message_binary_at(stream, epoch, seq, ack, b))
+        }
     };
     let mut v = Vec::with_capacity(body.len() + 10);
     encode_frame(&mut v, op, true, None, &body);

@@ -17,6 +17,9 @@ pub enum Policy {
     Active,
     /// The most recently active connection.
     One,
+    /// Every connection; on a durable user stream the first device to acknowledge settles
+    /// the message for all (the others get `cancel`).
+    FirstAck,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +96,7 @@ impl UserDirectory {
         let matching =
             e.conns.iter().filter(|c| device.is_none_or(|d| c.device.as_deref() == Some(d)));
         let conns: Vec<ConnId> = match policy {
-            Policy::All => matching.map(|c| c.conn).collect(),
+            Policy::All | Policy::FirstAck => matching.map(|c| c.conn).collect(),
             Policy::Active => matching
                 .filter(|c| now_ms.saturating_sub(c.active_ms) <= active_window_ms)
                 .map(|c| c.conn)

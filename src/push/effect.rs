@@ -36,6 +36,9 @@ pub(crate) enum Effect {
     /// Frames `conn` missed of `stream`, in order, within the outbox caps; if they do not all
     /// fit, the client is told with a `reset` at `at`.
     Replay { conn: ConnId, stream: StreamKey, at: Position, frames: Vec<Frame> },
+    /// Messages of `conn`'s durable user stream it has not acknowledged, in order, within the
+    /// outbox caps (what does not fit comes again with the redelivery).
+    Mail { conn: ConnId, frames: Vec<Frame> },
     /// A client message was refused (counted in `client_errors`).
     ClientError,
     /// A `refresh` (a client's token, or the refresh backend) extended a connection's expiry

@@ -19,6 +19,10 @@ pub enum Guarantee {
     Ephemeral,
     /// A history ring in memory on the stream's home shard.
     Recoverable,
+    /// User streams: every message is acknowledged by the client, redelivered until it is,
+    /// and kept in the user's mailbox while a device has not acknowledged it (the caps of
+    /// its `Keep` are the mailbox's).
+    Durable,
 }
 
 impl Guarantee {
@@ -26,6 +30,7 @@ impl Guarantee {
         match s {
             "ephemeral" => Some(Guarantee::Ephemeral),
             "recoverable" => Some(Guarantee::Recoverable),
+            "durable" => Some(Guarantee::Durable),
             _ => None,
         }
     }
@@ -47,8 +52,14 @@ impl Keep {
     pub const NOTHING: Keep =
         Keep { guarantee: Guarantee::Ephemeral, size: 0, ttl_ms: 0, bytes: 0 };
 
+    /// Whether the stream keeps a history ring.
     pub fn keeps(&self) -> bool {
         self.guarantee == Guarantee::Recoverable && self.size > 0 && self.bytes > 0
+    }
+
+    /// Whether the stream's messages are acknowledged and kept in a mailbox.
+    pub fn durable(&self) -> bool {
+        self.guarantee == Guarantee::Durable
     }
 }
 
@@ -61,12 +72,13 @@ pub struct Rule {
     pub keep: Keep,
 }
 
-/// Every rule, and the defaults when none matches: channels and user streams recoverable, the
-/// broadcast ephemeral.
+/// Every rule, and the defaults when none matches: channels recoverable (`default`), user
+/// streams durable (`user_default`), the broadcast ephemeral.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rules {
     pub rules: Vec<Rule>,
     pub default: Keep,
+    pub user_default: Keep,
 }
 
 impl Rules {
@@ -91,7 +103,8 @@ impl Rules {
         }
         match key {
             StreamKey::Broadcast => Keep::NOTHING,
-            _ => self.default,
+            StreamKey::User(_) => self.user_default,
+            StreamKey::Channel(_) => self.default,
         }
     }
 }
@@ -230,11 +243,12 @@ mod tests {
                 Rule { pattern: "*".into(), keep: big },
             ],
             default: KEEP,
+            user_default: eph,
         };
         assert_eq!(rules.keep_for(&StreamKey::Channel("ticks.x".into())), eph);
         assert_eq!(rules.keep_for(&StreamKey::Channel("news".into())), big);
         assert_eq!(rules.keep_for(&StreamKey::User("vip1".into())), big);
-        assert_eq!(rules.keep_for(&StreamKey::User("u1".into())), KEEP, "`*` is for channels");
+        assert_eq!(rules.keep_for(&StreamKey::User("u1".into())), eph, "`*` is for channels");
         assert_eq!(rules.keep_for(&StreamKey::Broadcast), Keep::NOTHING);
     }
 

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use crate::proto::CloseReason;
 
 use super::delivery::encode_at;
-use super::directory::{ChannelDirectory, UserConn, UserDirectory};
+use super::directory::{ChannelDirectory, Policy, UserConn, UserDirectory};
 use super::effect::{Effect, Effects, Expected};
 use super::ids::ConnId;
-use super::msg::{ConnInfo, Frame, Meta, Payload, Priority, ShardMsg, Target};
+use super::mailbox::{MailParams, Mailboxes, NO_DEVICE};
+use super::msg::{ConnInfo, Frame, MailCatchUp, Meta, Payload, Priority, ShardMsg, Target};
 use super::report::{ReportPart, Totals};
 use super::streams::{Position, StreamKey, Streams};
 
@@ -25,6 +26,8 @@ pub(crate) struct HomeParams {
     pub(crate) active_window_ms: u64,
     /// Shards on this node.
     pub(crate) shards: usize,
+    /// Durable user streams' redelivery clock and device cursors.
+    pub(crate) mail: MailParams,
 }
 
 #[derive(Debug)]
@@ -33,12 +36,20 @@ pub(crate) struct Home {
     channels: ChannelDirectory,
     /// Numbering of the streams homed here: the one owner of their positions.
     streams: Streams,
+    /// Durable user streams' mailboxes, cursors and redelivery.
+    mail: Mailboxes,
     p: HomeParams,
 }
 
 impl Home {
     pub(crate) fn new(p: HomeParams, streams: Streams) -> Home {
-        Home { users: UserDirectory::default(), channels: ChannelDirectory::default(), streams, p }
+        Home {
+            users: UserDirectory::default(),
+            channels: ChannelDirectory::default(),
+            streams,
+            mail: Mailboxes::new(),
+            p,
+        }
     }
 
     /// Numbers the next message of `key`, encodes it once and keeps it if the stream keeps
@@ -52,10 +63,73 @@ impl Home {
         meta: Option<Arc<Meta>>,
     ) -> Frame {
         let stamp = (priority, meta.clone());
+        let ack = self.streams.keep(key).durable();
         let (_, bytes) = self
             .streams
-            .append_with(key, now_ms, stamp, |pos| encode_at(&key.wire(), pos, payload));
-        Frame { bytes, priority, kept: self.streams.recoverable(key), meta }
+            .append_with(key, now_ms, stamp, |pos| encode_at(&key.wire(), pos, ack, payload));
+        // A durable message that does not fit an outbox is redelivered: late, not lost.
+        Frame { bytes, priority, kept: ack || self.streams.recoverable(key), meta }
+    }
+
+    /// A push to a durable user stream: numbered, kept in the user's mailbox until it is
+    /// settled, and sent to the connections the policy picks (none: `stored`).
+    #[allow(clippy::too_many_arguments)] // reason: the push's fields, as PushUser has them
+    fn push_durable(
+        &mut self,
+        user: Arc<str>,
+        device: Option<Arc<str>>,
+        policy: Policy,
+        payload: &Payload,
+        (priority, meta): (Priority, Option<Arc<Meta>>),
+        report: &ReportPart,
+        now_ms: u64,
+        out: &mut Effects,
+    ) {
+        let window = self.p.active_window_ms;
+        let targets = self.users.targets(&user, device.as_deref(), policy, now_ms, window);
+        let key = StreamKey::User(user.clone());
+        let keep = self.streams.keep(&key);
+        let ttl =
+            meta.as_ref().filter(|m| m.expires_ms > 0).map(|m| m.expires_ms.saturating_sub(now_ms));
+        let frame = self.append(&key, now_ms, payload, priority, meta);
+        let seq = self.streams.position(&key, now_ms).seq;
+        let first_ack = policy == Policy::FirstAck;
+        self.mail.put(&user, seq, frame.clone(), device, first_ack, ttl, now_ms, &keep);
+        let Some(mut conns) = targets else {
+            report.add(Totals { stored: 1, ..Default::default() });
+            return;
+        };
+        for c in &conns {
+            let dev = self.device_of(&user, *c);
+            self.mail.sent(&user, *c, &dev, seq, now_ms, &self.p.mail);
+        }
+        conns.sort_by_key(|c| c.shard);
+        for group in conns.chunk_by(|a, b| a.shard == b.shard) {
+            let msg = ShardMsg::Deliver {
+                target: Target::Conns(group.to_vec()),
+                frame: frame.clone(),
+                report: report.split(),
+            };
+            let expected = Expected::Recipients(group.len() as u64);
+            out.push_back(Effect::Deliver { shard: usize::from(group[0].shard), msg, expected });
+        }
+    }
+
+    /// The device key of one of a user's connections (`""` without a device).
+    fn device_of(&self, user: &str, conn: ConnId) -> Arc<str> {
+        self.users
+            .get(user)
+            .and_then(|e| e.conns.iter().find(|c| c.conn == conn))
+            .and_then(|c| c.device.clone())
+            .unwrap_or_else(|| Arc::from(NO_DEVICE))
+    }
+
+    /// Sends what the mailboxes have due (redeliveries), each to its connection's shard.
+    pub(crate) fn tick(&mut self, now_ms: u64, out: &mut Effects) {
+        for (conn, frames) in self.mail.due(now_ms, &self.p.mail) {
+            let msg = ShardMsg::Mail { conn, frames };
+            out.push_back(Effect::Update { shard: usize::from(conn.shard), msg });
+        }
     }
 
     /// Numbers a channel message, keeps it where the channel keeps history, and hands it to
@@ -100,6 +174,7 @@ impl Home {
                 | ShardMsg::Subscribed { .. }
                 | ShardMsg::Repaired { .. }
                 | ShardMsg::Joined { .. }
+                | ShardMsg::Mail { .. }
                 | ShardMsg::Published { .. }
         )
     }
@@ -108,9 +183,15 @@ impl Home {
     pub(crate) fn on_msg(&mut self, m: ShardMsg, now_ms: u64, out: &mut Effects) {
         match m {
             ShardMsg::UserJoined { user, device, conn, at_ms, info } => {
-                let at = self.streams.position(&StreamKey::User(user.clone()), now_ms);
+                let key = StreamKey::User(user.clone());
+                let at = self.streams.position(&key, now_ms);
+                let mail = self.streams.keep(&key).durable().then(|| {
+                    let dev = device.clone().unwrap_or_else(|| Arc::from(NO_DEVICE));
+                    let p = self.mail.joined(&user, conn, &dev, now_ms, &self.p.mail);
+                    Box::new(MailCatchUp { frames: p.frames, lost: p.lost })
+                });
                 let c = UserConn { conn, device, connected_ms: at_ms, active_ms: at_ms, info };
-                let joined = ShardMsg::Joined { conn, at };
+                let joined = ShardMsg::Joined { conn, at, mail };
                 out.push_back(Effect::Update { shard: usize::from(conn.shard), msg: joined });
                 for old in self.users.join(&user, c, self.p.replace) {
                     let msg = ShardMsg::Kick {
@@ -121,7 +202,37 @@ impl Home {
                     out.push_back(Effect::Update { shard: usize::from(old.shard), msg });
                 }
             }
-            ShardMsg::UserLeft { user, conn } => self.users.leave(&user, conn),
+            ShardMsg::UserLeft { user, conn } => {
+                self.mail.left(&user, conn);
+                self.users.leave(&user, conn);
+            }
+            ShardMsg::Ack { user, device, seq } => {
+                let key = StreamKey::User(user.clone());
+                if !self.streams.keep(&key).durable() {
+                    return; // nothing to acknowledge on a stream that is not durable
+                }
+                let last = self.streams.position(&key, now_ms).seq;
+                let acked = self.mail.ack(&user, &device, seq, last, now_ms, &self.p.mail);
+                for (to, seq) in acked.cancels {
+                    let body = crate::proto::client::cancel(&user, seq);
+                    let mut v = Vec::with_capacity(body.len() + 4);
+                    crate::proto::frame::encode_frame(
+                        &mut v,
+                        crate::proto::OpCode::Text,
+                        true,
+                        None,
+                        &body,
+                    );
+                    let frame = Frame {
+                        bytes: bytes::Bytes::from(v),
+                        priority: Priority::High,
+                        kept: false,
+                        meta: None,
+                    };
+                    let msg = ShardMsg::Mail { conn: to, frames: vec![frame] };
+                    out.push_back(Effect::Update { shard: usize::from(to.shard), msg });
+                }
+            }
             ShardMsg::UserActive { user, conn, at_ms } => self.users.active(&user, conn, at_ms),
             ShardMsg::Subscribe { channel, conn, since, count } => {
                 if count {
@@ -147,6 +258,11 @@ impl Home {
                 self.channels.count(&channel, usize::from(shard), delta, self.p.shards);
             }
             ShardMsg::PushUser { user, device, policy, payload, priority, meta, report } => {
+                if self.streams.keep(&StreamKey::User(user.clone())).durable() {
+                    let stamp = (priority, meta);
+                    self.push_durable(user, device, policy, &payload, stamp, &report, now_ms, out);
+                    return;
+                }
                 let window = self.p.active_window_ms;
                 let Some(mut conns) =
                     self.users.targets(&user, device.as_deref(), policy, now_ms, window)
@@ -239,12 +355,18 @@ impl Home {
             ShardMsg::QueryChannel { channel, reply } => {
                 let _ = reply.send(self.channels.subscribers(&channel));
             }
+            ShardMsg::QueryMailbox { user, clear, reply } => {
+                let cleared = if clear { self.mail.clear(&user) } else { 0 };
+                let durable = self.streams.keep(&StreamKey::User(user.clone())).durable();
+                let _ = reply.send((self.mail.info(&user), cleared, durable));
+            }
             ShardMsg::Deliver { .. }
             | ShardMsg::SendConn { .. }
             | ShardMsg::Kick { .. }
             | ShardMsg::Subscribed { .. }
             | ShardMsg::Repaired { .. }
             | ShardMsg::Joined { .. }
+            | ShardMsg::Mail { .. }
             | ShardMsg::Published { .. } => {
                 debug_assert!(false, "not a home message");
             }
@@ -254,12 +376,19 @@ impl Home {
     /// Trims history to its age and forgets streams idle past their time to live that nobody
     /// follows (a followed stream keeps its epoch, so its followers' positions stay good).
     pub(crate) fn sweep(&mut self, now_ms: u64) {
-        let (users, channels) = (&self.users, &self.channels);
+        self.mail.expire(now_ms, &self.p.mail);
+        let (users, channels, mail) = (&self.users, &self.channels, &self.mail);
         self.streams.expire(now_ms, |k| match k {
             StreamKey::Channel(c) => channels.subscribers(c) > 0,
-            StreamKey::User(u) => users.get(u).is_some(),
+            // A mailbox's messages and cursors name the stream's seqs: it keeps its numbering.
+            StreamKey::User(u) => users.get(u).is_some() || mail.holds(u),
             StreamKey::Broadcast => true,
         });
+    }
+
+    /// Frame bytes the mailboxes of this shard hold, and what they dropped and redelivered.
+    pub(crate) fn mail_stats(&self) -> (usize, super::mailbox::MailCounts) {
+        (self.mail.held(), self.mail.counts)
     }
 
     /// Frame bytes the history rings of this shard hold.
@@ -278,7 +407,8 @@ mod tests {
     use crate::push::report::Report;
 
     fn home(shards: usize, replace: bool) -> Home {
-        let p = HomeParams { replace, active_window_ms: 1000, shards };
+        let mail = MailParams { ack_timeout_ms: 100, attempts: 2, devices: 4, cursor_ttl_ms: 1000 };
+        let p = HomeParams { replace, active_window_ms: 1000, shards, mail };
         Home::new(p, Streams::new(7, 60_000))
     }
 

@@ -74,6 +74,15 @@ pub enum Target {
     All,
 }
 
+/// What a connection of a durable user stream missed: the messages its device has not
+/// acknowledged, and whether some it had not were dropped (caps, age): then it is told
+/// `reset` first.
+#[derive(Debug, Default)]
+pub struct MailCatchUp {
+    pub frames: Vec<Frame>,
+    pub lost: bool,
+}
+
 /// A stream as its home knows it, for the history API.
 #[derive(Clone, Debug, Default)]
 pub struct StreamInfo {
@@ -130,6 +139,13 @@ pub enum ShardMsg {
         channel: Arc<str>,
         shard: u16,
         delta: i32,
+    },
+    /// A device acknowledged its durable user stream up to `seq` (cumulative).
+    Ack {
+        user: Arc<str>,
+        /// The device key (`""` for a connection without a device).
+        device: Arc<str>,
+        seq: u64,
     },
     /// A subscriber's outbox had no room for some of the channel's messages and has drained:
     /// answer with what came after `after` (in `Repaired`).
@@ -193,6 +209,13 @@ pub enum ShardMsg {
         channel: Arc<str>,
         reply: oneshot::Sender<u64>,
     },
+    /// What a user's mailbox holds (and, with `clear`, empty it first: then `cleared` says
+    /// how many messages went).
+    QueryMailbox {
+        user: Arc<str>,
+        clear: bool,
+        reply: oneshot::Sender<(super::mailbox::MailInfo, usize, bool)>,
+    },
 
     // ----- answers of the home, to the shard holding the connection -----
     /// The home counted the subscription: from now on the channel's deliveries for this
@@ -211,10 +234,17 @@ pub enum ShardMsg {
         catch_up: CatchUp,
         kept: bool,
     },
-    /// The user's home recorded the connection; its user stream stands at `at`.
+    /// The user's home recorded the connection; its user stream stands at `at`. On a durable
+    /// stream, `mail` is what the device has not acknowledged (sent after the welcome).
     Joined {
         conn: ConnId,
         at: Position,
+        mail: Option<Box<MailCatchUp>>,
+    },
+    /// Frames of a durable user stream for one connection: redeliveries, or a `cancel`.
+    Mail {
+        conn: ConnId,
+        frames: Vec<Frame>,
     },
     /// A `ClientPublish` of `conn` became this seq of the channel (none: an ephemeral channel
     /// nobody follows, where nothing is numbered).

@@ -17,6 +17,7 @@ pub struct Report {
     queued: AtomicU64,
     dropped: AtomicU64,
     offline: AtomicU64,
+    stored: AtomicU64,
     deferred: AtomicU64,
     conflated: AtomicU64,
     pending: AtomicI64,
@@ -34,6 +35,9 @@ pub struct Totals {
     pub dropped: u64,
     /// Addressed users, or connections, with nothing connected.
     pub offline: u64,
+    /// Messages of a durable stream kept for a recipient with nothing connected (its
+    /// mailbox): delivered at its next connection.
+    pub stored: u64,
     /// Frames a slow subscriber's outbox had no room for, which its channel's history will
     /// refill once it drains (gap repair): late, not lost.
     pub deferred: u64,
@@ -63,6 +67,7 @@ impl Report {
             queued: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             offline: AtomicU64::new(0),
+            stored: AtomicU64::new(0),
             deferred: AtomicU64::new(0),
             conflated: AtomicU64::new(0),
             pending: AtomicI64::new(1),
@@ -77,6 +82,7 @@ impl Report {
             queued: self.queued.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
             offline: self.offline.load(Relaxed),
+            stored: self.stored.load(Relaxed),
             deferred: self.deferred.load(Relaxed),
             conflated: self.conflated.load(Relaxed),
         }
@@ -104,6 +110,7 @@ impl ReportPart {
         self.0.queued.fetch_add(t.queued, Relaxed);
         self.0.dropped.fetch_add(t.dropped, Relaxed);
         self.0.offline.fetch_add(t.offline, Relaxed);
+        self.0.stored.fetch_add(t.stored, Relaxed);
         for (total, n) in [(&self.0.deferred, t.deferred), (&self.0.conflated, t.conflated)] {
             if n > 0 {
                 total.fetch_add(n, Relaxed);

@@ -87,7 +87,8 @@ pub(crate) struct Streams {
 impl Streams {
     #[cfg(test)]
     pub(crate) fn new(epoch: u64, idle_ttl_ms: u64) -> Streams {
-        let rules = Rules { rules: Vec::new(), default: Keep::NOTHING };
+        let rules =
+            Rules { rules: Vec::new(), default: Keep::NOTHING, user_default: Keep::NOTHING };
         Streams::with_history(epoch, idle_ttl_ms, rules, 0)
     }
 
@@ -122,6 +123,11 @@ impl Streams {
         }
         // Just inserted if it was missing.
         self.entries.get_mut(key).expect("entry present")
+    }
+
+    /// What `key` keeps (by its entry, else by the rules).
+    pub(crate) fn keep(&self, key: &StreamKey) -> Keep {
+        self.entries.get(key).map_or_else(|| self.rules.keep_for(key), |e| e.keep)
     }
 
     /// Whether `key` keeps a history (by its entry, else by the rules).
@@ -329,7 +335,12 @@ mod tests {
 
     fn recoverable(size: usize, bytes: usize) -> Streams {
         let keep = Keep { guarantee: Guarantee::Recoverable, size, ttl_ms: 10_000, bytes };
-        Streams::with_history(1000, 60_000, Rules { rules: Vec::new(), default: keep }, 1000)
+        Streams::with_history(
+            1000,
+            60_000,
+            Rules { rules: Vec::new(), default: keep, user_default: keep },
+            1000,
+        )
     }
 
     fn push(s: &mut Streams, key: &StreamKey, now: u64, len: usize) -> Position {

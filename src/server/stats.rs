@@ -114,6 +114,12 @@ counters! {
     resets: "resume requests answered with a reset (history exceeded or epoch changed)",
     outbox_bytes: "bytes queued in connection outboxes (gauge)",
     history_bytes: "frame bytes held in stream histories (gauge)",
+    mailbox_bytes: "frame bytes held in durable user streams' mailboxes (gauge)",
+    mailbox_evicted: "mailbox messages dropped unsettled by the caps (--mailbox-size, --mailbox-bytes)",
+    mailbox_expired: "mailbox messages dropped unsettled by age (--mailbox-ttl) or their ttl",
+    redelivered: "durable messages sent again after going unacknowledged past --ack-timeout",
+    redelivery_gave_up: "connections given up on after --ack-attempts redeliveries (their messages wait for the device's next connection)",
+    acks: "ack messages from clients",
 }
 
 impl Counters {

@@ -12,7 +12,8 @@ use crate::proto::CloseReason;
 use super::call::{Backends, Call};
 use super::effect::{Effect, Effects, Now};
 use super::ids::{home_of, ConnId};
-use super::msg::ShardMsg;
+use super::mailbox::NO_DEVICE;
+use super::msg::{MailCatchUp, ShardMsg};
 use super::streams::{CatchUp, Position, StreamKey};
 use super::token::{SessionToken, TokenKey};
 use crate::auth::{Authenticator, Grant, Identity};
@@ -260,17 +261,28 @@ impl Session {
         self.channels.iter().find(|c| &***c == name).cloned()
     }
 
-    /// The user's home recorded the connection; its user stream stands at `at`.
+    /// The user's home recorded the connection; its user stream stands at `at`. A durable
+    /// stream's unacknowledged messages follow the welcome (after a `reset` if some were
+    /// dropped before the device acknowledged them).
     pub(crate) fn on_joined(
         slot: &mut Option<Box<Session>>,
         conn: ConnId,
         at: Position,
+        mail: Option<Box<MailCatchUp>>,
         p: &SessionParams,
         out: &mut Effects,
     ) {
         let Some(session) = slot.as_mut() else { return };
         let Some(user) = session.user.clone() else { return };
-        session.answered(conn, StreamKey::User(user), Some(at), Vec::new(), p, out);
+        let key = StreamKey::User(user);
+        let mut replies = Vec::new();
+        if mail.as_ref().is_some_and(|m| m.lost) {
+            replies.push(client::reset(&key.wire(), at, client::ResetReason::HistoryExceeded));
+        }
+        session.answered(conn, key, Some(at), replies, p, out);
+        if let Some(m) = mail.filter(|m| !m.frames.is_empty()) {
+            out.push_back(Effect::Mail { conn, frames: m.frames });
+        }
     }
 
     /// A home answered for `key`: its replies go out now, or after the welcome while that
@@ -390,6 +402,21 @@ impl Session {
                 resume(slot, conn, session.as_deref(), streams, now, p, out)
             }
             Ok(ClientMsg::Refresh { token }) => refresh(slot, conn, &token, now, p, out),
+            Ok(ClientMsg::Ack { user, seq }) => {
+                // Only the connection's own user stream, acknowledged for its device.
+                match slot.as_ref().filter(|s| s.user.as_deref() == Some(user.as_str())) {
+                    Some(s) => {
+                        let user = s.user.clone().unwrap_or_else(|| Arc::from(user.as_str()));
+                        let device = s.device.clone().unwrap_or_else(|| Arc::from(NO_DEVICE));
+                        let shard = home_of(&user, p.shards);
+                        out.push_back(Effect::Update {
+                            shard,
+                            msg: ShardMsg::Ack { user, device, seq },
+                        });
+                    }
+                    None => client_error(slot, conn, ClientError::BadAck, now, p, out),
+                }
+            }
             Ok(
                 msg @ (ClientMsg::Rpc { .. } | ClientMsg::Send { .. } | ClientMsg::Publish { .. }),
             ) => calls::on_call(slot, conn, msg, now, p, out),

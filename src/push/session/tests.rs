@@ -87,7 +87,7 @@ fn opening_asks_the_homes_and_welcomes_once_they_answer() {
     assert!(Session::welcome_pending(&s));
     out.clear();
     assert!(answer(&mut s, "b", None, &mut out));
-    Session::on_joined(&mut s, C, Position { epoch: 9, seq: 0 }, &params(), &mut out);
+    Session::on_joined(&mut s, C, Position { epoch: 9, seq: 0 }, None, &params(), &mut out);
     assert!(out.is_empty(), "one home has not answered");
     assert!(answer(&mut s, "a", None, &mut out));
     let t = text(&out);
@@ -209,7 +209,7 @@ fn a_session_token_brings_the_subscriptions_back_and_only_for_its_user() {
     let mut out = Effects::new();
     let mut s = open(Some("u"), &["a"], &mut out);
     answer(&mut s, "a", None, &mut out);
-    Session::on_joined(&mut s, C, AT, &p, &mut out);
+    Session::on_joined(&mut s, C, AT, None, &p, &mut out);
     let welcome_token = token_of(&out).expect("the welcome carries a token");
     out.clear();
     let sub = br#"{"type":"subscribe","channel":"b"}"#;
@@ -221,7 +221,7 @@ fn a_session_token_brings_the_subscriptions_back_and_only_for_its_user() {
     // A new connection of the same user resumes by token: a and b come back.
     let mut out = Effects::new();
     let mut again = open(Some("u"), &[], &mut out);
-    Session::on_joined(&mut again, C, AT, &p, &mut out);
+    Session::on_joined(&mut again, C, AT, None, &p, &mut out);
     out.clear();
     let resume = format!(
         r#"{{"type":"resume","session":"{token}","streams":{{"channel:b":{{"epoch":9,"seq":1}}}}}}"#
@@ -240,7 +240,7 @@ fn a_session_token_brings_the_subscriptions_back_and_only_for_its_user() {
     let expired = format!(r#"{{"type":"resume","session":"{token}"}}"#);
     let mut out = Effects::new();
     let mut late = open(Some("u"), &[], &mut out);
-    Session::on_joined(&mut late, C, AT, &p, &mut out);
+    Session::on_joined(&mut late, C, AT, None, &p, &mut out);
     out.clear();
     Session::on_message(
         &mut late,
@@ -254,7 +254,7 @@ fn a_session_token_brings_the_subscriptions_back_and_only_for_its_user() {
     assert_eq!(text(&out), [r#"{"type":"reset","reason":"session_expired"}"#]);
     let tampered = format!(r#"{{"type":"resume","session":"x{token}"}}"#);
     let mut other = open(Some("v"), &[], &mut out);
-    Session::on_joined(&mut other, C, AT, &p, &mut out);
+    Session::on_joined(&mut other, C, AT, None, &p, &mut out);
     for msg in [tampered, format!(r#"{{"type":"resume","session":"{token}"}}"#)] {
         out.clear();
         Session::on_message(
@@ -302,7 +302,7 @@ fn what_a_client_does_before_its_welcome_never_holds_or_reorders_it() {
     assert!(!answer(&mut s, "a", None, &mut out));
     answer(&mut s, "b", None, &mut out);
     assert!(Session::welcome_pending(&s));
-    Session::on_joined(&mut s, C, AT, &p, &mut out);
+    Session::on_joined(&mut s, C, AT, None, &p, &mut out);
     let t = text(&out);
     let w = t.iter().position(|x| x.starts_with(r#"{"type":"welcome""#)).expect("welcomed");
     let v: serde_json::Value = serde_json::from_str(&t[w]).unwrap();

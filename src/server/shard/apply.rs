@@ -78,10 +78,15 @@ impl Core {
                     self.published(conn, id, &channel, seq);
                 }
             }
-            ShardMsg::Joined { conn, at } => {
+            ShardMsg::Joined { conn, at, mail } => {
                 if let Some(key) = self.local(conn) {
                     let (slot, p) = (&mut self.conns[key].session, &self.p.session);
-                    Session::on_joined(slot, conn, at, p, &mut self.effects);
+                    Session::on_joined(slot, conn, at, mail, p, &mut self.effects);
+                }
+            }
+            ShardMsg::Mail { conn, frames } => {
+                if let Some(key) = self.local(conn) {
+                    self.queue_mail(key, frames);
                 }
             }
             home => {
@@ -162,6 +167,11 @@ impl Core {
                             self.queue_replay(key, &ch, frames);
                         }
                         other => self.queue_replay_or_reset(key, &other, at, frames),
+                    }
+                }
+                Effect::Mail { conn, frames } => {
+                    if let Some(key) = self.local(conn) {
+                        self.queue_mail(key, frames);
                     }
                 }
                 Effect::ClientError => self.counters.client_errors.inc(),
@@ -378,6 +388,23 @@ impl Core {
         self.counters.replayed.add(queued);
         self.counters.frames_out.add(queued);
         queued
+    }
+
+    /// Frames of a durable user stream (its unacknowledged messages, redeliveries, a
+    /// `cancel`): queued in order within the outbox caps; what does not fit is sent again
+    /// when its ack does not come (counted as deferred: late, not lost).
+    fn queue_mail(&mut self, key: usize, frames: Vec<Frame>) {
+        let mut queued = 0;
+        let n = frames.len() as u64;
+        for frame in frames {
+            if !self.queue_push(key, &frame).queued {
+                break;
+            }
+            queued += 1;
+        }
+        self.counters.replayed.add(queued);
+        self.counters.frames_out.add(queued);
+        self.counters.pushes_deferred.add(n - queued);
     }
 
     /// A replay of a stream that has no gap repair: what does not fit is said right behind

@@ -187,6 +187,12 @@ impl Params {
                 replace: cfg.delivery.replace_same_device,
                 active_window_ms: cfg.delivery.active_window.as_millis() as u64,
                 shards,
+                mail: crate::push::mailbox::MailParams {
+                    ack_timeout_ms: cfg.history.ack_timeout.as_millis() as u64,
+                    attempts: cfg.history.ack_attempts,
+                    devices: cfg.history.mailbox_devices.max(1),
+                    cursor_ttl_ms: cfg.history.mailbox_ttl.as_millis() as u64,
+                },
             },
             stream_idle_ttl_ms: cfg.delivery.stream_idle_ttl.as_millis() as u64,
             history: history_rules(cfg),
@@ -206,20 +212,31 @@ fn history_rules(cfg: &Config) -> Rules {
         ttl_ms: h.history_ttl.as_millis() as u64,
         bytes: h.history_bytes as usize,
     };
+    // A durable stream's caps are its mailbox's.
+    let user_default = Keep {
+        guarantee: Guarantee::Durable,
+        size: h.mailbox_size,
+        ttl_ms: h.mailbox_ttl.as_millis() as u64,
+        bytes: h.mailbox_bytes as usize,
+    };
     let rules = h
         .streams
         .iter()
-        .map(|r| Rule {
-            pattern: r.pattern.clone(),
-            keep: Keep {
-                guarantee: Guarantee::parse(&r.guarantee).unwrap_or(Guarantee::Recoverable),
-                size: r.history_size.unwrap_or(default.size),
-                ttl_ms: r.history_ttl.map_or(default.ttl_ms, |d| d.as_millis() as u64),
-                bytes: r.history_bytes.map_or(default.bytes, |b| b as usize),
-            },
+        .map(|r| {
+            let guarantee = Guarantee::parse(&r.guarantee).unwrap_or(Guarantee::Recoverable);
+            let base = if guarantee == Guarantee::Durable { user_default } else { default };
+            Rule {
+                pattern: r.pattern.clone(),
+                keep: Keep {
+                    guarantee,
+                    size: r.history_size.unwrap_or(base.size),
+                    ttl_ms: r.history_ttl.map_or(base.ttl_ms, |d| d.as_millis() as u64),
+                    bytes: r.history_bytes.map_or(base.bytes, |b| b as usize),
+                },
+            }
         })
         .collect();
-    Rules { rules, default }
+    Rules { rules, default, user_default }
 }
 
 /// What the event loop does after a turn.
@@ -484,6 +501,7 @@ impl Shard {
         self.core.expire_timers(); // handshake, ping, pong, idle, slow and close deadlines
         self.core.drain_wave(); // while draining with --drain-spread: this tick's closes
         self.core.sweep_streams(); // once a minute: forget streams idle past their TTL
+        self.core.redeliver(); // durable messages whose ack is overdue, sent again
         self.core.drive_upstream(); // backend answers to their sessions; requests that can go
         self.core.flush_dirty(); // one gather write per connection with queued frames
         self.core.after_flush(); // what drained outboxes asked of this shard itself

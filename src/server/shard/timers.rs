@@ -50,6 +50,23 @@ impl Core {
         }
     }
 
+    /// Durable user-stream messages homed here whose ack is overdue go again.
+    pub(super) fn redeliver(&mut self) {
+        let now_ms = self.now_ms;
+        self.home.tick(now_ms, &mut self.effects);
+        if !self.effects.is_empty() {
+            self.apply_effects();
+        }
+        let (held, m) = self.home.mail_stats();
+        let c = &self.counters;
+        c.mailbox_bytes.set(held as u64);
+        c.mailbox_evicted.set(m.evicted);
+        c.mailbox_expired.set(m.expired);
+        c.redelivered.set(m.redelivered);
+        c.redelivery_gave_up.set(m.gave_up);
+        c.acks.set(m.acks);
+    }
+
     pub(super) fn expire_timers(&mut self) {
         let mut fired = std::mem::take(&mut self.fired);
         self.wheel.expire(self.now, &mut fired);

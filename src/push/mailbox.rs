@@ -1,0 +1,575 @@
+//! Durable user streams' delivery state on the user's home shard: each user's mailbox (the
+//! stream's messages not yet settled, capped by count, bytes and age), each device's
+//! acknowledged cursor, and each connection's redelivery clock. A pure state machine: the
+//! home calls it with the time and sends what it returns.
+//!
+//! - Every message of a durable user stream is kept until it is settled: acknowledged by the
+//!   device it was addressed to, by the first device for `first_ack`, or by every device
+//!   that has acknowledged anything (a device never seen gets what is still kept); or until
+//!   its age, its own `ttl` or the caps drop it (counted, and a device that had not
+//!   acknowledged it is told `reset` when it comes back).
+//! - Acks are cumulative per device: `ack` N acknowledges everything up to N.
+//! - A connection that was sent messages it has not acknowledged gets them again after the
+//!   ack timeout, doubling each time, up to the attempt cap; then they wait for its next
+//!   connection, which starts from its device's cursor.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::history::Keep;
+use super::ids::ConnId;
+use super::msg::Frame;
+
+/// The clocks, from the configuration (the caps are each stream's `Keep`: messages kept
+/// per user, their frame bytes, the longest any is kept).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MailParams {
+    /// First redelivery after this long unacknowledged, then doubling; at most this many.
+    pub(crate) ack_timeout_ms: u64,
+    pub(crate) attempts: u32,
+    /// Device cursors kept per user (the least recently acknowledged goes first).
+    pub(crate) devices: usize,
+    /// How long a user with nothing kept and nothing connected keeps its device cursors
+    /// (the mailbox's age cap: a message stored within it still finds them).
+    pub(crate) cursor_ttl_ms: u64,
+}
+
+/// The device key of a connection without a device.
+pub(crate) const NO_DEVICE: &str = "";
+
+#[derive(Clone, Debug)]
+struct Entry {
+    seq: u64,
+    /// When it stops being delivered (Unix ms): its age cap or its own `ttl`.
+    expires_ms: u64,
+    frame: Frame,
+    /// Only for this device (`device` on the push).
+    device: Option<Arc<str>>,
+    first_ack: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Cursor {
+    device: Arc<str>,
+    acked: u64,
+    at_ms: u64,
+}
+
+/// A connection's redelivery state.
+#[derive(Clone, Debug)]
+struct Live {
+    conn: ConnId,
+    device: Arc<str>,
+    /// The highest seq sent to it.
+    sent: u64,
+    due_ms: u64,
+    attempts: u32,
+}
+
+#[derive(Debug, Default)]
+struct UserMail {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    cursors: Vec<Cursor>,
+    live: Vec<Live>,
+    /// The highest seq dropped unsettled (caps, age): a device behind it lost messages.
+    lost_upto: u64,
+}
+
+/// What an ack did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Acked {
+    /// `cancel` to send: connections of other devices that were sent a `first_ack`
+    /// message this ack settled, with its seq.
+    pub(crate) cancels: Vec<(ConnId, u64)>,
+    /// Messages settled and let go.
+    pub(crate) settled: u64,
+}
+
+/// What a connection that joins gets of its user's mailbox.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Pending {
+    /// Unacknowledged messages for its device, oldest first.
+    pub(crate) frames: Vec<Frame>,
+    /// Its device's cursor is behind messages that were dropped unsettled.
+    pub(crate) lost: bool,
+    /// The device's acknowledged cursor (0 when it has none).
+    pub(crate) acked: u64,
+}
+
+/// A user's mailbox as the API shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MailInfo {
+    pub count: usize,
+    pub bytes: usize,
+    pub oldest: Option<u64>,
+    pub newest: Option<u64>,
+    /// Device and acknowledged seq (`""`: connections without a device).
+    pub cursors: Vec<(Arc<str>, u64)>,
+}
+
+/// What the mailboxes dropped and redelivered, for the counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MailCounts {
+    pub(crate) evicted: u64,
+    pub(crate) expired: u64,
+    pub(crate) redelivered: u64,
+    pub(crate) gave_up: u64,
+    pub(crate) acks: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Mailboxes {
+    users: HashMap<Arc<str>, UserMail>,
+    /// (due, user, connection) of every connection waiting for an ack; stale ones are skipped.
+    due: BTreeSet<(u64, Arc<str>, ConnId)>,
+    held: usize,
+    pub(crate) counts: MailCounts,
+}
+
+impl Mailboxes {
+    pub(crate) fn new() -> Mailboxes {
+        Mailboxes {
+            users: HashMap::new(),
+            due: BTreeSet::new(),
+            held: 0,
+            counts: MailCounts::default(),
+        }
+    }
+
+    /// Keeps message `seq` of `user`'s stream (every durable message, delivered or not).
+    /// Returns how many older messages the caps dropped to make room.
+    #[allow(clippy::too_many_arguments)] // reason: one message's fields, named at the call
+    pub(crate) fn put(
+        &mut self,
+        user: &Arc<str>,
+        seq: u64,
+        frame: Frame,
+        device: Option<Arc<str>>,
+        first_ack: bool,
+        ttl_ms: Option<u64>,
+        now_ms: u64,
+        p: &Keep,
+    ) -> u64 {
+        let m = self.users.entry(user.clone()).or_default();
+        let expires_ms = now_ms.saturating_add(ttl_ms.map_or(p.ttl_ms, |t| t.min(p.ttl_ms)));
+        let size = frame.bytes.len();
+        m.entries.push_back(Entry { seq, expires_ms, frame, device, first_ack });
+        m.bytes += size;
+        self.held += size;
+        let mut evicted = 0;
+        while m.entries.len() > p.size || (m.bytes > p.bytes && m.entries.len() > 1) {
+            let Some(e) = m.entries.pop_front() else { break };
+            m.bytes -= e.frame.bytes.len();
+            self.held -= e.frame.bytes.len();
+            m.lost_upto = m.lost_upto.max(e.seq);
+            evicted += 1;
+        }
+        self.counts.evicted += evicted;
+        evicted
+    }
+
+    /// Message `seq` went out live to `conn` (of `device`): it is waited for from now.
+    pub(crate) fn sent(
+        &mut self,
+        user: &Arc<str>,
+        conn: ConnId,
+        device: &Arc<str>,
+        seq: u64,
+        now_ms: u64,
+        p: &MailParams,
+    ) {
+        let Some(m) = self.users.get_mut(user) else { return };
+        let l = match m.live.iter_mut().position(|l| l.conn == conn) {
+            Some(i) => &mut m.live[i],
+            None => {
+                m.live.push(Live { conn, device: device.clone(), sent: 0, due_ms: 0, attempts: 0 });
+                let last = m.live.len() - 1;
+                &mut m.live[last]
+            }
+        };
+        let idle = l.sent <= cursor_of(&m.cursors, device);
+        l.sent = l.sent.max(seq);
+        if idle {
+            l.due_ms = now_ms + p.ack_timeout_ms;
+            l.attempts = 0;
+            self.due.insert((l.due_ms, user.clone(), conn));
+        }
+    }
+
+    /// A connection of `device` opens: what it has not acknowledged, oldest first (counted as
+    /// sent to it, so its redelivery clock starts).
+    pub(crate) fn joined(
+        &mut self,
+        user: &Arc<str>,
+        conn: ConnId,
+        device: &Arc<str>,
+        now_ms: u64,
+        p: &MailParams,
+    ) -> Pending {
+        let Some(m) = self.users.get_mut(user) else { return Pending::default() };
+        let acked = cursor_of(&m.cursors, device);
+        let known = m.cursors.iter().any(|c| c.device == *device);
+        let mut last = acked;
+        let frames: Vec<Frame> = m
+            .entries
+            .iter()
+            .filter(|e| e.seq > acked && e.expires_ms > now_ms && for_device(e, device))
+            .map(|e| {
+                last = e.seq;
+                e.frame.clone()
+            })
+            .collect();
+        m.live.retain(|l| l.conn != conn);
+        let pending = !frames.is_empty();
+        let due_ms = now_ms + p.ack_timeout_ms;
+        m.live.push(Live { conn, device: device.clone(), sent: last, due_ms, attempts: 0 });
+        if pending {
+            self.due.insert((now_ms + p.ack_timeout_ms, user.clone(), conn));
+        }
+        Pending { frames, lost: known && acked < m.lost_upto, acked }
+    }
+
+    /// The connection closed: its redelivery stops (the device's cursor stays).
+    pub(crate) fn left(&mut self, user: &str, conn: ConnId) {
+        if let Some(m) = self.users.get_mut(user) {
+            m.live.retain(|l| l.conn != conn);
+            if m.entries.is_empty() && m.live.is_empty() && m.cursors.is_empty() {
+                self.users.remove(user);
+            }
+        }
+    }
+
+    /// Whether the user has anything here (messages, connections, cursors): its stream's
+    /// numbering must then hold, since these name its seqs.
+    pub(crate) fn holds(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
+    /// `device` acknowledged everything up to `seq` (never past the stream's `last`).
+    pub(crate) fn ack(
+        &mut self,
+        user: &Arc<str>,
+        device: &Arc<str>,
+        seq: u64,
+        last: u64,
+        now_ms: u64,
+        p: &MailParams,
+    ) -> Acked {
+        self.counts.acks += 1;
+        let m = self.users.entry(user.clone()).or_default();
+        let seq = seq.min(last);
+        let before = cursor_of(&m.cursors, device);
+        {
+            match m.cursors.iter_mut().find(|c| c.device == *device) {
+                Some(c) => {
+                    c.acked = c.acked.max(seq);
+                    c.at_ms = now_ms;
+                }
+                None => {
+                    m.cursors.push(Cursor { device: device.clone(), acked: seq, at_ms: now_ms });
+                    if m.cursors.len() > p.devices {
+                        // The device that acknowledged least recently goes.
+                        if let Some(i) = m
+                            .cursors
+                            .iter()
+                            .enumerate()
+                            .min_by_key(|(_, c)| c.at_ms)
+                            .map(|(i, _)| i)
+                        {
+                            m.cursors.swap_remove(i);
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = Acked::default();
+        // first_ack messages this ack settles: the other devices that were sent one are told.
+        for e in m.entries.iter().filter(|e| e.first_ack && e.seq > before && e.seq <= seq) {
+            for l in m.live.iter().filter(|l| l.device != *device && l.sent >= e.seq) {
+                out.cancels.push((l.conn, e.seq));
+            }
+        }
+        let cursors = &m.cursors;
+        let mut freed = 0;
+        let n = m.entries.len();
+        m.entries.retain(|e| {
+            let done = match (&e.device, e.first_ack) {
+                (_, true) if e.seq <= seq => true,
+                (Some(d), _) => cursor_of(cursors, d) >= e.seq,
+                (None, _) => !cursors.is_empty() && cursors.iter().all(|c| c.acked >= e.seq),
+            };
+            if done {
+                freed += e.frame.bytes.len();
+            }
+            !done
+        });
+        out.settled = (n - m.entries.len()) as u64;
+        m.bytes -= freed;
+        self.held -= freed;
+        // first_ack messages settled by another device are not redelivered: a connection
+        // that waited only for those waits no more.
+        let newest_open = |m: &UserMail, d: &Arc<str>| {
+            m.entries.iter().filter(|e| for_device(e, d)).map(|e| e.seq).max().unwrap_or(0)
+        };
+        let waits: Vec<(usize, u64)> =
+            m.live.iter().enumerate().map(|(i, l)| (i, newest_open(m, &l.device))).collect();
+        for (i, newest) in waits {
+            let l = &mut m.live[i];
+            l.sent = l.sent.min(newest.max(cursor_of(&m.cursors, &l.device)));
+        }
+        out
+    }
+
+    /// Connections whose wait is over: the messages to send them again (oldest first). One
+    /// past the attempt cap is given up on (its messages wait for its next connection).
+    pub(crate) fn due(&mut self, now_ms: u64, p: &MailParams) -> Vec<(ConnId, Vec<Frame>)> {
+        let mut out = Vec::new();
+        while let Some((due, user, conn)) = self.due.first().cloned() {
+            if due > now_ms {
+                break;
+            }
+            self.due.pop_first();
+            let Some(m) = self.users.get_mut(&user) else { continue };
+            let Some(i) = m.live.iter().position(|l| l.conn == conn && l.due_ms == due) else {
+                continue;
+            };
+            let acked = cursor_of(&m.cursors, &m.live[i].device);
+            let l = &m.live[i];
+            if l.sent <= acked {
+                continue; // acknowledged meanwhile
+            }
+            if l.attempts >= p.attempts {
+                self.counts.gave_up += 1;
+                continue;
+            }
+            let frames: Vec<Frame> = m
+                .entries
+                .iter()
+                .filter(|e| {
+                    e.seq > acked
+                        && e.seq <= l.sent
+                        && e.expires_ms > now_ms
+                        && for_device(e, &l.device)
+                })
+                .map(|e| e.frame.clone())
+                .collect();
+            let l = &mut m.live[i];
+            l.attempts += 1;
+            l.due_ms = now_ms + p.ack_timeout_ms.saturating_mul(1 << l.attempts.min(20));
+            self.due.insert((l.due_ms, user.clone(), conn));
+            if !frames.is_empty() {
+                self.counts.redelivered += frames.len() as u64;
+                out.push((conn, frames));
+            }
+        }
+        out
+    }
+
+    /// Drops messages past their age or `ttl`; forgets users with nothing kept, nothing
+    /// connected, and no cursor moved within `cursor_ttl_ms`.
+    pub(crate) fn expire(&mut self, now_ms: u64, p: &MailParams) {
+        let mut expired = 0;
+        let mut freed = 0;
+        self.users.retain(|_, m| {
+            let mut lost = m.lost_upto;
+            m.entries.retain(|e| {
+                let keep = e.expires_ms > now_ms;
+                if !keep {
+                    freed += e.frame.bytes.len();
+                    lost = lost.max(e.seq);
+                    expired += 1;
+                }
+                keep
+            });
+            m.lost_upto = lost;
+            m.bytes = m.entries.iter().map(|e| e.frame.bytes.len()).sum();
+            let recent = m.cursors.iter().any(|c| c.at_ms.saturating_add(p.cursor_ttl_ms) > now_ms);
+            !(m.entries.is_empty() && m.live.is_empty() && !recent)
+        });
+        self.held -= freed;
+        self.counts.expired += expired;
+    }
+
+    pub(crate) fn info(&self, user: &str) -> MailInfo {
+        let Some(m) = self.users.get(user) else { return MailInfo::default() };
+        MailInfo {
+            count: m.entries.len(),
+            bytes: m.bytes,
+            oldest: m.entries.front().map(|e| e.seq),
+            newest: m.entries.back().map(|e| e.seq),
+            cursors: m.cursors.iter().map(|c| (c.device.clone(), c.acked)).collect(),
+        }
+    }
+
+    /// Empties a user's mailbox (its cursors stay); returns how many messages went.
+    pub(crate) fn clear(&mut self, user: &str) -> usize {
+        let Some(m) = self.users.get_mut(user) else { return 0 };
+        let n = m.entries.len();
+        self.held -= m.bytes;
+        m.lost_upto = m.lost_upto.max(m.entries.back().map_or(0, |e| e.seq));
+        m.entries.clear();
+        m.bytes = 0;
+        n
+    }
+
+    /// Frame bytes all mailboxes of this shard hold.
+    pub(crate) fn held(&self) -> usize {
+        self.held
+    }
+}
+
+fn cursor_of(cursors: &[Cursor], device: &str) -> u64 {
+    cursors.iter().find(|c| &*c.device == device).map_or(0, |c| c.acked)
+}
+
+fn for_device(e: &Entry, device: &str) -> bool {
+    e.device.as_deref().is_none_or(|d| d == device)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::push::msg::Priority;
+
+    const P: MailParams =
+        MailParams { ack_timeout_ms: 100, attempts: 2, devices: 2, cursor_ttl_ms: 60_000 };
+    const K: Keep = Keep {
+        guarantee: crate::push::history::Guarantee::Durable,
+        size: 4,
+        bytes: 1000,
+        ttl_ms: 60_000,
+    };
+
+    fn frame(seq: u64) -> Frame {
+        Frame {
+            bytes: Bytes::from(format!("m{seq}")),
+            priority: Priority::Normal,
+            kept: true,
+            meta: None,
+        }
+    }
+
+    fn conn(slot: u32) -> ConnId {
+        ConnId { shard: 0, slot, gen: 1 }
+    }
+
+    fn seqs(frames: &[Frame]) -> Vec<String> {
+        frames.iter().map(|f| String::from_utf8_lossy(&f.bytes).into_owned()).collect()
+    }
+
+    #[test]
+    fn unacked_messages_are_sent_again_with_backoff_up_to_the_cap_and_stop_at_the_ack() {
+        let (mut m, u, phone): (Mailboxes, Arc<str>, Arc<str>) =
+            (Mailboxes::new(), "u".into(), "phone".into());
+        for seq in 1..=2 {
+            m.put(&u, seq, frame(seq), None, false, None, 0, &K);
+            m.sent(&u, conn(1), &phone, seq, 0, &P);
+        }
+        assert!(m.due(99, &P).is_empty());
+        let again = m.due(100, &P);
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].0, seqs(&again[0].1)), (conn(1), vec!["m1".into(), "m2".into()]));
+        // Then after twice the timeout; an ack of 1 leaves 2.
+        m.ack(&u, &phone, 1, 2, 150, &P);
+        assert!(m.due(299, &P).is_empty());
+        assert_eq!(seqs(&m.due(300, &P)[0].1), ["m2"]);
+        // Past the cap: given up on, counted.
+        assert!(m.due(10_000, &P).is_empty());
+        assert_eq!((m.counts.redelivered, m.counts.gave_up), (3, 1));
+        // The ack settles it: nothing is kept, nothing is due.
+        let a = m.ack(&u, &phone, 2, 2, 10_001, &P);
+        assert_eq!(a.settled, 1);
+        assert_eq!(m.info("u").count, 0);
+    }
+
+    #[test]
+    fn a_device_that_comes_back_gets_what_it_has_not_acknowledged_in_order() {
+        let (mut m, u) = (Mailboxes::new(), Arc::<str>::from("u"));
+        let (phone, laptop): (Arc<str>, Arc<str>) = ("phone".into(), "laptop".into());
+        m.ack(&u, &phone, 0, 0, 0, &P);
+        m.ack(&u, &laptop, 0, 0, 0, &P);
+        for seq in 1..=3 {
+            m.put(&u, seq, frame(seq), None, false, None, 10, &K);
+        }
+        m.ack(&u, &phone, 2, 3, 20, &P);
+        let p = m.joined(&u, conn(5), &phone, 30, &P);
+        assert_eq!((seqs(&p.frames), p.acked, p.lost), (vec!["m3".to_string()], 2, false));
+        let p = m.joined(&u, conn(6), &laptop, 30, &P);
+        assert_eq!(seqs(&p.frames), ["m1", "m2", "m3"]);
+        // Settled once every device with a cursor has it.
+        m.ack(&u, &laptop, 3, 3, 40, &P);
+        assert_eq!(m.info("u").count, 1, "the phone still has 3 to acknowledge");
+        m.ack(&u, &phone, 3, 3, 40, &P);
+        assert_eq!(m.info("u").count, 0);
+        // A device never seen gets what is still kept; an ack past the stream's end is clamped.
+        m.put(&u, 4, frame(4), None, false, None, 50, &K);
+        let new: Arc<str> = "tablet".into();
+        assert_eq!(seqs(&m.joined(&u, conn(7), &new, 60, &P).frames), ["m4"]);
+        m.ack(&u, &new, 99, 4, 70, &P);
+        assert!(m.info("u").cursors.contains(&(new.clone(), 4)));
+    }
+
+    #[test]
+    fn caps_and_ttl_drop_the_oldest_count_it_and_a_device_behind_them_is_told() {
+        let (mut m, u, phone) =
+            (Mailboxes::new(), Arc::<str>::from("u"), Arc::<str>::from("phone"));
+        m.ack(&u, &phone, 0, 0, 0, &P);
+        for seq in 1..=6 {
+            m.put(&u, seq, frame(seq), None, false, None, 0, &K);
+        }
+        assert_eq!((m.counts.evicted, m.info("u").oldest), (2, Some(3)));
+        let p = m.joined(&u, conn(1), &phone, 1, &P);
+        assert!(p.lost, "seqs 1 and 2 are gone unacknowledged");
+        assert_eq!(seqs(&p.frames), ["m3", "m4", "m5", "m6"]);
+        // A message's own ttl, shorter than the age cap.
+        m.put(&u, 7, frame(7), None, false, Some(10), 100, &K);
+        assert_eq!(seqs(&m.joined(&u, conn(2), &phone, 109, &P).frames).last().unwrap(), "m7");
+        assert_ne!(seqs(&m.joined(&u, conn(2), &phone, 110, &P).frames).last().unwrap(), "m7");
+        m.expire(110, &P);
+        assert_eq!((m.counts.expired, m.info("u").newest), (1, Some(6)));
+        m.left("u", conn(1));
+        m.left("u", conn(2));
+        m.ack(&u, &phone, 0, 7, 50_000, &P);
+        m.expire(60_001, &P);
+        assert_eq!(m.info("u").count, 0);
+        assert_eq!(m.held(), 0);
+        assert!(m.holds("u"), "its cursor is recent");
+        m.expire(120_001, &P);
+        assert!(!m.holds("u"), "nothing kept, nothing connected, the cursor old: forgotten");
+    }
+
+    #[test]
+    fn first_ack_settles_for_every_device_and_the_others_are_told_to_cancel() {
+        let (mut m, u) = (Mailboxes::new(), Arc::<str>::from("u"));
+        let (phone, laptop): (Arc<str>, Arc<str>) = ("phone".into(), "laptop".into());
+        m.put(&u, 1, frame(1), None, true, None, 0, &K);
+        m.sent(&u, conn(1), &phone, 1, 0, &P);
+        m.sent(&u, conn(2), &laptop, 1, 0, &P);
+        let a = m.ack(&u, &phone, 1, 1, 10, &P);
+        assert_eq!((a.cancels, a.settled), (vec![(conn(2), 1)], 1));
+        assert!(m.due(1000, &P).is_empty(), "not redelivered to the laptop");
+        assert!(m.joined(&u, conn(3), &laptop, 1000, &P).frames.is_empty());
+    }
+
+    #[test]
+    fn a_message_for_one_device_waits_for_that_device_only() {
+        let (mut m, u) = (Mailboxes::new(), Arc::<str>::from("u"));
+        let (phone, laptop): (Arc<str>, Arc<str>) = ("phone".into(), "laptop".into());
+        m.put(&u, 1, frame(1), Some(phone.clone()), false, None, 0, &K);
+        assert!(m.joined(&u, conn(1), &laptop, 1, &P).frames.is_empty());
+        assert_eq!(seqs(&m.joined(&u, conn(2), &phone, 1, &P).frames), ["m1"]);
+        m.ack(&u, &laptop, 1, 1, 2, &P);
+        assert_eq!(m.info("u").count, 1);
+        m.ack(&u, &phone, 1, 1, 3, &P);
+        assert_eq!(m.info("u").count, 0);
+        // Cursors are capped per user: the least recently acknowledging device goes.
+        let tablet: Arc<str> = "tablet".into();
+        m.ack(&u, &tablet, 1, 1, 4, &P);
+        let devices: Vec<Arc<str>> = m.info("u").cursors.into_iter().map(|c| c.0).collect();
+        assert_eq!(devices.len(), 2);
+        assert!(!devices.contains(&laptop), "{devices:?}");
+    }
+}
