@@ -20,7 +20,7 @@ src=(--sources 127.0.0.1-127.0.0.10 --max-duration 180s --json)
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 start_ringcast() {
-  taskset -c 0 target/release/ringcast --listen 127.0.0.1:18200 --api-listen 127.0.0.1:18201 --shards 1 --log-level warn &
+  taskset -c 0 target/release/ringcast --data-dir none --listen 127.0.0.1:18200 --api-listen 127.0.0.1:18201 --shards 1 --log-level warn &
   pid=$!
   wait_port 18200
 }

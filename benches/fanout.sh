@@ -46,7 +46,7 @@ echo "| server | msgs/s | messages | delivered (completeness) | deliveries/s | d
 echo "|---|---|---|---|---|---|---|---|---|---|"
 for rate in "${rates[@]}"; do
   m=$((rate * 5))
-  taskset -c 0 target/release/ringcast --listen 127.0.0.1:18100 --api-listen 127.0.0.1:18101 --shards 1 --log-level warn &
+  taskset -c 0 target/release/ringcast --data-dir none --listen 127.0.0.1:18100 --api-listen 127.0.0.1:18101 --shards 1 --log-level warn &
   pid=$!
   wait_port 18100
   taskset -c 1 $lg fanout "${common[@]}" --target 127.0.0.1:18100 --path "/ws?channels=bench" \
@@ -83,7 +83,7 @@ done
 echo
 echo "| user push | pushes/s | pushes | delivered (completeness) | deliveries/s | - | server CPU | latency p50 / p99 / p999 | completion p50 / max | loadgen CPU |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
-taskset -c 0 target/release/ringcast --listen 127.0.0.1:18100 --api-listen 127.0.0.1:18101 --shards 1 --log-level warn &
+taskset -c 0 target/release/ringcast --data-dir none --listen 127.0.0.1:18100 --api-listen 127.0.0.1:18101 --shards 1 --log-level warn &
 pid=$!
 wait_port 18100
 taskset -c 1 $lg push "${common[@]}" --target 127.0.0.1:18100 --path "/ws?user=u{i}" \

@@ -28,7 +28,7 @@ wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/nul
 [ "${SKIP_FANOUT:-}" ] && rounds=0
 for round in $(seq "$rounds"); do
   for mode in recoverable ephemeral; do
-    taskset -c 0 target/release/ringcast --config "$out/$mode.toml" --listen 127.0.0.1:18120 \
+    taskset -c 0 target/release/ringcast --data-dir none --config "$out/$mode.toml" --listen 127.0.0.1:18120 \
       --api-listen 127.0.0.1:18121 --shards 1 --log-level warn &
     pid=$!
     wait_port 18120
@@ -72,7 +72,7 @@ printf '[[streams]]\npattern = "h*"\nguarantee = "ephemeral"\n' >"$out/mem-ephem
 printf 'history_size = %d\n' "$per" >"$out/mem-recoverable.toml"
 declare -A grew held
 for mode in recoverable ephemeral; do
-  taskset -c 0 target/release/ringcast --config "$out/mem-$mode.toml" --listen 127.0.0.1:18120 \
+  taskset -c 0 target/release/ringcast --data-dir none --config "$out/mem-$mode.toml" --listen 127.0.0.1:18120 \
     --api-listen 127.0.0.1:18121 --shards 1 --log-level warn &
   pid=$!
   wait_port 18121

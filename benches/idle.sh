@@ -17,7 +17,7 @@ cargo build --release --quiet --workspace
 out=target/bench
 mkdir -p "$out"
 for i in $(seq "$runs"); do
-  taskset -c 0 target/release/ringcast --listen 127.0.0.1:$port --shards 1 --log-level warn &
+  taskset -c 0 target/release/ringcast --data-dir none --listen 127.0.0.1:$port --shards 1 --log-level warn &
   pid=$!
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
   sleep 0.5

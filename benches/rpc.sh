@@ -37,7 +37,7 @@ max_in_flight = ${IN_FLIGHT:-4}
 TOML
 }
 start_server() { # config-file
-  taskset -c 0 target/release/ringcast --listen 127.0.0.1:18250 --api-listen 127.0.0.1:18251 --shards 1 \
+  taskset -c 0 target/release/ringcast --data-dir none --listen 127.0.0.1:18250 --api-listen 127.0.0.1:18251 --shards 1 \
     --log-level warn --config "$1" --client-message-rate 100 --client-message-burst 100 &
   server=$!
   wait_port 18251

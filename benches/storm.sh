@@ -27,7 +27,7 @@ cargo build --release --quiet --workspace
 (cd benches/socketio && [ -d node_modules ] || npm ci --silent)
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 ringcast_run() { # mode clients
-  taskset -c 0 target/release/ringcast --listen 127.0.0.1:18150 --api-listen 127.0.0.1:18151 --shards 1 \
+  taskset -c 0 target/release/ringcast --data-dir none --listen 127.0.0.1:18150 --api-listen 127.0.0.1:18151 --shards 1 \
     --log-level warn --history-size "$history" &
   local pid=$!
   wait_port 18151

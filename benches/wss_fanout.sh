@@ -20,7 +20,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$o
 lg=target/release/loadgen
 for round in $(seq "$rounds"); do
   for which in ws wss; do
-    taskset -c 0 target/release/ringcast --listen 127.0.0.1:18300 --api-listen 127.0.0.1:18301 \
+    taskset -c 0 target/release/ringcast --data-dir none --listen 127.0.0.1:18300 --api-listen 127.0.0.1:18301 \
       --tls-listen 127.0.0.1:18302 --tls-cert "$out/cert.pem" --tls-key "$out/key.pem" \
       --shards 1 --log-level warn &
     pid=$!

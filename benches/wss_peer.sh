@@ -21,7 +21,7 @@ for key in ec rsa; do
     -subj /CN=localhost -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE 2>/dev/null
   for server in ringcast peer; do
     if [ $server = ringcast ]; then
-      taskset -c 0 target/release/ringcast --listen 127.0.0.1:18400 --api-listen 127.0.0.1:18401 \
+      taskset -c 0 target/release/ringcast --data-dir none --listen 127.0.0.1:18400 --api-listen 127.0.0.1:18401 \
         --tls-listen 127.0.0.1:18402 --tls-cert "$out/$key.crt" --tls-key "$out/$key.key" \
         --shards 1 --log-level warn --max-connections $((n + 100)) &
       port=18402

@@ -116,6 +116,10 @@ fn main() -> ExitCode {
     );
     let api_addr = cfg.api.api_listen;
     let backlog = cfg.listen.backlog;
+    let (data_dir, durability) = {
+        let (d, m) = cfg.data_dir();
+        (d.to_string(), m.to_string())
+    };
     let server = match Server::start(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -154,6 +158,14 @@ fn main() -> ExitCode {
         tracing::info!("listening on wss://{t}");
     }
     tracing::info!("API on http://{api_addr}");
+    if data_dir == "none" {
+        tracing::warn!(
+            "--data-dir none: durable user streams (mailboxes, device cursors) are kept in memory \
+             only; a restart loses them"
+        );
+    } else {
+        tracing::info!(data_dir = %data_dir, durability = %durability, "durable user streams are written to {data_dir}");
+    }
     let metrics_api = match metrics_listener {
         Some(l) => {
             let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();

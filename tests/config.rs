@@ -120,15 +120,30 @@ fn a_config_file_runs_the_server() {
     let dir = std::env::temp_dir().join(format!("ringcast-run-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("ringcast.toml");
-    std::fs::write(&file, "listen = \"127.0.0.1:0\"\napi_listen = \"127.0.0.1:0\"\nshards = 1\nlog_format = \"json\"\n").unwrap();
+    let data = dir.join("data");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"127.0.0.1:0\"\napi_listen = \"127.0.0.1:0\"\nshards = 1\nlog_format = \"json\"\ndata_dir = {:?}\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
         .args(["--config", file.to_str().unwrap()])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    // The log is replayed first; then the server says where it listens.
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    while !line.contains("listening on ws://") {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
+            "ringcast exited"
+        );
+    }
     let _ = child.kill();
     let _ = child.wait();
     let v: serde_json::Value =

@@ -23,8 +23,17 @@ use ringcast::server::sim::SimNode;
 const TICK: Duration = Duration::from_millis(100);
 
 fn node(args: &[&str]) -> SimNode {
-    let mut argv =
-        vec!["ringcast", "--tick", "100ms", "--ping-interval", "0", "--idle-timeout", "0"];
+    let mut argv = vec![
+        "ringcast",
+        "--tick",
+        "100ms",
+        "--ping-interval",
+        "0",
+        "--idle-timeout",
+        "0",
+        "--data-dir",
+        "none",
+    ];
     argv.extend_from_slice(args);
     SimNode::new(&Config::parse_from(argv), 2).unwrap()
 }
@@ -960,6 +969,8 @@ fn a_slow_consumer_of_an_ephemeral_channel_is_told_with_a_reset_and_stays() {
         "16",
         "--slow-consumer-timeout",
         "60s",
+        "--data-dir",
+        "none",
         "--config",
         &file,
     ];

@@ -33,6 +33,7 @@ impl Ringcast {
     fn start(args: &[&str]) -> Ringcast {
         let mut child = Command::new(ringcast_bin())
             .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--shards", "2"])
+            .args(["--data-dir", "none"])
             .args(args)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -296,6 +297,7 @@ fn scenarios_run_over_wss() {
     let (crt, key) = (format!("{fixtures}/localhost.crt"), format!("{fixtures}/localhost.key"));
     let mut child = Command::new(ringcast_bin())
         .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--shards", "2"])
+        .args(["--data-dir", "none"])
         .args(["--tls-listen", "127.0.0.1:0", "--tls-cert", &crt, "--tls-key", &key])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())

@@ -65,6 +65,9 @@ pub(crate) enum ApiError {
     TooManyConnections,
     /// 503: the idempotency table holds `--idempotency-max-keys` keys still in their window.
     IdempotencyFull { max: usize },
+    /// 503: the durable log could not take this many messages (they were delivered where they
+    /// could be, but are not on disk).
+    Unsaved(u64),
     /// 504: a delivery report or a query answer did not come back in time.
     NoAnswer(&'static str),
 }
@@ -83,7 +86,8 @@ impl ApiError {
             ApiError::HeadTooLarge => 431,
             ApiError::Busy { .. }
             | ApiError::TooManyConnections
-            | ApiError::IdempotencyFull { .. } => 503,
+            | ApiError::IdempotencyFull { .. }
+            | ApiError::Unsaved(_) => 503,
             ApiError::NoAnswer(_) => 504,
         }
     }
@@ -115,6 +119,9 @@ impl ApiError {
             ApiError::TooManyConnections => {
                 Cow::Borrowed("too many API connections (--api-max-connections)")
             }
+            ApiError::Unsaved(n) => Cow::Owned(format!(
+                "the durable log cannot be written (the server log says why): {n} message(s) are not on disk, though delivered where they could be"
+            )),
             ApiError::IdempotencyFull { max } => Cow::Owned(format!(
                 "{max} idempotency keys are within their window (--idempotency-max-keys); retry later"
             )),

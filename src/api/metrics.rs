@@ -121,6 +121,31 @@ pub(crate) fn render(
             |s: &Counters| s.redelivery_gave_up.get(),
         ),
         ("ringcast_acks_total", "Ack messages from clients.", |s: &Counters| s.acks.get()),
+        (
+            "ringcast_log_syncs_total",
+            "fdatasync calls of the shards' durable logs.",
+            |s: &Counters| s.log_syncs.get(),
+        ),
+        (
+            "ringcast_log_sync_microseconds_total",
+            "Microseconds the durable logs' syncs took, in all.",
+            |s: &Counters| s.log_sync_micros.get(),
+        ),
+        (
+            "ringcast_log_written_bytes_total",
+            "Bytes written to the durable logs.",
+            |s: &Counters| s.log_bytes_written.get(),
+        ),
+        (
+            "ringcast_log_segments_deleted_total",
+            "Durable log segments deleted whole.",
+            |s: &Counters| s.log_segments_deleted.get(),
+        ),
+        (
+            "ringcast_log_failures_total",
+            "Shards whose durable log failed (durable pushes get 503 since).",
+            |s: &Counters| s.log_failures.get(),
+        ),
     ] {
         o.counter(name, help, sum(c, get));
     }

@@ -100,7 +100,11 @@ impl Pending {
         if monoio::time::timeout(REPORT_TIMEOUT, self.done).await.is_err() {
             return Err(ApiError::NoAnswer("the delivery report did not complete in 10 s"));
         }
-        Ok(Done { totals: self.report.totals(), kick: self.kick })
+        let totals = self.report.totals();
+        if totals.unsaved > 0 {
+            return Err(ApiError::Unsaved(totals.unsaved));
+        }
+        Ok(Done { totals, kick: self.kick })
     }
 }
 

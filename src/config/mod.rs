@@ -336,6 +336,20 @@ pub(crate) struct History {
     /// recently goes first).
     #[arg(long, env = "RINGCAST_MAILBOX_DEVICES", default_value_t = 16)]
     pub(crate) mailbox_devices: usize,
+    /// Where durable user streams are written: one log per shard under this directory
+    /// (created on first start). `none` keeps them in memory only (a restart empties them).
+    #[arg(long, env = "RINGCAST_DATA_DIR", default_value = "ringcast-data")]
+    pub(crate) data_dir: String,
+    /// When a durable write counts as done (and the API answers for it): `always` (on disk,
+    /// one fdatasync per shard turn for everything written in it), `interval:MS` (written at
+    /// once, synced at most MS apart: a power cut may lose that much) or `none` (written,
+    /// never synced by ringcast: survives the process dying, not a power cut).
+    #[arg(long, env = "RINGCAST_DURABILITY", default_value = "always")]
+    pub(crate) durability: String,
+    /// A log segment is closed at this size; whole segments are deleted once nothing in them
+    /// is needed.
+    #[arg(long, env = "RINGCAST_LOG_SEGMENT_BYTES", default_value = "64MiB", value_parser = parse_size)]
+    pub(crate) log_segment_bytes: u64,
     /// What streams keep, by name pattern: `[[streams]]` tables of the configuration file
     /// (pattern, guarantee, history_size, history_ttl, history_bytes), first match wins.
     #[arg(skip)]
@@ -421,6 +435,11 @@ impl Config {
         self.history.session_key.is_some()
     }
 
+    /// Where durable user streams are written (`none`: memory only) and how durably.
+    pub fn data_dir(&self) -> (&str, &str) {
+        (&self.history.data_dir, &self.history.durability)
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let err = |s: String| Err(ConfigError(s));
         if self.timeouts.tick < Duration::from_millis(1)
@@ -439,6 +458,17 @@ impl Config {
             || self.timeouts.drain_timeout < self.timeouts.tick
         {
             return err("--close-timeout and --drain-timeout must be at least one --tick".into());
+        }
+        if let Err(e) = ringcast_store::Durability::parse(&self.history.durability) {
+            return err(format!("--durability: {e}"));
+        }
+        if self.history.data_dir.is_empty() {
+            return err(
+                "--data-dir is a directory, or `none` to keep durable streams in memory".into()
+            );
+        }
+        if !(64 << 10..=1 << 30).contains(&self.history.log_segment_bytes) {
+            return err("--log-segment-bytes must be 64KiB..1GiB".into());
         }
         if self.history.ack_timeout < self.timeouts.tick {
             return err("--ack-timeout must be at least one --tick".into());

@@ -12,10 +12,15 @@ use super::delivery::encode_at;
 use super::directory::{ChannelDirectory, Policy, UserConn, UserDirectory};
 use super::effect::{Effect, Effects, Expected};
 use super::ids::ConnId;
+use super::journal::{self, Journal, Rec, RecordId};
 use super::mailbox::{MailParams, Mailboxes, NO_DEVICE};
 use super::msg::{ConnInfo, Frame, MailCatchUp, Meta, Payload, Priority, ShardMsg, Target};
 use super::report::{ReportPart, Totals};
 use super::streams::{Position, StreamKey, Streams};
+
+/// A sealed turn: the log commit that holds it (its number, or why it failed), and the
+/// reports that wait for it.
+pub(crate) type Sealed = (Result<Option<u64>, String>, Vec<ReportPart>);
 
 /// How the home service behaves, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +43,11 @@ pub(crate) struct Home {
     streams: Streams,
     /// Durable user streams' mailboxes, cursors and redelivery.
     mail: Mailboxes,
+    /// Where durable messages and cursors are written (`None`: memory only, `--data-dir none`).
+    journal: Option<Box<dyn Journal>>,
+    /// Reports of durable pushes written this turn: they complete once the turn's commit is
+    /// durable (the shard holds them until then).
+    held: Vec<ReportPart>,
     p: HomeParams,
 }
 
@@ -48,8 +58,139 @@ impl Home {
             channels: ChannelDirectory::default(),
             streams,
             mail: Mailboxes::new(),
+            journal: None,
+            held: Vec::new(),
             p,
         }
+    }
+
+    /// Writes durable user streams to `journal` from now on.
+    pub(crate) fn with_journal(mut self, journal: Box<dyn Journal>) -> Home {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Ends the turn for the log: the commit that holds this turn's records, with the
+    /// reports that wait for it. `None` without a log or when nothing was written.
+    pub(crate) fn seal(&mut self) -> Option<Sealed> {
+        let j = self.journal.as_mut()?;
+        let sealed = j.seal();
+        if matches!(sealed, Ok(None)) && self.held.is_empty() {
+            return None;
+        }
+        Some((sealed, std::mem::take(&mut self.held)))
+    }
+
+    /// Writes what the mailboxes let go and the marks they owe.
+    fn settle_log(&mut self, now_ms: u64) {
+        let Some(j) = self.journal.as_mut() else {
+            self.mail.released.clear();
+            self.mail.marked.clear();
+            return;
+        };
+        for id in self.mail.released.drain(..) {
+            j.release(id);
+        }
+        let marked = std::mem::take(&mut self.mail.marked);
+        for user in marked {
+            let epoch = self.streams.position(&StreamKey::User(user.clone()), now_ms).epoch;
+            let lost_upto = self.mail.lost_upto(&user);
+            let mut body = Vec::new();
+            let kind = Rec::Mark { user: &user, epoch, lost_upto, at_ms: now_ms }.encode(&mut body);
+            if let Some(id) = j.append(kind, &body) {
+                self.mail.mark_written(&user, id);
+            }
+        }
+        for id in self.mail.released.drain(..) {
+            j.release(id);
+        }
+    }
+
+    /// Replays one record of this shard's log (start-up, before any connection): the
+    /// streams' numbering, the mailboxes and cursors come back as they were written. Returns
+    /// false for a record this build cannot read (let go).
+    pub(crate) fn replay(&mut self, id: RecordId, kind: u8, body: &[u8], now_ms: u64) -> bool {
+        let Some(rec) = journal::decode(kind, body) else {
+            self.mail.released.push(id);
+            self.settle_log(now_ms);
+            return false;
+        };
+        match rec {
+            Rec::Push {
+                user,
+                epoch,
+                seq,
+                at_ms,
+                ttl_ms_at,
+                priority,
+                first_ack,
+                device,
+                frame,
+            } => {
+                let user: Arc<str> = Arc::from(user);
+                let key = StreamKey::User(user.clone());
+                let keep = self.streams.keep(&key);
+                if let Some(older) = self.streams.restore(&key, Position { epoch, seq }, at_ms) {
+                    // The stream began again under a new epoch: what was kept of the old one
+                    // is stale.
+                    if older {
+                        self.mail.released.push(id);
+                        self.settle_log(now_ms);
+                        return true;
+                    }
+                    self.mail.forget(&user);
+                }
+                let ttl = (ttl_ms_at > 0).then(|| ttl_ms_at.saturating_sub(at_ms));
+                let priority = match priority {
+                    0 => Priority::Low,
+                    2 => Priority::High,
+                    _ => Priority::Normal,
+                };
+                let meta = (ttl_ms_at > 0)
+                    .then(|| Arc::new(Meta { expires_ms: ttl_ms_at, conflate: None }));
+                let bytes = bytes::Bytes::copy_from_slice(frame);
+                let frame = Frame { bytes, priority, kept: true, meta };
+                let device = device.map(Arc::from);
+                self.mail.put(&user, seq, frame, device, first_ack, ttl, at_ms, &keep, Some(id));
+            }
+            Rec::Cursor { user, device, epoch, acked, at_ms } => {
+                let user: Arc<str> = Arc::from(user);
+                if self.streams.epoch_of(&StreamKey::User(user.clone())) == Some(epoch) {
+                    let device: Arc<str> = Arc::from(device);
+                    self.mail.restore_cursor(&user, &device, acked, at_ms, id, &self.p.mail);
+                } else {
+                    self.mail.released.push(id);
+                }
+            }
+            Rec::Mark { user, epoch, lost_upto, .. } => {
+                let user: Arc<str> = Arc::from(user);
+                if self.streams.epoch_of(&StreamKey::User(user.clone())) == Some(epoch) {
+                    self.mail.restore_mark(&user, lost_upto, id);
+                } else {
+                    self.mail.released.push(id);
+                }
+            }
+        }
+        // Marks owed from replayed evictions are written now, releases passed on.
+        self.settle_log(now_ms);
+        true
+    }
+
+    /// Replay found records it could not read in this shard's log: every user stream it holds
+    /// may have lost messages, so their devices are told `reset` at their next connection.
+    pub(crate) fn replay_damaged(&mut self, now_ms: u64) {
+        for user in self.mail.users() {
+            let seq = self.streams.position(&StreamKey::User(user.clone()), now_ms).seq;
+            self.mail.mark_lost(&user, seq);
+        }
+        self.settle_log(now_ms);
+    }
+
+    /// Replay is over: messages past their time go (and are marked lost for their devices).
+    pub(crate) fn replayed(&mut self, now_ms: u64) {
+        self.mail.expire(now_ms, &self.p.mail);
+        self.settle_log(now_ms);
+        self.settle_log(now_ms);
     }
 
     /// Numbers the next message of `key`, encodes it once and keeps it if the stream keeps
@@ -94,7 +235,39 @@ impl Home {
         let frame = self.append(&key, now_ms, payload, priority, meta);
         let seq = self.streams.position(&key, now_ms).seq;
         let first_ack = policy == Policy::FirstAck;
-        self.mail.put(&user, seq, frame.clone(), device, first_ack, ttl, now_ms, &keep);
+        let rec = match self.journal.as_mut() {
+            None => None,
+            Some(j) => {
+                let epoch = self.streams.position(&key, now_ms).epoch;
+                let ttl_ms_at = ttl.map_or(0, |t| now_ms.saturating_add(t));
+                let r = Rec::Push {
+                    user: &user,
+                    epoch,
+                    seq,
+                    at_ms: now_ms,
+                    ttl_ms_at,
+                    priority: priority as u8,
+                    first_ack,
+                    device: device.as_deref(),
+                    frame: &frame.bytes,
+                };
+                let mut body = Vec::with_capacity(frame.bytes.len() + 64);
+                let kind = r.encode(&mut body);
+                match j.append(kind, &body) {
+                    Some(id) => {
+                        // The API answers once the turn's commit is durable.
+                        self.held.push(report.split());
+                        Some(id)
+                    }
+                    None => {
+                        report.add(Totals { unsaved: 1, ..Default::default() });
+                        None
+                    }
+                }
+            }
+        };
+        self.mail.put(&user, seq, frame.clone(), device, first_ack, ttl, now_ms, &keep, rec);
+        self.settle_log(now_ms);
         let Some(mut conns) = targets else {
             report.add(Totals { stored: 1, ..Default::default() });
             return;
@@ -175,6 +348,7 @@ impl Home {
                 | ShardMsg::Repaired { .. }
                 | ShardMsg::Joined { .. }
                 | ShardMsg::Mail { .. }
+                | ShardMsg::Synced { .. }
                 | ShardMsg::Published { .. }
         )
     }
@@ -211,8 +385,23 @@ impl Home {
                 if !self.streams.keep(&key).durable() {
                     return; // nothing to acknowledge on a stream that is not durable
                 }
-                let last = self.streams.position(&key, now_ms).seq;
-                let acked = self.mail.ack(&user, &device, seq, last, now_ms, &self.p.mail);
+                let at = self.streams.position(&key, now_ms);
+                let acked = self.mail.ack(&user, &device, seq, at.seq, now_ms, &self.p.mail);
+                if let (true, Some(j)) = (acked.moved, self.journal.as_mut()) {
+                    let mut body = Vec::new();
+                    let r = Rec::Cursor {
+                        user: &user,
+                        device: &device,
+                        epoch: at.epoch,
+                        acked: seq.min(at.seq),
+                        at_ms: now_ms,
+                    };
+                    let kind = r.encode(&mut body);
+                    if let Some(id) = j.append(kind, &body) {
+                        self.mail.cursor_written(&user, &device, id);
+                    }
+                }
+                self.settle_log(now_ms);
                 for (to, seq) in acked.cancels {
                     let body = crate::proto::client::cancel(&user, seq);
                     let mut v = Vec::with_capacity(body.len() + 4);
@@ -357,6 +546,7 @@ impl Home {
             }
             ShardMsg::QueryMailbox { user, clear, reply } => {
                 let cleared = if clear { self.mail.clear(&user) } else { 0 };
+                self.settle_log(now_ms);
                 let durable = self.streams.keep(&StreamKey::User(user.clone())).durable();
                 let _ = reply.send((self.mail.info(&user), cleared, durable));
             }
@@ -367,6 +557,7 @@ impl Home {
             | ShardMsg::Repaired { .. }
             | ShardMsg::Joined { .. }
             | ShardMsg::Mail { .. }
+            | ShardMsg::Synced { .. }
             | ShardMsg::Published { .. } => {
                 debug_assert!(false, "not a home message");
             }
@@ -511,5 +702,59 @@ mod tests {
         h.on_msg(count(1), 4, &mut out);
         h.on_msg(publish(), 5, &mut out);
         assert!(frame_text(&mut out).contains("\"seq\":2"));
+    }
+
+    #[test]
+    fn durable_pushes_acks_and_drops_replay_into_the_same_mailbox_and_positions() {
+        use crate::push::history::{Guarantee, Keep, Rules};
+        use crate::push::journal::MemJournal;
+        let keep =
+            Keep { guarantee: Guarantee::Durable, size: 3, ttl_ms: 1_000_000, bytes: 1 << 20 };
+        let durable = || {
+            let rules = Rules { rules: Vec::new(), default: Keep::NOTHING, user_default: keep };
+            let streams = Streams::with_history(7, 60_000, rules, 1 << 20);
+            let mail = MailParams {
+                ack_timeout_ms: 100,
+                attempts: 2,
+                devices: 4,
+                cursor_ttl_ms: 1_000_000,
+            };
+            let p = HomeParams { replace: false, active_window_ms: 1000, shards: 1, mail };
+            Home::new(p, streams)
+        };
+        let j = MemJournal::default();
+        let mut a = durable().with_journal(Box::new(j.clone()));
+        let mut out = Effects::new();
+        let push = |h: &mut Home, out: &mut Effects, at: u64| {
+            let (_r, part, _done) = Report::new(crate::clock::now());
+            let msg = ShardMsg::PushUser {
+                user: "u".into(),
+                device: None,
+                policy: Policy::All,
+                payload: payload(),
+                priority: Priority::Normal,
+                meta: None,
+                report: part,
+            };
+            h.on_msg(msg, at, out);
+        };
+        for t in 1..=4 {
+            push(&mut a, &mut out, t);
+        }
+        // Four into a mailbox of three: 1 was dropped and marked.
+        a.on_msg(ShardMsg::Ack { user: "u".into(), device: "d".into(), seq: 2 }, 5, &mut out);
+        let (info_a, at_a) =
+            (a.mail.info("u"), a.streams.position(&StreamKey::User("u".into()), 6));
+        assert_eq!((info_a.count, info_a.oldest, at_a.seq), (2, Some(3), 4));
+        // Replayed into a new home: the same mailbox, cursor, mark and position.
+        let live = j.0.lock().unwrap().live();
+        assert_eq!(live.len(), 4, "pushes 3 and 4, the cursor, the mark: {live:?}");
+        let mut b = durable().with_journal(Box::new(MemJournal::default()));
+        for (id, kind, body) in &live {
+            assert!(b.replay(*id, *kind, body, 10));
+        }
+        assert_eq!(b.mail.info("u"), info_a);
+        assert_eq!(b.streams.position(&StreamKey::User("u".into()), 11), at_a);
+        assert_eq!(b.mail.lost_upto("u"), 1, "1 was dropped unsettled: its mark came back");
     }
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use super::history::Keep;
 use super::ids::ConnId;
+use super::journal::RecordId;
 use super::msg::Frame;
 
 /// The clocks, from the configuration (the caps are each stream's `Keep`: messages kept
@@ -46,6 +47,8 @@ struct Entry {
     /// Only for this device (`device` on the push).
     device: Option<Arc<str>>,
     first_ack: bool,
+    /// Its record in the log, if the shard keeps one.
+    rec: Option<RecordId>,
 }
 
 #[derive(Clone, Debug)]
@@ -53,6 +56,7 @@ struct Cursor {
     device: Arc<str>,
     acked: u64,
     at_ms: u64,
+    rec: Option<RecordId>,
 }
 
 /// A connection's redelivery state.
@@ -74,6 +78,8 @@ struct UserMail {
     live: Vec<Live>,
     /// The highest seq dropped unsettled (caps, age): a device behind it lost messages.
     lost_upto: u64,
+    /// The log record that says `lost_upto`.
+    mark_rec: Option<RecordId>,
 }
 
 /// What an ack did.
@@ -84,6 +90,8 @@ pub(crate) struct Acked {
     pub(crate) cancels: Vec<(ConnId, u64)>,
     /// Messages settled and let go.
     pub(crate) settled: u64,
+    /// The device's cursor moved (the new one is to be written down).
+    pub(crate) moved: bool,
 }
 
 /// What a connection that joins gets of its user's mailbox.
@@ -125,6 +133,10 @@ pub(crate) struct Mailboxes {
     due: BTreeSet<(u64, Arc<str>, ConnId)>,
     held: usize,
     pub(crate) counts: MailCounts,
+    /// Log records no longer needed (the home releases them), and users whose `lost_upto`
+    /// rose (the home writes a mark for each).
+    pub(crate) released: Vec<RecordId>,
+    pub(crate) marked: Vec<Arc<str>>,
 }
 
 impl Mailboxes {
@@ -134,6 +146,8 @@ impl Mailboxes {
             due: BTreeSet::new(),
             held: 0,
             counts: MailCounts::default(),
+            released: Vec::new(),
+            marked: Vec::new(),
         }
     }
 
@@ -150,11 +164,12 @@ impl Mailboxes {
         ttl_ms: Option<u64>,
         now_ms: u64,
         p: &Keep,
+        rec: Option<RecordId>,
     ) -> u64 {
         let m = self.users.entry(user.clone()).or_default();
         let expires_ms = now_ms.saturating_add(ttl_ms.map_or(p.ttl_ms, |t| t.min(p.ttl_ms)));
         let size = frame.bytes.len();
-        m.entries.push_back(Entry { seq, expires_ms, frame, device, first_ack });
+        m.entries.push_back(Entry { seq, expires_ms, frame, device, first_ack, rec });
         m.bytes += size;
         self.held += size;
         let mut evicted = 0;
@@ -163,7 +178,11 @@ impl Mailboxes {
             m.bytes -= e.frame.bytes.len();
             self.held -= e.frame.bytes.len();
             m.lost_upto = m.lost_upto.max(e.seq);
+            self.released.extend(e.rec);
             evicted += 1;
+        }
+        if evicted > 0 {
+            self.marked.push(user.clone());
         }
         self.counts.evicted += evicted;
         evicted
@@ -260,30 +279,28 @@ impl Mailboxes {
         let m = self.users.entry(user.clone()).or_default();
         let seq = seq.min(last);
         let before = cursor_of(&m.cursors, device);
-        {
-            match m.cursors.iter_mut().find(|c| c.device == *device) {
-                Some(c) => {
-                    c.acked = c.acked.max(seq);
-                    c.at_ms = now_ms;
-                }
-                None => {
-                    m.cursors.push(Cursor { device: device.clone(), acked: seq, at_ms: now_ms });
-                    if m.cursors.len() > p.devices {
-                        // The device that acknowledged least recently goes.
-                        if let Some(i) = m
-                            .cursors
-                            .iter()
-                            .enumerate()
-                            .min_by_key(|(_, c)| c.at_ms)
-                            .map(|(i, _)| i)
-                        {
-                            m.cursors.swap_remove(i);
-                        }
+        let mut out = Acked::default();
+        match m.cursors.iter_mut().find(|c| c.device == *device) {
+            Some(c) => {
+                out.moved = seq > c.acked;
+                c.acked = c.acked.max(seq);
+                c.at_ms = now_ms;
+            }
+            None => {
+                out.moved = true;
+                let c = Cursor { device: device.clone(), acked: seq, at_ms: now_ms, rec: None };
+                m.cursors.push(c);
+                if m.cursors.len() > p.devices {
+                    // The device that acknowledged least recently goes.
+                    if let Some(i) =
+                        m.cursors.iter().enumerate().min_by_key(|(_, c)| c.at_ms).map(|(i, _)| i)
+                    {
+                        let gone = m.cursors.swap_remove(i);
+                        self.released.extend(gone.rec);
                     }
                 }
             }
         }
-        let mut out = Acked::default();
         // first_ack messages this ack settles: the other devices that were sent one are told.
         for e in m.entries.iter().filter(|e| e.first_ack && e.seq > before && e.seq <= seq) {
             for l in m.live.iter().filter(|l| l.device != *device && l.sent >= e.seq) {
@@ -293,6 +310,7 @@ impl Mailboxes {
         let cursors = &m.cursors;
         let mut freed = 0;
         let n = m.entries.len();
+        let released = &mut self.released;
         m.entries.retain(|e| {
             let done = match (&e.device, e.first_ack) {
                 (_, true) if e.seq <= seq => true,
@@ -301,6 +319,7 @@ impl Mailboxes {
             };
             if done {
                 freed += e.frame.bytes.len();
+                released.extend(e.rec);
             }
             !done
         });
@@ -371,21 +390,31 @@ impl Mailboxes {
     pub(crate) fn expire(&mut self, now_ms: u64, p: &MailParams) {
         let mut expired = 0;
         let mut freed = 0;
-        self.users.retain(|_, m| {
+        let (released, marked) = (&mut self.released, &mut self.marked);
+        self.users.retain(|user, m| {
             let mut lost = m.lost_upto;
             m.entries.retain(|e| {
                 let keep = e.expires_ms > now_ms;
                 if !keep {
                     freed += e.frame.bytes.len();
                     lost = lost.max(e.seq);
+                    released.extend(e.rec);
                     expired += 1;
                 }
                 keep
             });
-            m.lost_upto = lost;
+            if lost > m.lost_upto {
+                m.lost_upto = lost;
+                marked.push(user.clone());
+            }
             m.bytes = m.entries.iter().map(|e| e.frame.bytes.len()).sum();
             let recent = m.cursors.iter().any(|c| c.at_ms.saturating_add(p.cursor_ttl_ms) > now_ms);
-            !(m.entries.is_empty() && m.live.is_empty() && !recent)
+            let stay = !(m.entries.is_empty() && m.live.is_empty() && !recent);
+            if !stay {
+                released.extend(m.cursors.iter().filter_map(|c| c.rec));
+                released.extend(m.mark_rec);
+            }
+            stay
         });
         self.held -= freed;
         self.counts.expired += expired;
@@ -407,10 +436,87 @@ impl Mailboxes {
         let Some(m) = self.users.get_mut(user) else { return 0 };
         let n = m.entries.len();
         self.held -= m.bytes;
-        m.lost_upto = m.lost_upto.max(m.entries.back().map_or(0, |e| e.seq));
-        m.entries.clear();
+        if let Some(last) = m.entries.back().map(|e| e.seq).filter(|&s| s > m.lost_upto) {
+            m.lost_upto = last;
+            self.marked.push(Arc::from(user));
+        }
+        self.released.extend(m.entries.drain(..).filter_map(|e| e.rec));
         m.bytes = 0;
         n
+    }
+
+    /// The device's cursor is now written down as `rec` (the one it replaces is let go).
+    pub(crate) fn cursor_written(&mut self, user: &str, device: &str, rec: RecordId) {
+        let c = self
+            .users
+            .get_mut(user)
+            .and_then(|m| m.cursors.iter_mut().find(|c| &*c.device == device));
+        match c {
+            Some(c) => self.released.extend(c.rec.replace(rec)),
+            None => self.released.push(rec),
+        }
+    }
+
+    /// What a mark for `user` says: its epoch is the caller's; the highest seq dropped.
+    pub(crate) fn lost_upto(&self, user: &str) -> u64 {
+        self.users.get(user).map_or(0, |m| m.lost_upto)
+    }
+
+    /// The user's mark is now written down as `rec` (the one it replaces is let go).
+    pub(crate) fn mark_written(&mut self, user: &str, rec: RecordId) {
+        match self.users.get_mut(user) {
+            Some(m) => self.released.extend(m.mark_rec.replace(rec)),
+            None => self.released.push(rec),
+        }
+    }
+
+    /// Replay: a mark read back.
+    pub(crate) fn restore_mark(&mut self, user: &Arc<str>, lost_upto: u64, rec: RecordId) {
+        let m = self.users.entry(user.clone()).or_default();
+        m.lost_upto = m.lost_upto.max(lost_upto);
+        self.released.extend(m.mark_rec.replace(rec));
+    }
+
+    /// Replay: a cursor read back (it settles again what it settled). Returns how many
+    /// messages it settled.
+    pub(crate) fn restore_cursor(
+        &mut self,
+        user: &Arc<str>,
+        device: &Arc<str>,
+        acked: u64,
+        at_ms: u64,
+        rec: RecordId,
+        p: &MailParams,
+    ) {
+        self.ack(user, device, acked, acked, at_ms, p);
+        self.counts.acks -= 1;
+        self.cursor_written(user, device, rec);
+    }
+
+    /// Replay: everything of a user's stream before this epoch is stale (it was forgotten
+    /// and began again); its records are let go.
+    pub(crate) fn forget(&mut self, user: &str) {
+        if let Some(m) = self.users.remove(user) {
+            self.held -= m.bytes;
+            self.released.extend(m.entries.into_iter().filter_map(|e| e.rec));
+            self.released.extend(m.cursors.into_iter().filter_map(|c| c.rec));
+            self.released.extend(m.mark_rec);
+        }
+    }
+
+    /// Replay damage: everything of the user's stream up to `seq` may be lost.
+    pub(crate) fn mark_lost(&mut self, user: &Arc<str>, seq: u64) {
+        if let Some(m) = self.users.get_mut(user) {
+            if seq > m.lost_upto {
+                m.lost_upto = seq;
+                self.marked.push(user.clone());
+            }
+        }
+    }
+
+    /// Every user with anything kept (replay damage marks them all).
+    pub(crate) fn users(&self) -> Vec<Arc<str>> {
+        self.users.keys().cloned().collect()
     }
 
     /// Frame bytes all mailboxes of this shard hold.
@@ -465,7 +571,7 @@ mod tests {
         let (mut m, u, phone): (Mailboxes, Arc<str>, Arc<str>) =
             (Mailboxes::new(), "u".into(), "phone".into());
         for seq in 1..=2 {
-            m.put(&u, seq, frame(seq), None, false, None, 0, &K);
+            m.put(&u, seq, frame(seq), None, false, None, 0, &K, None);
             m.sent(&u, conn(1), &phone, seq, 0, &P);
         }
         assert!(m.due(99, &P).is_empty());
@@ -492,7 +598,7 @@ mod tests {
         m.ack(&u, &phone, 0, 0, 0, &P);
         m.ack(&u, &laptop, 0, 0, 0, &P);
         for seq in 1..=3 {
-            m.put(&u, seq, frame(seq), None, false, None, 10, &K);
+            m.put(&u, seq, frame(seq), None, false, None, 10, &K, None);
         }
         m.ack(&u, &phone, 2, 3, 20, &P);
         let p = m.joined(&u, conn(5), &phone, 30, &P);
@@ -505,7 +611,7 @@ mod tests {
         m.ack(&u, &phone, 3, 3, 40, &P);
         assert_eq!(m.info("u").count, 0);
         // A device never seen gets what is still kept; an ack past the stream's end is clamped.
-        m.put(&u, 4, frame(4), None, false, None, 50, &K);
+        m.put(&u, 4, frame(4), None, false, None, 50, &K, None);
         let new: Arc<str> = "tablet".into();
         assert_eq!(seqs(&m.joined(&u, conn(7), &new, 60, &P).frames), ["m4"]);
         m.ack(&u, &new, 99, 4, 70, &P);
@@ -518,14 +624,14 @@ mod tests {
             (Mailboxes::new(), Arc::<str>::from("u"), Arc::<str>::from("phone"));
         m.ack(&u, &phone, 0, 0, 0, &P);
         for seq in 1..=6 {
-            m.put(&u, seq, frame(seq), None, false, None, 0, &K);
+            m.put(&u, seq, frame(seq), None, false, None, 0, &K, None);
         }
         assert_eq!((m.counts.evicted, m.info("u").oldest), (2, Some(3)));
         let p = m.joined(&u, conn(1), &phone, 1, &P);
         assert!(p.lost, "seqs 1 and 2 are gone unacknowledged");
         assert_eq!(seqs(&p.frames), ["m3", "m4", "m5", "m6"]);
         // A message's own ttl, shorter than the age cap.
-        m.put(&u, 7, frame(7), None, false, Some(10), 100, &K);
+        m.put(&u, 7, frame(7), None, false, Some(10), 100, &K, None);
         assert_eq!(seqs(&m.joined(&u, conn(2), &phone, 109, &P).frames).last().unwrap(), "m7");
         assert_ne!(seqs(&m.joined(&u, conn(2), &phone, 110, &P).frames).last().unwrap(), "m7");
         m.expire(110, &P);
@@ -545,7 +651,7 @@ mod tests {
     fn first_ack_settles_for_every_device_and_the_others_are_told_to_cancel() {
         let (mut m, u) = (Mailboxes::new(), Arc::<str>::from("u"));
         let (phone, laptop): (Arc<str>, Arc<str>) = ("phone".into(), "laptop".into());
-        m.put(&u, 1, frame(1), None, true, None, 0, &K);
+        m.put(&u, 1, frame(1), None, true, None, 0, &K, None);
         m.sent(&u, conn(1), &phone, 1, 0, &P);
         m.sent(&u, conn(2), &laptop, 1, 0, &P);
         let a = m.ack(&u, &phone, 1, 1, 10, &P);
@@ -558,7 +664,7 @@ mod tests {
     fn a_message_for_one_device_waits_for_that_device_only() {
         let (mut m, u) = (Mailboxes::new(), Arc::<str>::from("u"));
         let (phone, laptop): (Arc<str>, Arc<str>) = ("phone".into(), "laptop".into());
-        m.put(&u, 1, frame(1), Some(phone.clone()), false, None, 0, &K);
+        m.put(&u, 1, frame(1), Some(phone.clone()), false, None, 0, &K, None);
         assert!(m.joined(&u, conn(1), &laptop, 1, &P).frames.is_empty());
         assert_eq!(seqs(&m.joined(&u, conn(2), &phone, 1, &P).frames), ["m1"]);
         m.ack(&u, &laptop, 1, 1, 2, &P);

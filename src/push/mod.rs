@@ -15,6 +15,7 @@ pub(crate) mod history;
 pub(crate) mod home;
 pub mod ids;
 pub mod index;
+pub(crate) mod journal;
 pub(crate) mod mailbox;
 pub mod msg;
 pub(crate) mod repair;

@@ -255,6 +255,11 @@ pub enum ShardMsg {
         seq: Option<u64>,
     },
 
+    /// The shard's log writer: commits up to a number are durable (or failed).
+    Synced {
+        commit: ringcast_store::Commit,
+    },
+
     // ----- work, to the shard holding the connections -----
     Deliver {
         target: Target,

@@ -18,6 +18,7 @@ pub struct Report {
     dropped: AtomicU64,
     offline: AtomicU64,
     stored: AtomicU64,
+    unsaved: AtomicU64,
     deferred: AtomicU64,
     conflated: AtomicU64,
     pending: AtomicI64,
@@ -38,6 +39,9 @@ pub struct Totals {
     /// Messages of a durable stream kept for a recipient with nothing connected (its
     /// mailbox): delivered at its next connection.
     pub stored: u64,
+    /// Messages of a durable stream the log could not take (it is failing): delivered where
+    /// they could be, but not on disk; the API answers 503 for them.
+    pub unsaved: u64,
     /// Frames a slow subscriber's outbox had no room for, which its channel's history will
     /// refill once it drains (gap repair): late, not lost.
     pub deferred: u64,
@@ -68,6 +72,7 @@ impl Report {
             dropped: AtomicU64::new(0),
             offline: AtomicU64::new(0),
             stored: AtomicU64::new(0),
+            unsaved: AtomicU64::new(0),
             deferred: AtomicU64::new(0),
             conflated: AtomicU64::new(0),
             pending: AtomicI64::new(1),
@@ -83,6 +88,7 @@ impl Report {
             dropped: self.dropped.load(Relaxed),
             offline: self.offline.load(Relaxed),
             stored: self.stored.load(Relaxed),
+            unsaved: self.unsaved.load(Relaxed),
             deferred: self.deferred.load(Relaxed),
             conflated: self.conflated.load(Relaxed),
         }
@@ -111,6 +117,7 @@ impl ReportPart {
         self.0.dropped.fetch_add(t.dropped, Relaxed);
         self.0.offline.fetch_add(t.offline, Relaxed);
         self.0.stored.fetch_add(t.stored, Relaxed);
+        self.0.unsaved.fetch_add(t.unsaved, Relaxed);
         for (total, n) in [(&self.0.deferred, t.deferred), (&self.0.conflated, t.conflated)] {
             if n > 0 {
                 total.fetch_add(n, Relaxed);

@@ -125,6 +125,50 @@ impl Streams {
         self.entries.get_mut(key).expect("entry present")
     }
 
+    /// Replay: a message of `key` at `pos` was written at `at_ms`. The stream continues from
+    /// the highest position replayed. `None` when `pos` is of the stream's epoch (or the first
+    /// seen); `Some(true)` when it is of an older epoch (stale); `Some(false)` when the stream
+    /// began again under `pos`'s epoch, replacing what was replayed of the older one.
+    pub(crate) fn restore(&mut self, key: &StreamKey, pos: Position, at_ms: u64) -> Option<bool> {
+        let keep = self.rules.keep_for(key);
+        match self.entries.get_mut(key) {
+            None => {
+                let e = Entry {
+                    epoch: pos.epoch,
+                    seq: pos.seq,
+                    last_ms: at_ms,
+                    keep,
+                    ring: Ring::default(),
+                };
+                self.entries.insert(key.clone(), e);
+                None
+            }
+            Some(e) if e.epoch == pos.epoch => {
+                e.seq = e.seq.max(pos.seq);
+                e.last_ms = e.last_ms.max(at_ms);
+                None
+            }
+            Some(e) if e.epoch > pos.epoch => Some(true),
+            Some(e) => {
+                let freed = e.ring.clear();
+                *e = Entry {
+                    epoch: pos.epoch,
+                    seq: pos.seq,
+                    last_ms: at_ms,
+                    keep,
+                    ring: Ring::default(),
+                };
+                self.held -= freed;
+                Some(false)
+            }
+        }
+    }
+
+    /// The epoch `key` stands at, if it has an entry.
+    pub(crate) fn epoch_of(&self, key: &StreamKey) -> Option<u64> {
+        self.entries.get(key).map(|e| e.epoch)
+    }
+
     /// What `key` keeps (by its entry, else by the rules).
     pub(crate) fn keep(&self, key: &StreamKey) -> Keep {
         self.entries.get(key).map_or_else(|| self.rules.keep_for(key), |e| e.keep)

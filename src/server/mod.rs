@@ -304,6 +304,7 @@ impl Server {
                  (about {fd_budget}); raise the limit (tuning/) or accepts will fail"
             );
         }
+        data_dir_for(&cfg, n)?;
         let shared = Arc::new(Shared {
             total: AtomicUsize::new(0),
             max_total,
@@ -490,4 +491,43 @@ async fn serve(
         a.await;
     }
     Ok(())
+}
+
+/// Creates `--data-dir` on the first start and records the shard count in its `META`; a later
+/// start with another count is refused (each shard's log holds the streams homed on it, and
+/// homes move with the count).
+fn data_dir_for(cfg: &Config, shards: usize) -> Result<(), StartError> {
+    let (dir, _) = cfg.data_dir();
+    if dir == "none" {
+        return Ok(());
+    }
+    let dir = std::path::Path::new(dir);
+    let fail = |e: std::io::Error| StartError(format!("--data-dir {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let meta = dir.join("META");
+    match std::fs::read_to_string(&meta) {
+        Ok(text) => {
+            let was = text.trim().strip_prefix("shards ").and_then(|n| n.parse::<usize>().ok());
+            match was {
+                Some(w) if w == shards => Ok(()),
+                Some(w) => Err(StartError(format!(
+                    "--data-dir {} was written by {w} shards and this start has {shards}: start \
+                     with --shards {w}, or move the directory aside to start empty",
+                    dir.display()
+                ))),
+                None => Err(StartError(format!(
+                    "--data-dir {}: META is not `shards N` ({text:?})",
+                    dir.display()
+                ))),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = dir.join("META.tmp");
+            std::fs::write(&tmp, format!("shards {shards}\n")).map_err(fail)?;
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(fail)?;
+            std::fs::rename(&tmp, &meta).map_err(fail)?;
+            std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(fail)
+        }
+        Err(e) => Err(fail(e)),
+    }
 }

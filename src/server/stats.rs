@@ -120,6 +120,11 @@ counters! {
     redelivered: "durable messages sent again after going unacknowledged past --ack-timeout",
     redelivery_gave_up: "connections given up on after --ack-attempts redeliveries (their messages wait for the device's next connection)",
     acks: "ack messages from clients",
+    log_syncs: "fdatasync calls of the shard's durable log",
+    log_sync_micros: "microseconds the durable log's syncs took, in all",
+    log_bytes_written: "bytes written to the shard's durable log",
+    log_segments_deleted: "durable log segments deleted whole (nothing in them was needed)",
+    log_failures: "shards whose durable log failed (durable pushes are refused with 503 since)",
 }
 
 impl Counters {

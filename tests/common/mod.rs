@@ -24,6 +24,8 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
             .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--shards", "2"])
             .args(["--log-level", "info"])
+            // Durable streams in memory unless the test names a data directory of its own.
+            .args(if args.contains(&"--data-dir") { &[][..] } else { &["--data-dir", "none"][..] })
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

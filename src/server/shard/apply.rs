@@ -84,6 +84,7 @@ impl Core {
                     Session::on_joined(slot, conn, at, mail, p, &mut self.effects);
                 }
             }
+            ShardMsg::Synced { commit } => self.synced(commit),
             ShardMsg::Mail { conn, frames } => {
                 if let Some(key) = self.local(conn) {
                     self.queue_mail(key, frames);

@@ -15,6 +15,7 @@
 mod admission;
 mod apply;
 mod close;
+mod log;
 mod read;
 mod runtime;
 mod timers;
@@ -327,6 +328,8 @@ pub(super) struct Core {
     upstream_done: Vec<crate::upstream::Done>,
     /// Upgrades waiting for the connect backend, by slot.
     authorizing: HashMap<usize, Box<crate::proto::handshake::Upgrade>>,
+    /// The durable log's commits waiting to be reported durable, with their reports.
+    log: log::Waiting,
 }
 
 /// What a shard is built from besides the configuration.
@@ -357,6 +360,17 @@ impl Shard {
             p.history_budget,
         );
         let home = Home::new(p.home, streams);
+        let (home, log) = match cfg.history.data_dir.as_str() {
+            "none" => (home, log::Waiting::default()),
+            dir => {
+                let durability = ringcast_store::Durability::parse(&cfg.history.durability)
+                    .map_err(io::Error::other)?;
+                let dir = log::shard_dir(std::path::Path::new(dir), id);
+                let seg = cfg.history.log_segment_bytes;
+                log::open(home, &dir, id, durability, seg, router.clone())
+                    .map_err(|e| io::Error::other(format!("the log in {}: {e}", dir.display())))?
+            }
+        };
         let two = &cfg.two_way;
         let upstream = crate::upstream::Upstreams::new(
             &shared.upstreams.rules,
@@ -429,6 +443,7 @@ impl Shard {
             upstream_results: Vec::new(),
             upstream_done: Vec::new(),
             authorizing: HashMap::new(),
+            log,
         };
         Ok(Shard { read_buf, core })
     }
@@ -505,6 +520,7 @@ impl Shard {
         self.core.drive_upstream(); // backend answers to their sessions; requests that can go
         self.core.flush_dirty(); // one gather write per connection with queued frames
         self.core.after_flush(); // what drained outboxes asked of this shard itself
+        self.core.seal_log(); // this turn's durable records: one commit for the log writer
         self.core.next_turn(inbox_left, self.core.ready.is_empty())
     }
 }
