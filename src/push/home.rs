@@ -276,16 +276,7 @@ impl Home {
             let dev = self.device_of(&user, *c);
             self.mail.sent(&user, *c, &dev, seq, now_ms, &self.p.mail);
         }
-        conns.sort_by_key(|c| c.shard);
-        for group in conns.chunk_by(|a, b| a.shard == b.shard) {
-            let msg = ShardMsg::Deliver {
-                target: Target::Conns(group.to_vec()),
-                frame: frame.clone(),
-                report: report.split(),
-            };
-            let expected = Expected::Recipients(group.len() as u64);
-            out.push_back(Effect::Deliver { shard: usize::from(group[0].shard), msg, expected });
-        }
+        deliver_to(&mut conns, &frame, report, out);
     }
 
     /// The device key of one of a user's connections (`""` without a device).
@@ -461,20 +452,7 @@ impl Home {
                 };
                 let key = StreamKey::User(user);
                 let frame = self.append(&key, now_ms, &payload, priority, meta);
-                conns.sort_by_key(|c| c.shard);
-                for group in conns.chunk_by(|a, b| a.shard == b.shard) {
-                    let msg = ShardMsg::Deliver {
-                        target: Target::Conns(group.to_vec()),
-                        frame: frame.clone(),
-                        report: report.split(),
-                    };
-                    let expected = Expected::Recipients(group.len() as u64);
-                    out.push_back(Effect::Deliver {
-                        shard: usize::from(group[0].shard),
-                        msg,
-                        expected,
-                    });
-                }
+                deliver_to(&mut conns, &frame, &report, out);
             }
             ShardMsg::Publish { channel, payload, priority, meta, report } => {
                 self.publish(&channel, &payload, (priority, meta), &report, now_ms, out);
@@ -585,6 +563,20 @@ impl Home {
     /// Frame bytes the history rings of this shard hold.
     pub(crate) fn history_bytes(&self) -> usize {
         self.streams.held()
+    }
+}
+
+/// One delivery of `frame` per shard holding some of `conns`.
+fn deliver_to(conns: &mut [ConnId], frame: &Frame, report: &ReportPart, out: &mut Effects) {
+    conns.sort_by_key(|c| c.shard);
+    for group in conns.chunk_by(|a, b| a.shard == b.shard) {
+        let msg = ShardMsg::Deliver {
+            target: Target::Conns(group.to_vec()),
+            frame: frame.clone(),
+            report: report.split(),
+        };
+        let expected = Expected::Recipients(group.len() as u64);
+        out.push_back(Effect::Deliver { shard: usize::from(group[0].shard), msg, expected });
     }
 }
 
