@@ -196,3 +196,107 @@ fn acks_are_only_for_the_connections_own_user_stream() {
     c.text(r#"{"type":"ack","stream":"channel:x","seq":1}"#);
     assert_eq!(next(&mut c)["code"], "bad_ack");
 }
+
+/// A push with `wait_ack_ms` on a thread: its status, its report, and how long it took.
+fn push_waiting(s: &Server, body: Value) -> std::thread::JoinHandle<(u16, Value, Duration)> {
+    let api = s.api;
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        let (st, _, b) = common::http(api, "POST", "/v1/push", "", body.to_string().as_bytes());
+        (st, serde_json::from_str(&b).unwrap_or(Value::Null), t.elapsed())
+    })
+}
+
+/// Waits until `ringcast_ack_waits`, summed over shards, is `n`.
+fn wait_ack_waits(s: &Server, n: u64) {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, _, text) = s.http("GET", "/metrics", "", b"");
+        let waits: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("ringcast_ack_waits{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        if waits == n {
+            return;
+        }
+        assert!(Instant::now() < end, "ringcast_ack_waits stayed {waits}, not {n}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn wait_ack_ms_reports_which_devices_acked_in_time() {
+    let s = Server::start(&[]);
+    let mut phone = Client::connect(s.addr, "/ws?user=w&device=phone");
+    let mut laptop = Client::connect(s.addr, "/ws?user=w&device=laptop");
+    wait_user(&s, "w", 2);
+    // Both ack: the report comes as soon as the second one does, well before the wait.
+    let h = push_waiting(&s, json!({"user": "w", "data": 1, "wait_ack_ms": 20000}));
+    assert_eq!(data_seq(&next(&mut phone)).0, 1);
+    assert_eq!(data_seq(&next(&mut laptop)).0, 1);
+    ack(&mut phone, "w", 1);
+    ack(&mut laptop, "w", 1);
+    let (st, r, took) = h.join().unwrap();
+    assert_eq!(st, 200, "{r}");
+    let mut acked: Vec<&str> =
+        r["acked"].as_array().unwrap().iter().flat_map(Value::as_str).collect();
+    acked.sort_unstable();
+    assert_eq!((acked, &r["not_acked"]), (vec!["laptop", "phone"], &json!([])), "{r}");
+    assert!(took < Duration::from_secs(10), "answered at the last ack, took {took:?}");
+    // Only the phone acks: the report waits the whole time and names the laptop.
+    let h = push_waiting(&s, json!({"user": "w", "data": 2, "wait_ack_ms": 400}));
+    assert_eq!(data_seq(&next(&mut phone)).0, 2);
+    assert_eq!(data_seq(&next(&mut laptop)).0, 2);
+    ack(&mut phone, "w", 2);
+    let (st, r, took) = h.join().unwrap();
+    assert_eq!(st, 200, "{r}");
+    assert_eq!((&r["acked"], &r["not_acked"]), (&json!(["phone"]), &json!(["laptop"])), "{r}");
+    assert!(took >= Duration::from_millis(400), "held for the wait, took {took:?}");
+    // first_ack: the first device's ack answers it.
+    let h = push_waiting(
+        &s,
+        json!({"user": "w", "data": 3, "policy": "first_ack", "wait_ack_ms": 20000}),
+    );
+    assert_eq!(data_seq(&next(&mut laptop)).0, 3);
+    ack(&mut laptop, "w", 3);
+    let (_, r, _) = h.join().unwrap();
+    assert_eq!((&r["acked"], &r["not_acked"]), (&json!(["laptop"]), &json!(["phone"])), "{r}");
+    // A stored push: a device that connects within the wait and acks is named.
+    drop((phone, laptop));
+    wait_user(&s, "w", 0);
+    let h = push_waiting(&s, json!({"user": "w", "data": 4, "wait_ack_ms": 20000}));
+    // Connect once the push is stored and waiting.
+    wait_ack_waits(&s, 1);
+    let mut tablet = Client::connect(s.addr, "/ws?user=w&device=tablet");
+    let m = data_seq(&next(&mut tablet));
+    assert!(m.0 <= 4, "{m:?}");
+    ack(&mut tablet, "w", 4);
+    let (_, r, _) = h.join().unwrap();
+    assert_eq!((r["stored"].as_u64(), &r["acked"]), (Some(1), &json!(["tablet"])), "{r}");
+    wait_ack_waits(&s, 0);
+}
+
+#[test]
+fn wait_ack_ms_is_refused_where_it_cannot_hold() {
+    let dir = std::env::temp_dir().join(format!("ringcast-waitack-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ringcast.toml");
+    std::fs::write(&file, "[[streams]]\npattern = \"user:x\"\nguarantee = \"recoverable\"\n")
+        .unwrap();
+    let s = Server::start(&["--config", file.to_str().unwrap()]);
+    for (body, field) in [
+        (json!({"user": "x", "data": 1, "wait_ack_ms": 100}), "durable"),
+        (json!({"user": "x", "data": 1, "wait_ack_ms": 0}), "from 1 to 60000"),
+        (json!({"user": "x", "data": 1, "wait_ack_ms": 60001}), "from 1 to 60000"),
+        (json!({"user": "x", "data": 1, "wait_ack_ms": "1s"}), "from 1 to 60000"),
+    ] {
+        let (st, r) = s.post("/v1/push", body);
+        assert_eq!(st, 400, "{r}");
+        assert!(r.to_string().contains(field), "{r}");
+    }
+    // Another user's stream is durable by default: it may wait.
+    let (st, r) = s.post("/v1/push", json!({"user": "y", "data": 1, "wait_ack_ms": 50}));
+    assert_eq!((st, &r["stored"], &r["acked"]), (200, &json!(1), &json!([])), "{r}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -45,6 +45,9 @@ const NAME_RULE: &str = "1-128 bytes of A-Z a-z 0-9 _ - . : @ /";
 /// The longest `ttl` a message may ask for.
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// The longest a push's report may wait for acknowledgements (`wait_ack_ms`).
+pub(crate) const MAX_WAIT_ACK_MS: u32 = 60_000;
+
 /// How deeply `data` may nest arrays and objects, on every endpoint (batch lines included).
 /// Deeper payloads are refused with 400: clients' JSON parsers are not all built for more.
 pub(crate) const MAX_DATA_DEPTH: usize = 64;
@@ -183,6 +186,21 @@ impl Fields {
         }
         let expires_ms = ttl.map_or(0, |d| now_ms.saturating_add(d.as_millis() as u64));
         Ok(Some(Arc::new(Meta { expires_ms, conflate })))
+    }
+
+    /// `wait_ack_ms`: how long a durable push's report waits for acks, 1 to
+    /// [`MAX_WAIT_ACK_MS`]; 0 when not given.
+    pub(crate) fn wait_ack_ms(&self) -> Result<u32, BadRequest> {
+        match self.map.get("wait_ack_ms") {
+            None => Ok(0),
+            Some(raw) => match serde_json::from_str::<u32>(raw.get()) {
+                Ok(n) if (1..=MAX_WAIT_ACK_MS).contains(&n) => Ok(n),
+                _ => Err(BadRequest::new(
+                    "wait_ack_ms",
+                    format!("\"wait_ack_ms\" must be a whole number of milliseconds from 1 to {MAX_WAIT_ACK_MS}"),
+                )),
+            },
+        }
     }
 
     pub(crate) fn priority(&self) -> Result<Priority, BadRequest> {

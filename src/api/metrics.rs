@@ -99,6 +99,12 @@ pub(crate) fn render(
         "Frame bytes held in durable user streams' mailboxes.",
         &|_, s| s.mailbox_bytes.get(),
     );
+    per_shard(
+        &mut o,
+        "ringcast_ack_waits",
+        "Durable pushes whose API report waits for the devices' acks (wait_ack_ms).",
+        &|_, s| s.ack_waits.get(),
+    );
     for (name, help, get) in [
         (
             "ringcast_mailbox_evicted_total",

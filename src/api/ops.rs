@@ -11,7 +11,7 @@ use crate::clock;
 use crate::proto::CloseReason;
 use crate::push::ids::home_of;
 use crate::push::msg::ShardMsg;
-use crate::push::report::{Report, Totals};
+use crate::push::report::{Acks, Report, Totals};
 use crate::push::streams::StreamKey;
 
 use super::error::ApiError;
@@ -51,9 +51,17 @@ impl Op {
     fn fields(self) -> &'static [&'static str] {
         match self {
             Op::Publish => &["channel", "data", "data_base64", "priority", "ttl", "conflate"],
-            Op::Push => {
-                &["user", "device", "data", "data_base64", "policy", "priority", "ttl", "conflate"]
-            }
+            Op::Push => &[
+                "user",
+                "device",
+                "data",
+                "data_base64",
+                "policy",
+                "priority",
+                "ttl",
+                "conflate",
+                "wait_ack_ms",
+            ],
             Op::Send => &["conn", "data", "data_base64", "priority", "ttl", "conflate"],
             Op::Broadcast => &["data", "data_base64", "priority", "ttl", "conflate"],
             Op::Kick => &["user", "conn", "code", "reason"],
@@ -66,6 +74,8 @@ impl Op {
 pub(crate) struct Done {
     totals: Totals,
     kick: bool,
+    /// A push that waited for acks: which devices did.
+    acks: Option<Acks>,
 }
 
 impl Done {
@@ -74,7 +84,7 @@ impl Done {
         if self.kick {
             json!({ "kicked": t.recipients, "offline": t.offline, "discarded": t.dropped })
         } else {
-            json!({
+            let mut v = json!({
                 "recipients": t.recipients,
                 "queued": t.queued,
                 "dropped": t.dropped,
@@ -82,7 +92,12 @@ impl Done {
                 "conflated": t.conflated,
                 "offline": t.offline,
                 "stored": t.stored,
-            })
+            });
+            if let Some(a) = &self.acks {
+                v["acked"] = json!(a.acked.iter().map(|d| &**d).collect::<Vec<_>>());
+                v["not_acked"] = json!(a.not_acked.iter().map(|d| &**d).collect::<Vec<_>>());
+            }
+            v
         }
     }
 }
@@ -93,18 +108,20 @@ pub(crate) struct Pending {
     report: Arc<Report>,
     done: oneshot::Receiver<()>,
     kick: bool,
+    /// How long the shards may hold the report for acks, beyond the usual deadline.
+    wait: std::time::Duration,
 }
 
 impl Pending {
     pub(crate) async fn finish(self) -> Result<Done, ApiError> {
-        if monoio::time::timeout(REPORT_TIMEOUT, self.done).await.is_err() {
-            return Err(ApiError::NoAnswer("the delivery report did not complete in 10 s"));
+        if monoio::time::timeout(REPORT_TIMEOUT + self.wait, self.done).await.is_err() {
+            return Err(ApiError::NoAnswer("the delivery report did not complete in time (10 s)"));
         }
         let totals = self.report.totals();
         if totals.unsaved > 0 {
             return Err(ApiError::Unsaved(totals.unsaved));
         }
-        Ok(Done { totals, kick: self.kick })
+        Ok(Done { totals, kick: self.kick, acks: self.report.acks() })
     }
 }
 
@@ -218,7 +235,8 @@ pub(crate) fn dispatch(ctx: &ApiContext, op: Op, f: Fields) -> Result<Pending, A
     let n = ctx.router.shards();
     let (report, part, done) = Report::new(clock::now());
     let now_ms = clock::unix_ms();
-    let pending = Pending { report, done, kick: op == Op::Kick };
+    let mut pending =
+        Pending { report, done, kick: op == Op::Kick, wait: std::time::Duration::ZERO };
     let send =
         |shard: usize, m: ShardMsg| ctx.router.send(shard, m).map_err(|_| ApiError::Busy { shard });
     match op {
@@ -232,9 +250,27 @@ pub(crate) fn dispatch(ctx: &ApiContext, op: Op, f: Fields) -> Result<Pending, A
             let (user, device) = (f.name("user")?, f.opt_name("device")?);
             let (payload, policy, priority) = (f.payload()?, f.policy()?, f.priority()?);
             let meta = f.meta(&format!("user:{user}"), now_ms)?;
+            let wait_ack_ms = f.wait_ack_ms()?;
+            if wait_ack_ms > 0
+                && !ctx.shared.streams.keep_for(&StreamKey::User(user.clone())).durable()
+            {
+                let m = format!(
+                    "\"wait_ack_ms\" needs a durable stream, and user:{user} is not durable by the [[streams]] rules"
+                );
+                return Err(BadRequest::new("wait_ack_ms", m).into());
+            }
+            pending.wait = std::time::Duration::from_millis(u64::from(wait_ack_ms));
             let home = home_of(&user, n);
-            let m =
-                ShardMsg::PushUser { user, device, policy, payload, priority, meta, report: part };
+            let m = ShardMsg::PushUser {
+                user,
+                device,
+                policy,
+                payload,
+                priority,
+                meta,
+                wait_ack_ms,
+                report: part,
+            };
             send(home, m)?;
         }
         Op::Send => {

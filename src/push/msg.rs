@@ -163,6 +163,8 @@ pub enum ShardMsg {
         payload: Payload,
         priority: Priority,
         meta: Option<Arc<Meta>>,
+        /// Durable streams: hold the report up to this long for the devices' acks (0: no).
+        wait_ack_ms: u32,
         report: ReportPart,
     },
     Publish {

@@ -23,6 +23,18 @@ pub struct Report {
     conflated: AtomicU64,
     pending: AtomicI64,
     done: Mutex<Option<oneshot::Sender<()>>>,
+    /// A push that waited for acknowledgements (`wait_ack_ms`): the devices that acknowledged
+    /// it in time and those it was sent to that did not. Written once, by its home shard.
+    acks: Mutex<Option<Acks>>,
+}
+
+/// Which devices acknowledged a durable push within its `wait_ack_ms`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Acks {
+    /// Devices whose cumulative ack reached the message, in the order they acked.
+    pub acked: Vec<Arc<str>>,
+    /// Devices it was sent to (at the push, or later from the mailbox) that did not.
+    pub not_acked: Vec<Arc<str>>,
 }
 
 /// Counts of one delivery.
@@ -77,6 +89,7 @@ impl Report {
             conflated: AtomicU64::new(0),
             pending: AtomicI64::new(1),
             done: Mutex::new(Some(tx)),
+            acks: Mutex::new(None),
         });
         (r.clone(), ReportPart(r), rx)
     }
@@ -92,6 +105,11 @@ impl Report {
             deferred: self.deferred.load(Relaxed),
             conflated: self.conflated.load(Relaxed),
         }
+    }
+
+    /// What the acknowledgement wait found (`None`: the push did not wait).
+    pub fn acks(&self) -> Option<Acks> {
+        self.acks.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -109,6 +127,11 @@ impl ReportPart {
     /// Time from the API taking the request to `now`.
     pub(crate) fn elapsed(&self, now: std::time::Instant) -> std::time::Duration {
         now.saturating_duration_since(self.0.started)
+    }
+
+    /// Records what an acknowledgement wait found (before this part is dropped).
+    pub(crate) fn set_acks(&self, acks: Acks) {
+        *self.0.acks.lock().unwrap_or_else(|p| p.into_inner()) = Some(acks);
     }
 
     pub(crate) fn add(&self, t: Totals) {

@@ -51,6 +51,8 @@ pub struct Shared {
     pub(crate) token_key: TokenKey,
     /// The backends, and each shard's figures for each (`[shard][backend]`).
     pub(crate) upstreams: Upstreams,
+    /// The `[[streams]]` rules, for the API's checks (each home shard has its own copy).
+    pub(crate) streams: crate::push::history::Rules,
 }
 
 /// The `[[upstreams]]` every shard calls, this node's name in their events, and their figures.
@@ -319,6 +321,7 @@ impl Server {
             token_key: session_key(&cfg)
                 .map_err(|e| StartError(format!("cannot make a session key: {e}")))?,
             upstreams: Upstreams::new(&cfg, n),
+            streams: shard::history_rules(&cfg),
         });
         let cfg = Arc::new(cfg);
         let mut threads = Vec::with_capacity(n);

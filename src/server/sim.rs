@@ -59,6 +59,7 @@ impl SimNode {
             epoch: clock::unix_ms(),
             token_key: super::session_key(cfg)?,
             upstreams: super::Upstreams::new(cfg, n),
+            streams: super::shard::history_rules(cfg),
         });
         let counters: Vec<Arc<Counters>> = (0..n).map(|_| Arc::new(Counters::default())).collect();
         let peers: Arc<[Arc<Counters>]> = counters.clone().into();

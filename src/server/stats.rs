@@ -115,6 +115,7 @@ counters! {
     outbox_bytes: "bytes queued in connection outboxes (gauge)",
     history_bytes: "frame bytes held in stream histories (gauge)",
     mailbox_bytes: "frame bytes held in durable user streams' mailboxes (gauge)",
+    ack_waits: "durable pushes whose API report waits for acks (wait_ack_ms) (gauge)",
     mailbox_evicted: "mailbox messages dropped unsettled by the caps (--mailbox-size, --mailbox-bytes)",
     mailbox_expired: "mailbox messages dropped unsettled by age (--mailbox-ttl) or their ttl",
     redelivered: "durable messages sent again after going unacknowledged past --ack-timeout",

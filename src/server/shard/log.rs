@@ -131,7 +131,12 @@ impl Core {
         let Some((sealed, parts)) = self.home.seal() else { return };
         match sealed {
             Ok(Some(n)) => self.log.commits.push_back((n, parts)),
-            Ok(None) => drop(parts),
+            // Nothing new in this turn: the parts (answers to acks) wait for the last commit
+            // still in flight, which holds those acks' cursors.
+            Ok(None) => match self.log.commits.back_mut() {
+                Some((_, waiting)) => waiting.extend(parts),
+                None => drop(parts),
+            },
             Err(e) => {
                 tracing::error!(shard = self.id, "the log cannot take commits: {e}");
                 unsaved(parts);

@@ -205,7 +205,7 @@ impl Params {
 
 /// The `[[streams]]` rules with each missing cap taken from the `--history-*` flags; streams
 /// no rule names are recoverable within those flags (the broadcast stays ephemeral).
-fn history_rules(cfg: &Config) -> Rules {
+pub(crate) fn history_rules(cfg: &Config) -> Rules {
     let h = &cfg.history;
     let default = Keep {
         guarantee: Guarantee::Recoverable,

@@ -60,6 +60,7 @@ impl Core {
         let (held, m) = self.home.mail_stats();
         let c = &self.counters;
         c.mailbox_bytes.set(held as u64);
+        c.ack_waits.set(self.home.ack_waits() as u64);
         c.mailbox_evicted.set(m.evicted);
         c.mailbox_expired.set(m.expired);
         c.redelivered.set(m.redelivered);

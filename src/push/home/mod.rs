@@ -12,11 +12,16 @@ use super::delivery::encode_at;
 use super::directory::{ChannelDirectory, Policy, UserConn, UserDirectory};
 use super::effect::{Effect, Effects, Expected};
 use super::ids::ConnId;
-use super::journal::{self, Journal, Rec, RecordId};
+use super::journal::{Journal, Rec};
 use super::mailbox::{MailParams, Mailboxes, NO_DEVICE};
 use super::msg::{ConnInfo, Frame, MailCatchUp, Meta, Payload, Priority, ShardMsg, Target};
+
+mod replay;
+mod waits;
+
 use super::report::{ReportPart, Totals};
 use super::streams::{Position, StreamKey, Streams};
+use waits::AckWaits;
 
 /// A sealed turn: the log commit that holds it (its number, or why it failed), and the
 /// reports that wait for it.
@@ -48,6 +53,8 @@ pub(crate) struct Home {
     /// Reports of durable pushes written this turn: they complete once the turn's commit is
     /// durable (the shard holds them until then).
     held: Vec<ReportPart>,
+    /// Durable pushes whose report waits for the devices' acks (`wait_ack_ms`).
+    waits: AckWaits,
     p: HomeParams,
 }
 
@@ -60,6 +67,7 @@ impl Home {
             mail: Mailboxes::new(),
             journal: None,
             held: Vec::new(),
+            waits: AckWaits::new(),
             p,
         }
     }
@@ -106,93 +114,6 @@ impl Home {
         }
     }
 
-    /// Replays one record of this shard's log (start-up, before any connection): the
-    /// streams' numbering, the mailboxes and cursors come back as they were written. Returns
-    /// false for a record this build cannot read (let go).
-    pub(crate) fn replay(&mut self, id: RecordId, kind: u8, body: &[u8], now_ms: u64) -> bool {
-        let Some(rec) = journal::decode(kind, body) else {
-            self.mail.released.push(id);
-            self.settle_log(now_ms);
-            return false;
-        };
-        match rec {
-            Rec::Push {
-                user,
-                epoch,
-                seq,
-                at_ms,
-                ttl_ms_at,
-                priority,
-                first_ack,
-                device,
-                frame,
-            } => {
-                let user: Arc<str> = Arc::from(user);
-                let key = StreamKey::User(user.clone());
-                let keep = self.streams.keep(&key);
-                if let Some(older) = self.streams.restore(&key, Position { epoch, seq }, at_ms) {
-                    // The stream began again under a new epoch: what was kept of the old one
-                    // is stale.
-                    if older {
-                        self.mail.released.push(id);
-                        self.settle_log(now_ms);
-                        return true;
-                    }
-                    self.mail.forget(&user);
-                }
-                let ttl = (ttl_ms_at > 0).then(|| ttl_ms_at.saturating_sub(at_ms));
-                let priority = match priority {
-                    0 => Priority::Low,
-                    2 => Priority::High,
-                    _ => Priority::Normal,
-                };
-                let meta = (ttl_ms_at > 0)
-                    .then(|| Arc::new(Meta { expires_ms: ttl_ms_at, conflate: None }));
-                let bytes = bytes::Bytes::copy_from_slice(frame);
-                let frame = Frame { bytes, priority, kept: true, meta };
-                let device = device.map(Arc::from);
-                self.mail.put(&user, seq, frame, device, first_ack, ttl, at_ms, &keep, Some(id));
-            }
-            Rec::Cursor { user, device, epoch, acked, at_ms } => {
-                let user: Arc<str> = Arc::from(user);
-                if self.streams.epoch_of(&StreamKey::User(user.clone())) == Some(epoch) {
-                    let device: Arc<str> = Arc::from(device);
-                    self.mail.restore_cursor(&user, &device, acked, at_ms, id, &self.p.mail);
-                } else {
-                    self.mail.released.push(id);
-                }
-            }
-            Rec::Mark { user, epoch, lost_upto, .. } => {
-                let user: Arc<str> = Arc::from(user);
-                if self.streams.epoch_of(&StreamKey::User(user.clone())) == Some(epoch) {
-                    self.mail.restore_mark(&user, lost_upto, id);
-                } else {
-                    self.mail.released.push(id);
-                }
-            }
-        }
-        // Marks owed from replayed evictions are written now, releases passed on.
-        self.settle_log(now_ms);
-        true
-    }
-
-    /// Replay found records it could not read in this shard's log: every user stream it holds
-    /// may have lost messages, so their devices are told `reset` at their next connection.
-    pub(crate) fn replay_damaged(&mut self, now_ms: u64) {
-        for user in self.mail.users() {
-            let seq = self.streams.position(&StreamKey::User(user.clone()), now_ms).seq;
-            self.mail.mark_lost(&user, seq);
-        }
-        self.settle_log(now_ms);
-    }
-
-    /// Replay is over: messages past their time go (and are marked lost for their devices).
-    pub(crate) fn replayed(&mut self, now_ms: u64) {
-        self.mail.expire(now_ms, &self.p.mail);
-        self.settle_log(now_ms);
-        self.settle_log(now_ms);
-    }
-
     /// Numbers the next message of `key`, encodes it once and keeps it if the stream keeps
     /// history: the frame every recipient shares.
     fn append(
@@ -222,7 +143,7 @@ impl Home {
         policy: Policy,
         payload: &Payload,
         (priority, meta): (Priority, Option<Arc<Meta>>),
-        report: &ReportPart,
+        (report, wait_ack_ms): (&ReportPart, u32),
         now_ms: u64,
         out: &mut Effects,
     ) {
@@ -268,15 +189,22 @@ impl Home {
         };
         self.mail.put(&user, seq, frame.clone(), device, first_ack, ttl, now_ms, &keep, rec);
         self.settle_log(now_ms);
-        let Some(mut conns) = targets else {
-            report.add(Totals { stored: 1, ..Default::default() });
-            return;
-        };
-        for c in &conns {
-            let dev = self.device_of(&user, *c);
-            self.mail.sent(&user, *c, &dev, seq, now_ms, &self.p.mail);
+        let mut sent = Vec::new();
+        match targets {
+            None => report.add(Totals { stored: 1, ..Default::default() }),
+            Some(mut conns) => {
+                for c in &conns {
+                    let dev = self.device_of(&user, *c);
+                    self.mail.sent(&user, *c, &dev, seq, now_ms, &self.p.mail);
+                    sent.push(dev);
+                }
+                deliver_to(&mut conns, &frame, report, out);
+            }
         }
-        deliver_to(&mut conns, &frame, report, out);
+        if wait_ack_ms > 0 {
+            let deadline = now_ms.saturating_add(u64::from(wait_ack_ms));
+            self.waits.add(&user, seq, deadline, first_ack, sent, report.split());
+        }
     }
 
     /// The device key of one of a user's connections (`""` without a device).
@@ -294,6 +222,21 @@ impl Home {
             let msg = ShardMsg::Mail { conn, frames };
             out.push_back(Effect::Update { shard: usize::from(conn.shard), msg });
         }
+        let over = self.waits.due(now_ms);
+        self.answer_waits(over);
+    }
+
+    /// Reports whose acknowledgement wait ended: they complete with the turn's commit (which
+    /// holds the cursors the acks moved), at once without a log.
+    fn answer_waits(&mut self, parts: Vec<ReportPart>) {
+        if self.journal.is_some() {
+            self.held.extend(parts);
+        }
+    }
+
+    /// Pushes whose report waits for acks.
+    pub(crate) fn ack_waits(&self) -> usize {
+        self.waits.len()
     }
 
     /// Numbers a channel message, keeps it where the channel keeps history, and hands it to
@@ -353,6 +296,7 @@ impl Home {
                 let mail = self.streams.keep(&key).durable().then(|| {
                     let dev = device.clone().unwrap_or_else(|| Arc::from(NO_DEVICE));
                     let p = self.mail.joined(&user, conn, &dev, now_ms, &self.p.mail);
+                    self.waits.joined(&user, &dev);
                     Box::new(MailCatchUp { frames: p.frames, lost: p.lost })
                 });
                 let c = UserConn { conn, device, connected_ms: at_ms, active_ms: at_ms, info };
@@ -393,6 +337,8 @@ impl Home {
                     }
                 }
                 self.settle_log(now_ms);
+                let settled = self.waits.acked(&user, &device, seq);
+                self.answer_waits(settled);
                 for (to, seq) in acked.cancels {
                     let body = crate::proto::client::cancel(&user, seq);
                     let mut v = Vec::with_capacity(body.len() + 4);
@@ -437,10 +383,20 @@ impl Home {
             ShardMsg::ChannelCount { channel, shard, delta } => {
                 self.channels.count(&channel, usize::from(shard), delta, self.p.shards);
             }
-            ShardMsg::PushUser { user, device, policy, payload, priority, meta, report } => {
+            ShardMsg::PushUser {
+                user,
+                device,
+                policy,
+                payload,
+                priority,
+                meta,
+                wait_ack_ms,
+                report,
+            } => {
                 if self.streams.keep(&StreamKey::User(user.clone())).durable() {
                     let stamp = (priority, meta);
-                    self.push_durable(user, device, policy, &payload, stamp, &report, now_ms, out);
+                    let r = (&report, wait_ack_ms);
+                    self.push_durable(user, device, policy, &payload, stamp, r, now_ms, out);
                     return;
                 }
                 let window = self.p.active_window_ms;
@@ -632,6 +588,7 @@ mod tests {
             payload: payload(),
             priority: Priority::Normal,
             meta: None,
+            wait_ack_ms: 0,
             report: part,
         };
         h.on_msg(msg, 6, &mut out);
@@ -726,6 +683,7 @@ mod tests {
                 payload: payload(),
                 priority: Priority::Normal,
                 meta: None,
+                wait_ack_ms: 0,
                 report: part,
             };
             h.on_msg(msg, at, out);
