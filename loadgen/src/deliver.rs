@@ -43,6 +43,7 @@ pub(crate) fn publish_loop(
                     let mut reported = [0u64; REPORT_FIELDS.len()];
                     let mut statuses: std::collections::BTreeMap<u16, u64> =
                         std::collections::BTreeMap::new();
+                    let mut api = api_histogram();
                     let mut i = k;
                     while i < count {
                         let due = start + Duration::from_secs_f64(i as f64 / rate);
@@ -54,7 +55,10 @@ pub(crate) fn publish_loop(
                             std::thread::sleep(due - now);
                         }
                         last = engine::now_ns();
-                        match publisher.post(&body(i, last)) {
+                        let sent = Instant::now();
+                        let answer = publisher.post(&body(i, last));
+                        let _ = api.record((sent.elapsed().as_micros() as u64).max(1));
+                        match answer {
                             Ok((200, resp)) => {
                                 if let Ok(v) = serde_json::from_slice::<Value>(&resp) {
                                     for (slot, k) in REPORT_FIELDS.iter().enumerate() {
@@ -75,7 +79,7 @@ pub(crate) fn publish_loop(
                         }
                         i += conns;
                     }
-                    (errors, last, statuses, reported)
+                    (errors, last, statuses, reported, api)
                 })
             })
             .collect();
@@ -85,8 +89,10 @@ pub(crate) fn publish_loop(
     let mut last = first;
     let mut statuses = std::collections::BTreeMap::new();
     let mut reported = [0u64; REPORT_FIELDS.len()];
+    let mut api_latency = api_histogram();
     for r in results {
-        let (e, l, st, rep) = r.map_err(|_| "a publisher thread panicked".to_string())?;
+        let (e, l, st, rep, api) = r.map_err(|_| "a publisher thread panicked".to_string())?;
+        let _ = api_latency.add(&api);
         errors += e;
         last = last.max(l);
         for (a, b) in reported.iter_mut().zip(rep) {
@@ -96,7 +102,17 @@ pub(crate) fn publish_loop(
             *statuses.entry(k).or_insert(0) += v;
         }
     }
-    Ok(Published { errors, first, last, statuses, reported })
+    Ok(Published { errors, first, last, statuses, reported, api_latency })
+}
+
+fn api_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds")
+}
+
+/// Percentiles of the publish API's answer times (request sent to answer read), in µs.
+pub(crate) fn api_latency_json(h: &hdrhistogram::Histogram<u64>) -> Value {
+    let q = |p: f64| h.value_at_quantile(p);
+    json!({"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": h.max(), "count": h.len()})
 }
 
 /// What the publish side of a run did.
@@ -110,11 +126,13 @@ pub(crate) struct Published {
     /// The delivery reports the server answered with, summed field by field
     /// ([`REPORT_FIELDS`]), if it sends ringcast's.
     pub(crate) reported: [u64; REPORT_FIELDS.len()],
+    /// How long each publish took to be answered, in µs.
+    pub(crate) api_latency: hdrhistogram::Histogram<u64>,
 }
 
 /// The fields of ringcast's delivery report, in `Published::reported` order.
-const REPORT_FIELDS: [&str; 6] =
-    ["recipients", "queued", "dropped", "deferred", "conflated", "offline"];
+const REPORT_FIELDS: [&str; 7] =
+    ["recipients", "queued", "dropped", "deferred", "conflated", "offline", "stored"];
 
 pub(crate) fn reported_json(r: [u64; REPORT_FIELDS.len()]) -> Value {
     let mut o = serde_json::Map::new();

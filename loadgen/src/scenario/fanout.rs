@@ -90,7 +90,7 @@ pub(crate) fn fanout_with(a: FanoutArgs, slow_every: usize) -> Result<(), String
     let channel = a.channel.clone();
     let progress =
         ProgressLine::start("delivered", received.clone(), readers * a.messages, a.conn.json);
-    let Published { errors, first, last, statuses, reported } = publish_loop(
+    let Published { errors, first, last, statuses, reported, api_latency } = publish_loop(
         &url,
         a.publish.api_key.clone(),
         a.publish.pub_conns,
@@ -137,6 +137,7 @@ pub(crate) fn fanout_with(a: FanoutArgs, slow_every: usize) -> Result<(), String
             "publish_errors": errors,
             "publish_error_statuses": statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "server_reported": reported_json(reported),
+            "api_latency_us": api_latency_json(&api_latency),
             "expected": expected,
             "missing": expected.saturating_sub(got),
             "server_cpu_secs": server_cpu,

@@ -55,7 +55,7 @@ pub(crate) fn push(a: PushArgs) -> Result<(), String> {
     let own0 = probe::own_cpu_seconds();
     let prefix = a.user_prefix.clone();
     let progress = ProgressLine::start("delivered", received.clone(), a.pushes, a.conn.json);
-    let Published { errors, first, last, statuses, reported } = publish_loop(
+    let Published { errors, first, last, statuses, reported, api_latency } = publish_loop(
         &url,
         a.publish.api_key.clone(),
         a.publish.pub_conns,
@@ -91,6 +91,7 @@ pub(crate) fn push(a: PushArgs) -> Result<(), String> {
             "publish_errors": errors,
             "publish_error_statuses": statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "server_reported": reported_json(reported),
+            "api_latency_us": api_latency_json(&api_latency),
             "expected": a.pushes,
             "missing": a.pushes.saturating_sub(got),
             "server_cpu_secs": match (cpu0, cpu1) { (Some(a), Some(b)) => json!(b - a), _ => json!(null) },
