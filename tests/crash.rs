@@ -94,15 +94,25 @@ fn a_restart_brings_back_the_mailbox_the_cursors_and_the_positions() {
     let (_, r) = s.post("/v1/push", json!({"user": "r1", "data": 4}));
     assert_eq!(r["queued"], 1);
     assert_eq!(drain(&mut c, Duration::from_millis(100)), [(4, json!(4))], "numbering goes on");
+    drop(c);
     drop(s);
-    // Another shard count would home the streams elsewhere: refused, saying what to do.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
-        .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--shards", "1"])
-        .args(["--data-dir", &dir.arg()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("was written by 2 shards"), "{err}");
+    // Another shard count homes the streams elsewhere: the records move with them, the
+    // position, the cursor and the unacknowledged message too.
+    for (shards, count, acked, want) in [("1", 2, 2, vec![3, 4]), ("3", 0, 4, vec![])] {
+        let s = Server::start(&["--data-dir", &dir.arg(), "--shards", shards]);
+        assert!(s.log().contains("were moved to"), "{}", s.log());
+        let (_, mb) = s.get("/v1/users/r1/mailbox");
+        let want_mb = (Some(count), &json!({"d": acked}));
+        assert_eq!((mb["count"].as_u64(), &mb["cursors"]), want_mb, "{shards}: {mb}");
+        let mut c = Client::connect(s.addr, "/ws?user=r1&device=d");
+        let w = c.welcome.clone().unwrap();
+        assert_eq!(w["streams"]["user:r1"], json!({"epoch": epoch, "seq": 4}), "{shards}: {w}");
+        let got: Vec<u64> = drain(&mut c, Duration::from_millis(100)).iter().map(|m| m.0).collect();
+        assert_eq!(got, want, "{shards}: the unacknowledged ones again");
+        ack(&mut c, "r1", 4);
+        s.wait_for("/v1/users/r1/mailbox", |v| v["cursors"]["d"] == 4);
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A push, or `None` once the server is gone.

@@ -164,11 +164,6 @@ impl Streams {
         }
     }
 
-    /// The epoch `key` stands at, if it has an entry.
-    pub(crate) fn epoch_of(&self, key: &StreamKey) -> Option<u64> {
-        self.entries.get(key).map(|e| e.epoch)
-    }
-
     /// What `key` keeps (by its entry, else by the rules).
     pub(crate) fn keep(&self, key: &StreamKey) -> Keep {
         self.entries.get(key).map_or_else(|| self.rules.keep_for(key), |e| e.keep)

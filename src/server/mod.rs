@@ -5,6 +5,7 @@ pub(crate) mod conn;
 pub(crate) mod inbox;
 pub(crate) mod limits;
 pub mod outbox;
+mod rehome;
 pub mod shard;
 pub mod sim;
 pub(crate) mod stats;
@@ -507,17 +508,52 @@ fn data_dir_for(cfg: &Config, shards: usize) -> Result<(), StartError> {
     let dir = std::path::Path::new(dir);
     let fail = |e: std::io::Error| StartError(format!("--data-dir {}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(fail)?;
+    // One start at a time looks at META and moves logs (each shard's log has its own lock
+    // for as long as the process runs).
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))
+        .map_err(fail)?;
+    lock.try_lock().map_err(|_| {
+        StartError(format!(
+            "--data-dir {}: another ringcast is starting on it (its LOCK is held)",
+            dir.display()
+        ))
+    })?;
+    // A move to another shard count that a crash interrupted after it was committed.
+    if rehome::finish(dir).map_err(fail)? {
+        tracing::warn!(data_dir = %dir.display(), "finished moving the logs to another shard count");
+    }
     let meta = dir.join("META");
     match std::fs::read_to_string(&meta) {
         Ok(text) => {
             let was = text.trim().strip_prefix("shards ").and_then(|n| n.parse::<usize>().ok());
             match was {
                 Some(w) if w == shards => Ok(()),
-                Some(w) => Err(StartError(format!(
-                    "--data-dir {} was written by {w} shards and this start has {shards}: start \
-                     with --shards {w}, or move the directory aside to start empty",
-                    dir.display()
-                ))),
+                Some(w) => {
+                    // Each stream's home depends on the shard count: every record goes to its
+                    // user's new home before a shard opens its log.
+                    let started = crate::clock::now();
+                    let seg = cfg.history.log_segment_bytes;
+                    let moved = rehome::rehome(dir, w, shards, seg).map_err(|e| {
+                        StartError(format!(
+                            "--data-dir {}: moving the logs of {w} shards to {shards} failed: {e}; \
+                             nothing is lost by it: start again to retry",
+                            dir.display()
+                        ))
+                    })?;
+                    tracing::warn!(
+                        data_dir = %dir.display(),
+                        records = moved.records,
+                        unknown = moved.unknown,
+                        marked = moved.marked,
+                        ms = crate::clock::now().saturating_duration_since(started).as_millis() as u64,
+                        "the logs of {w} shards were moved to {shards}: each user's records to its new home shard"
+                    );
+                    Ok(())
+                }
                 None => Err(StartError(format!(
                     "--data-dir {}: META is not `shards N` ({text:?})",
                     dir.display()

@@ -58,16 +58,18 @@ impl Home {
             }
             Rec::Cursor { user, device, epoch, acked, at_ms } => {
                 let user: Arc<str> = Arc::from(user);
-                if self.streams.epoch_of(&StreamKey::User(user.clone())) == Some(epoch) {
+                // A cursor names a position of its stream: with every message settled (their
+                // records gone) it is what keeps the stream's numbering across the restart.
+                if self.restore_position(&user, Position { epoch, seq: acked }, at_ms) {
                     let device: Arc<str> = Arc::from(device);
                     self.mail.restore_cursor(&user, &device, acked, at_ms, id, &self.p.mail);
                 } else {
                     self.mail.released.push(id);
                 }
             }
-            Rec::Mark { user, epoch, lost_upto, .. } => {
+            Rec::Mark { user, epoch, lost_upto, at_ms } => {
                 let user: Arc<str> = Arc::from(user);
-                if self.streams.epoch_of(&StreamKey::User(user.clone())) == Some(epoch) {
+                if self.restore_position(&user, Position { epoch, seq: lost_upto }, at_ms) {
                     self.mail.restore_mark(&user, lost_upto, id);
                 } else {
                     self.mail.released.push(id);
@@ -77,6 +79,20 @@ impl Home {
         // Marks owed from replayed evictions are written now, releases passed on.
         self.settle_log(now_ms);
         true
+    }
+
+    /// A replayed cursor or mark at `pos`: the stream's numbering goes on from at least there.
+    /// False when `pos` is of an older epoch than the stream's (stale); a newer epoch begins
+    /// the stream again, and what was replayed of the older one is forgotten.
+    fn restore_position(&mut self, user: &Arc<str>, pos: Position, at_ms: u64) -> bool {
+        match self.streams.restore(&StreamKey::User(user.clone()), pos, at_ms) {
+            None => true,
+            Some(true) => false,
+            Some(false) => {
+                self.mail.forget(user);
+                true
+            }
+        }
     }
 
     /// Replay found records it could not read in this shard's log: every user stream it holds

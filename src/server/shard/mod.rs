@@ -15,7 +15,7 @@
 mod admission;
 mod apply;
 mod close;
-mod log;
+pub(crate) mod log;
 mod read;
 mod runtime;
 mod timers;
