@@ -115,6 +115,67 @@ fn a_restart_brings_back_the_mailbox_the_cursors_and_the_positions() {
     }
 }
 
+/// A counter or gauge from /metrics, summed over shards.
+fn metric(s: &Server, name: &str) -> u64 {
+    let (_, _, text) = s.http("GET", "/metrics", "", b"");
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_mostly_dead_segment_is_emptied_by_copying_its_live_records_forward() {
+    let dir = Dir::new("copy");
+    let args = ["--data-dir", &dir.arg(), "--shards", "1", "--log-segment-bytes", "64KiB"];
+    let mut s = Server::start(&args);
+    let (_, r) = s.post("/v1/push", json!({"user": "keep", "data": "the one that stays"}));
+    assert_eq!(r["stored"], 1, "{r}");
+    // Some 380 KB more, all let go: six segments that only the first message holds on to.
+    let pad = "x".repeat(60);
+    let lines: String = (0..2000)
+        .map(|i| {
+            json!({"op": "push", "user": format!("gone{}", i % 20), "data": pad}).to_string() + "\n"
+        })
+        .collect();
+    let (st, _, _) = s.http("POST", "/v1/batch", "", lines.as_bytes());
+    assert_eq!(st, 200);
+    for u in 0..20 {
+        let (st, _, _) = s.http("DELETE", &format!("/v1/users/gone{u}/mailbox"), "", b"");
+        assert_eq!(st, 200);
+    }
+    let first = dir.0.join("shard-0").join("0000000000.log");
+    let end = Instant::now() + Duration::from_secs(10);
+    while first.exists() || metric(&s, "ringcast_log_copied_forward_total") == 0 {
+        assert!(
+            Instant::now() < end,
+            "the first segment stayed: {:?}",
+            metric(&s, "ringcast_log_segments_deleted_total")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let segments = || {
+        std::fs::read_dir(dir.0.join("shard-0"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "log"))
+            .count()
+    };
+    while segments() > 2 || metric(&s, "ringcast_log_segments_deleted_total") < 5 {
+        let m = metric(&s, "ringcast_log_segments_deleted_total");
+        assert!(Instant::now() < end, "{} segments left, {m} deleted", segments());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The copy is what a restart reads.
+    std::thread::sleep(Duration::from_millis(200));
+    s.signal(libc::SIGKILL);
+    s.wait(Duration::from_secs(5)).unwrap();
+    let s = Server::start(&args);
+    let mut c = Client::connect(s.addr, "/ws?user=keep&device=d");
+    assert_eq!(drain(&mut c, Duration::from_millis(100)), [(1, json!("the one that stays"))]);
+    let (_, mb) = s.get("/v1/users/gone3/mailbox");
+    assert_eq!(mb["count"], 0, "{mb}");
+}
+
 /// A push, or `None` once the server is gone.
 fn try_push(api: std::net::SocketAddr, user: &str, n: u64) -> Option<(u16, Value)> {
     use std::io::{Read, Write};

@@ -148,6 +148,11 @@ pub(crate) fn render(
             |s: &Counters| s.log_segments_deleted.get(),
         ),
         (
+            "ringcast_log_copied_forward_total",
+            "Live records written again so a mostly dead log segment could be deleted.",
+            |s: &Counters| s.log_copied_forward.get(),
+        ),
+        (
             "ringcast_log_failures_total",
             "Shards whose durable log failed (durable pushes get 503 since).",
             |s: &Counters| s.log_failures.get(),

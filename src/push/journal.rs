@@ -7,8 +7,9 @@
 //! - `Cursor`: a device's acknowledged seq (the latest per device is live). Replaying it
 //!   settles again what it settled.
 //! - `Mark`: the highest seq of a user's stream dropped unsettled (caps, age, a `DELETE` of
-//!   the mailbox), so a device behind it is told `reset` after a restart too (the latest is
-//!   live).
+//!   the mailbox), so a device behind it is told `reset` after a restart too, and the seq up
+//!   to which every message is gone (a `DELETE`), so a replay does not bring back what it let
+//!   go while its records wait for their segment to go (the latest is live).
 //!
 //! A record replayed out of its stream's current epoch is stale and ignored; a `Push` whose
 //! time has passed is dropped at replay.
@@ -23,6 +24,11 @@ pub(crate) trait Journal: std::fmt::Debug + Send {
     /// Ends the turn: what was appended since the last seal is one commit (its number; `None`
     /// when there was nothing), reported durable later (`ShardMsg::Synced`).
     fn seal(&mut self) -> Result<Option<u64>, String>;
+    /// Closed segments mostly dead whose few live records should be written again, so the
+    /// segment can go (none by default).
+    fn to_copy_forward(&self) -> Vec<u32> {
+        Vec::new()
+    }
 }
 
 pub(crate) const PUSH: u8 = 1;
@@ -54,6 +60,9 @@ pub(crate) enum Rec<'a> {
         user: &'a str,
         epoch: u64,
         lost_upto: u64,
+        /// Every message up to here is gone (0: none said so). Written after `at_ms`, so a
+        /// mark of an earlier build, without it, still reads.
+        gone_upto: u64,
         at_ms: u64,
     },
 }
@@ -101,9 +110,9 @@ impl Rec<'_> {
                 }
                 CURSOR
             }
-            Rec::Mark { user, epoch, lost_upto, at_ms } => {
+            Rec::Mark { user, epoch, lost_upto, gone_upto, at_ms } => {
                 put_str(out, user);
-                for v in [*epoch, *lost_upto, *at_ms] {
+                for v in [*epoch, *lost_upto, *at_ms, *gone_upto] {
                     put_u64(out, v);
                 }
                 MARK
@@ -165,7 +174,8 @@ pub(crate) fn decode(kind: u8, body: &[u8]) -> Option<Rec<'_>> {
         MARK => {
             let user = c.str()?;
             let (epoch, lost_upto, at_ms) = (c.u64()?, c.u64()?, c.u64()?);
-            c.0.is_empty().then_some(Rec::Mark { user, epoch, lost_upto, at_ms })
+            let gone_upto = if c.0.is_empty() { 0 } else { c.u64()? };
+            c.0.is_empty().then_some(Rec::Mark { user, epoch, lost_upto, gone_upto, at_ms })
         }
         _ => None,
     }
@@ -240,7 +250,7 @@ mod tests {
                 frame: b"",
             },
             Rec::Cursor { user: "42", device: "", epoch: 7, acked: 8, at_ms: 200 },
-            Rec::Mark { user: "42", epoch: 7, lost_upto: 3, at_ms: 300 },
+            Rec::Mark { user: "42", epoch: 7, lost_upto: 3, gone_upto: 2, at_ms: 300 },
         ];
         for r in &recs {
             let mut body = Vec::new();
@@ -252,6 +262,20 @@ mod tests {
                 _ => 0,
             };
             for cut in 0..body.len() - frame {
+                if let (Rec::Mark { user, epoch, lost_upto, at_ms, .. }, true) =
+                    (r, cut == body.len() - 8)
+                {
+                    // An earlier build's mark: without `gone_upto`.
+                    let old = Rec::Mark {
+                        user,
+                        epoch: *epoch,
+                        lost_upto: *lost_upto,
+                        gone_upto: 0,
+                        at_ms: *at_ms,
+                    };
+                    assert_eq!(decode(kind, &body[..cut]), Some(old));
+                    continue;
+                }
                 assert!(decode(kind, &body[..cut]).is_none(), "{r:?} cut at {cut}");
             }
         }

@@ -41,6 +41,8 @@ pub(crate) const NO_DEVICE: &str = "";
 #[derive(Clone, Debug)]
 struct Entry {
     seq: u64,
+    /// When it was pushed (Unix ms).
+    at_ms: u64,
     /// When it stops being delivered (Unix ms): its age cap or its own `ttl`.
     expires_ms: u64,
     frame: Frame,
@@ -78,7 +80,10 @@ struct UserMail {
     live: Vec<Live>,
     /// The highest seq dropped unsettled (caps, age): a device behind it lost messages.
     lost_upto: u64,
-    /// The log record that says `lost_upto`.
+    /// Every message up to here was let go at once (a `DELETE` of the mailbox): a replay
+    /// drops what its records still say of them.
+    gone_upto: u64,
+    /// The log record that says `lost_upto` and `gone_upto`.
     mark_rec: Option<RecordId>,
 }
 
@@ -114,6 +119,14 @@ pub struct MailInfo {
     pub newest: Option<u64>,
     /// Device and acknowledged seq (`""`: connections without a device).
     pub cursors: Vec<(Arc<str>, u64)>,
+}
+
+/// A mailbox record that lives in a segment being emptied: what it says, to be written again.
+#[derive(Debug)]
+pub(crate) enum Kept<'a> {
+    Push { seq: u64, at_ms: u64, frame: &'a Frame, device: Option<&'a str>, first_ack: bool },
+    Cursor { device: &'a str, acked: u64, at_ms: u64 },
+    Mark { lost_upto: u64, gone_upto: u64 },
 }
 
 /// What the mailboxes dropped and redelivered, for the counters.
@@ -167,9 +180,21 @@ impl Mailboxes {
         rec: Option<RecordId>,
     ) -> u64 {
         let m = self.users.entry(user.clone()).or_default();
+        // Replay reads a message copied forward after newer ones, and may read it twice (a
+        // crash before the old segment went): entries stay in seq order, once each.
+        let at = m.entries.partition_point(|e| e.seq < seq);
+        if seq <= m.gone_upto {
+            self.released.extend(rec);
+            return 0;
+        }
+        if let Some(e) = m.entries.get_mut(at).filter(|e| e.seq == seq) {
+            self.released.extend(std::mem::replace(&mut e.rec, rec));
+            return 0;
+        }
         let expires_ms = now_ms.saturating_add(ttl_ms.map_or(p.ttl_ms, |t| t.min(p.ttl_ms)));
         let size = frame.bytes.len();
-        m.entries.push_back(Entry { seq, expires_ms, frame, device, first_ack, rec });
+        let e = Entry { seq, at_ms: now_ms, expires_ms, frame, device, first_ack, rec };
+        m.entries.insert(at, e);
         m.bytes += size;
         self.held += size;
         let mut evicted = 0;
@@ -436,9 +461,12 @@ impl Mailboxes {
         let Some(m) = self.users.get_mut(user) else { return 0 };
         let n = m.entries.len();
         self.held -= m.bytes;
-        if let Some(last) = m.entries.back().map(|e| e.seq).filter(|&s| s > m.lost_upto) {
-            m.lost_upto = last;
-            self.marked.push(Arc::from(user));
+        if let Some(last) = m.entries.back().map(|e| e.seq) {
+            if last > m.lost_upto || last > m.gone_upto {
+                m.lost_upto = m.lost_upto.max(last);
+                m.gone_upto = m.gone_upto.max(last);
+                self.marked.push(Arc::from(user));
+            }
         }
         self.released.extend(m.entries.drain(..).filter_map(|e| e.rec));
         m.bytes = 0;
@@ -458,8 +486,10 @@ impl Mailboxes {
     }
 
     /// What a mark for `user` says: its epoch is the caller's; the highest seq dropped.
-    pub(crate) fn lost_upto(&self, user: &str) -> u64 {
-        self.users.get(user).map_or(0, |m| m.lost_upto)
+    /// The user's mark: the highest seq dropped unsettled, and the seq up to which every
+    /// message was let go.
+    pub(crate) fn marks(&self, user: &str) -> (u64, u64) {
+        self.users.get(user).map_or((0, 0), |m| (m.lost_upto, m.gone_upto))
     }
 
     /// The user's mark is now written down as `rec` (the one it replaces is let go).
@@ -471,9 +501,22 @@ impl Mailboxes {
     }
 
     /// Replay: a mark read back.
-    pub(crate) fn restore_mark(&mut self, user: &Arc<str>, lost_upto: u64, rec: RecordId) {
+    pub(crate) fn restore_mark(
+        &mut self,
+        user: &Arc<str>,
+        (lost_upto, gone_upto): (u64, u64),
+        rec: RecordId,
+    ) {
         let m = self.users.entry(user.clone()).or_default();
         m.lost_upto = m.lost_upto.max(lost_upto);
+        m.gone_upto = m.gone_upto.max(gone_upto);
+        // What was let go and read back before the mark goes again.
+        while m.entries.front().is_some_and(|e| e.seq <= m.gone_upto) {
+            let Some(e) = m.entries.pop_front() else { break };
+            m.bytes -= e.frame.bytes.len();
+            self.held -= e.frame.bytes.len();
+            self.released.extend(e.rec);
+        }
         self.released.extend(m.mark_rec.replace(rec));
     }
 
@@ -520,6 +563,48 @@ impl Mailboxes {
     }
 
     /// Frame bytes all mailboxes of this shard hold.
+    /// Copies forward what lives in `segments`: `write` appends each such record again (the
+    /// mailbox entries, cursors and marks whose record is there) and returns its new id; the
+    /// old id is released. Returns how many were written again.
+    pub(crate) fn copy_forward(
+        &mut self,
+        segments: &[u32],
+        mut write: impl FnMut(&Arc<str>, Kept<'_>) -> Option<RecordId>,
+    ) -> usize {
+        let there = |r: &Option<RecordId>| r.is_some_and(|r| segments.contains(&r.segment));
+        let mut moved = 0;
+        for (user, m) in &mut self.users {
+            for e in m.entries.iter_mut().filter(|e| there(&e.rec)) {
+                let k = Kept::Push {
+                    seq: e.seq,
+                    at_ms: e.at_ms,
+                    frame: &e.frame,
+                    device: e.device.as_deref(),
+                    first_ack: e.first_ack,
+                };
+                if let Some(new) = write(user, k) {
+                    self.released.extend(e.rec.replace(new));
+                    moved += 1;
+                }
+            }
+            for c in m.cursors.iter_mut().filter(|c| there(&c.rec)) {
+                let k = Kept::Cursor { device: &c.device, acked: c.acked, at_ms: c.at_ms };
+                if let Some(new) = write(user, k) {
+                    self.released.extend(c.rec.replace(new));
+                    moved += 1;
+                }
+            }
+            if there(&m.mark_rec) {
+                let k = Kept::Mark { lost_upto: m.lost_upto, gone_upto: m.gone_upto };
+                if let Some(new) = write(user, k) {
+                    self.released.extend(m.mark_rec.replace(new));
+                    moved += 1;
+                }
+            }
+        }
+        moved
+    }
+
     pub(crate) fn held(&self) -> usize {
         self.held
     }
@@ -677,5 +762,61 @@ mod tests {
         let devices: Vec<Arc<str>> = m.info("u").cursors.into_iter().map(|c| c.0).collect();
         assert_eq!(devices.len(), 2);
         assert!(!devices.contains(&laptop), "{devices:?}");
+    }
+
+    fn rid(segment: u32, offset: u32) -> Option<RecordId> {
+        Some(RecordId { segment, offset })
+    }
+
+    #[test]
+    fn replay_keeps_seq_order_once_each_and_a_clear_mark_drops_what_it_let_go() {
+        let (mut m, u) = (Mailboxes::new(), Arc::<str>::from("u"));
+        let d: Arc<str> = "d".into();
+        // 2 was copied forward past 3; then read twice (old segment still there).
+        m.put(&u, 1, frame(1), None, false, None, 0, &K, rid(1, 0));
+        m.put(&u, 3, frame(3), None, false, None, 0, &K, rid(2, 0));
+        m.put(&u, 2, frame(2), None, false, None, 0, &K, rid(3, 0));
+        m.put(&u, 2, frame(2), None, false, None, 0, &K, rid(3, 9));
+        assert_eq!(seqs(&m.joined(&u, conn(1), &d, 1, &P).frames), ["m1", "m2", "m3"]);
+        assert_eq!(m.info("u").count, 3);
+        assert_eq!(m.released, [RecordId { segment: 3, offset: 0 }], "the older read goes");
+        m.released.clear();
+        // A DELETE lets 1..3 go: its mark says so, and a replay of their records plus the
+        // mark brings none of them back.
+        assert_eq!(m.clear("u"), 3);
+        assert_eq!(m.marks("u"), (3, 3));
+        let mut r = Mailboxes::new();
+        for seq in 1..=3 {
+            r.put(&u, seq, frame(seq), None, false, None, 0, &K, rid(1, seq as u32));
+        }
+        r.restore_mark(&u, (3, 3), RecordId { segment: 2, offset: 0 });
+        assert_eq!((r.info("u").count, r.held()), (0, 0));
+        assert_eq!(r.released.len(), 3);
+        r.put(&u, 2, frame(2), None, false, None, 0, &K, rid(1, 2));
+        assert_eq!(r.info("u").count, 0, "a record read after the mark stays gone too");
+        r.put(&u, 4, frame(4), None, false, None, 0, &K, rid(2, 1));
+        assert_eq!(r.info("u").count, 1);
+    }
+
+    #[test]
+    fn copy_forward_writes_again_what_lives_in_the_segments_and_lets_the_old_ids_go() {
+        let (mut m, u) = (Mailboxes::new(), Arc::<str>::from("u"));
+        let d: Arc<str> = "d".into();
+        m.put(&u, 1, frame(1), None, false, None, 0, &K, rid(1, 0));
+        m.put(&u, 2, frame(2), None, false, None, 0, &K, rid(2, 0));
+        m.restore_cursor(&u, &d, 0, 0, RecordId { segment: 1, offset: 5 }, &P);
+        m.released.clear();
+        let mut next = 100;
+        let mut written = Vec::new();
+        let n = m.copy_forward(&[1], |_, k| {
+            written.push(format!("{k:?}").split_whitespace().next().unwrap_or("").to_string());
+            next += 1;
+            rid(9, next)
+        });
+        assert_eq!((n, written), (2, vec!["Push".to_string(), "Cursor".to_string()]));
+        let mut gone = m.released.clone();
+        gone.sort_by_key(|r| r.offset);
+        assert_eq!(gone, [RecordId { segment: 1, offset: 0 }, RecordId { segment: 1, offset: 5 }]);
+        assert_eq!(m.copy_forward(&[1], |_, _| None), 0, "nothing lives there now");
     }
 }

@@ -90,7 +90,8 @@ pub(crate) fn rehome(dir: &Path, from: usize, to: usize, segment_bytes: u64) -> 
         if !replayed.damage.is_empty() {
             for (user, (epoch, seq)) in &last {
                 let mut body = Vec::new();
-                let r = Rec::Mark { user, epoch: *epoch, lost_upto: *seq, at_ms: now_ms };
+                let r =
+                    Rec::Mark { user, epoch: *epoch, lost_upto: *seq, gone_upto: 0, at_ms: now_ms };
                 let kind = r.encode(&mut body);
                 append(&mut logs[home_of(user, to)], kind, &body)?;
                 moved.marked += 1;

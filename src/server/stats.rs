@@ -125,6 +125,7 @@ counters! {
     log_sync_micros: "microseconds the durable log's syncs took, in all",
     log_bytes_written: "bytes written to the shard's durable log",
     log_segments_deleted: "durable log segments deleted whole (nothing in them was needed)",
+    log_copied_forward: "live records written again at the log's end so a mostly dead segment could be deleted",
     log_failures: "shards whose durable log failed (durable pushes are refused with 503 since)",
 }
 

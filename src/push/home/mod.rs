@@ -16,6 +16,7 @@ use super::journal::{Journal, Rec};
 use super::mailbox::{MailParams, Mailboxes, NO_DEVICE};
 use super::msg::{ConnInfo, Frame, MailCatchUp, Meta, Payload, Priority, ShardMsg, Target};
 
+mod compact;
 mod replay;
 mod waits;
 
@@ -55,6 +56,8 @@ pub(crate) struct Home {
     held: Vec<ReportPart>,
     /// Durable pushes whose report waits for the devices' acks (`wait_ack_ms`).
     waits: AckWaits,
+    /// When the log is next asked for segments to copy forward.
+    next_copy_ms: u64,
     p: HomeParams,
 }
 
@@ -68,6 +71,7 @@ impl Home {
             journal: None,
             held: Vec::new(),
             waits: AckWaits::new(),
+            next_copy_ms: 0,
             p,
         }
     }
@@ -102,9 +106,10 @@ impl Home {
         let marked = std::mem::take(&mut self.mail.marked);
         for user in marked {
             let epoch = self.streams.position(&StreamKey::User(user.clone()), now_ms).epoch;
-            let lost_upto = self.mail.lost_upto(&user);
+            let (lost_upto, gone_upto) = self.mail.marks(&user);
             let mut body = Vec::new();
-            let kind = Rec::Mark { user: &user, epoch, lost_upto, at_ms: now_ms }.encode(&mut body);
+            let r = Rec::Mark { user: &user, epoch, lost_upto, gone_upto, at_ms: now_ms };
+            let kind = r.encode(&mut body);
             if let Some(id) = j.append(kind, &body) {
                 self.mail.mark_written(&user, id);
             }
@@ -705,6 +710,6 @@ mod tests {
         }
         assert_eq!(b.mail.info("u"), info_a);
         assert_eq!(b.streams.position(&StreamKey::User("u".into()), 11), at_a);
-        assert_eq!(b.mail.lost_upto("u"), 1, "1 was dropped unsettled: its mark came back");
+        assert_eq!(b.mail.marks("u"), (1, 0), "1 was dropped unsettled: its mark came back");
     }
 }

@@ -67,10 +67,10 @@ impl Home {
                     self.mail.released.push(id);
                 }
             }
-            Rec::Mark { user, epoch, lost_upto, at_ms } => {
+            Rec::Mark { user, epoch, lost_upto, gone_upto, at_ms } => {
                 let user: Arc<str> = Arc::from(user);
                 if self.restore_position(&user, Position { epoch, seq: lost_upto }, at_ms) {
-                    self.mail.restore_mark(&user, lost_upto, id);
+                    self.mail.restore_mark(&user, (lost_upto, gone_upto), id);
                 } else {
                     self.mail.released.push(id);
                 }

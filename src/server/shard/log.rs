@@ -34,9 +34,11 @@ impl Journal for LogJournal {
     }
 
     fn seal(&mut self) -> Result<Option<u64>, String> {
-        // Old segments mostly dead are not copied forward here yet: they go once their last
-        // live record does (docs/architecture.md).
         self.log.seal()
+    }
+
+    fn to_copy_forward(&self) -> Vec<u32> {
+        self.log.to_copy_forward()
     }
 }
 
@@ -128,6 +130,10 @@ impl Core {
     /// The end of a turn: this turn's records become one commit; the reports waiting for
     /// them complete when it is durable.
     pub(super) fn seal_log(&mut self) {
+        let copied = self.home.copy_forward(self.now_ms);
+        if copied > 0 {
+            self.counters.log_copied_forward.add(copied as u64);
+        }
         let Some((sealed, parts)) = self.home.seal() else { return };
         match sealed {
             Ok(Some(n)) => self.log.commits.push_back((n, parts)),
