@@ -271,7 +271,11 @@ impl Mailboxes {
         if pending {
             self.due.insert((now_ms + p.ack_timeout_ms, user.clone(), conn));
         }
-        Pending { frames, lost: known && acked < m.lost_upto, acked }
+        // A device with no cursor yet (never acknowledged, or its cursor went with the
+        // `--mailbox-devices` cap) cannot say what it missed: anything dropped unsettled may
+        // have been for it, so it is told too.
+        let lost = if known { acked < m.lost_upto } else { m.lost_upto > 0 };
+        Pending { frames, lost, acked }
     }
 
     /// The connection closed: its redelivery stops (the device's cursor stays).
@@ -715,6 +719,11 @@ mod tests {
         let p = m.joined(&u, conn(1), &phone, 1, &P);
         assert!(p.lost, "seqs 1 and 2 are gone unacknowledged");
         assert_eq!(seqs(&p.frames), ["m3", "m4", "m5", "m6"]);
+        let laptop: Arc<str> = "laptop".into();
+        let p = m.joined(&u, conn(3), &laptop, 1, &P);
+        assert!(p.lost, "a device never seen may have been sent 1 and 2 too");
+        assert_eq!(seqs(&p.frames), ["m3", "m4", "m5", "m6"]);
+        m.left("u", conn(3));
         // A message's own ttl, shorter than the age cap.
         m.put(&u, 7, frame(7), None, false, Some(10), 100, &K, None);
         assert_eq!(seqs(&m.joined(&u, conn(2), &phone, 109, &P).frames).last().unwrap(), "m7");
