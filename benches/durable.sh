@@ -94,16 +94,21 @@ restart() {  # $1: data dir; prints seconds until /readyz is 200, and RSS then
   s=$(date +%s.%N)
   taskset -c 0 $rc --data-dir "$1" $ports --shards 1 --log-level warn &
   p=$!
-  until [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18131/readyz 2>/dev/null)" = 200 ]; do sleep 0.01; done
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18131/readyz 2>/dev/null)" = 200 ]; do
+    kill -0 $p 2>/dev/null || { echo "ringcast exited before it was ready" >&2; exit 1; }
+    sleep 0.01
+  done
   e=$(date +%s.%N)
   echo "$(python3 -c "print('%.2f' % ($e - $s))") $(awk '/^VmRSS/ {print $2 * 1024}' /proc/$p/status)"
   if [ -n "${2:-}" ]; then curl -s "http://127.0.0.1:18131/v1/users/s0/mailbox" >"$2"; fi
   kill -TERM $p; wait $p
 }
-read full_s full_rss < <(restart "$out/data" "$out/mailbox-after")
+restart "$out/data" "$out/mailbox-after" >"$out/restart-full"
+read -r full_s full_rss <"$out/restart-full"
 after=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["count"])' "$out/mailbox-after")
 rm -rf "$out/empty"
-read empty_s empty_rss < <(restart "$out/empty")
+restart "$out/empty" >"$out/restart-empty"
+read -r empty_s empty_rss <"$out/restart-empty"
 python3 - "$stored" "$susers" "$count" "$after" "$bytes" "$t0" "$t1" "$full_s" "$full_rss" "$empty_s" "$empty_rss" "$rss_before" <<'PY'
 import sys
 stored, users, count, after, disk = map(int, sys.argv[1:6])

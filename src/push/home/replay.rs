@@ -11,11 +11,12 @@ use super::Home;
 impl Home {
     /// Replays one record of this shard's log (start-up, before any connection): the
     /// streams' numbering, the mailboxes and cursors come back as they were written. Returns
-    /// false for a record this build cannot read (let go).
-    pub(crate) fn replay(&mut self, id: RecordId, kind: u8, body: &[u8], now_ms: u64) -> bool {
+    /// false for a record this build cannot read (let go). Called as the log reads each
+    /// record, before the home has its journal: what replay lets go and the marks it owes are
+    /// kept until [`Home::replayed`] writes them.
+    pub(crate) fn replay(&mut self, id: RecordId, kind: u8, body: &[u8]) -> bool {
         let Some(rec) = journal::decode(kind, body) else {
             self.mail.released.push(id);
-            self.settle_log(now_ms);
             return false;
         };
         match rec {
@@ -38,7 +39,6 @@ impl Home {
                     // is stale.
                     if older {
                         self.mail.released.push(id);
-                        self.settle_log(now_ms);
                         return true;
                     }
                     self.mail.forget(&user);
@@ -76,8 +76,6 @@ impl Home {
                 }
             }
         }
-        // Marks owed from replayed evictions are written now, releases passed on.
-        self.settle_log(now_ms);
         true
     }
 

@@ -66,7 +66,8 @@ pub(crate) fn open(
     router: Arc<Router>,
 ) -> std::io::Result<(Home, Waiting)> {
     let started = crate::clock::now();
-    let mut records: Vec<(RecordId, u8, Vec<u8>)> = Vec::new();
+    let mut home = home;
+    let mut unknown = 0u64;
     let on_commit = move |c: Commit| {
         // The shard's own inbox: a full one is waited for (the writer thread may wait; the
         // report must not be lost).
@@ -84,18 +85,15 @@ pub(crate) fn open(
         );
     };
     let opts = Options { segment_bytes, durability };
+    // Each record goes to the home as it is read: nothing but the home's state is held.
     let (log, replayed) = Log::open(dir, opts, on_commit, |rid, kind, body| {
-        records.push((rid, kind, body.to_vec()))
+        if !home.replay(rid, kind, body) {
+            unknown += 1;
+        }
     })?;
     let stats = log.stats().clone();
     let mut home = home.with_journal(Box::new(LogJournal { log }));
     let now_ms = crate::clock::unix_ms();
-    let mut unknown = 0u64;
-    for (rid, kind, body) in &records {
-        if !home.replay(*rid, *kind, body, now_ms) {
-            unknown += 1;
-        }
-    }
     for d in &replayed.damage {
         tracing::warn!(
             shard = id,
