@@ -20,7 +20,7 @@ fn every_endpoint_answers() {
     let mut c = Client::connect(s.addr, "/ws?user=alice&device=web&channels=room");
     s.wait_for("/v1/channels/room", |v| v["subscribers"] == 1);
     s.wait_for("/v1/users/alice", |v| v["connections"].as_array().is_some_and(|a| a.len() == 1));
-    let report = json!({"recipients": 1, "queued": 1, "dropped": 0, "deferred": 0, "conflated": 0, "offline": 0, "stored": 0});
+    let report = json!({"recipients": 1, "queued": 1, "dropped": 0, "deferred": 0, "conflated": 0, "offline": 0, "stored": 0, "shed": 0});
     assert_eq!(
         s.post("/v1/publish", json!({"channel": "room", "data": 1, "priority": "high"})),
         (200, report.clone())

@@ -63,7 +63,7 @@ fn a_user_push_reaches_a_connection_on_the_other_shard() {
     assert_eq!(status, 200);
     assert_eq!(
         report,
-        json!({"recipients": 1, "queued": 1, "dropped": 0, "deferred": 0, "conflated": 0, "offline": 0, "stored": 0})
+        json!({"recipients": 1, "queued": 1, "dropped": 0, "deferred": 0, "conflated": 0, "offline": 0, "stored": 0, "shed": 0})
     );
     let m = message(&mut c);
     assert_eq!(
@@ -111,7 +111,7 @@ fn devices_get_every_copy_with_all_and_one_with_one() {
     let (_, r) = s.post("/v1/push", json!({"user": "nobody", "data": 1}));
     assert_eq!(
         r,
-        json!({"recipients": 0, "queued": 0, "dropped": 0, "deferred": 0, "conflated": 0, "offline": 0, "stored": 1})
+        json!({"recipients": 0, "queued": 0, "dropped": 0, "deferred": 0, "conflated": 0, "offline": 0, "stored": 1, "shed": 0})
     );
 }
 
@@ -142,7 +142,7 @@ fn channel_publish_reaches_exactly_its_subscribers_and_unsubscribe_stops_it() {
     let (_, r) = s.post("/v1/publish", json!({"channel": "prices", "data": {"px": 101.5}}));
     assert_eq!(
         r,
-        json!({"recipients": 7, "queued": 7, "dropped": 0, "deferred": 0, "conflated": 0, "offline": 0, "stored": 0})
+        json!({"recipients": 7, "queued": 7, "dropped": 0, "deferred": 0, "conflated": 0, "offline": 0, "stored": 0, "shed": 0})
     );
     for c in subs.iter_mut() {
         let m = message(c);
@@ -172,7 +172,7 @@ fn channel_publish_reaches_exactly_its_subscribers_and_unsubscribe_stops_it() {
     let (_, r) = s.post("/v1/publish", json!({"channel": "empty", "data": 0}));
     assert_eq!(
         r,
-        json!({"recipients": 0, "queued": 0, "dropped": 0, "deferred": 0, "conflated": 0, "offline": 0, "stored": 0})
+        json!({"recipients": 0, "queued": 0, "dropped": 0, "deferred": 0, "conflated": 0, "offline": 0, "stored": 0, "shed": 0})
     );
 }
 

@@ -97,11 +97,14 @@ pub enum HandshakeError {
     /// The backend that decides who a connection is did not answer (a timeout, an open
     /// breaker, a failed request) or asked to be tried again.
     BackendUnavailable,
+    /// The overload manager stopped admitting (memory, event-loop lag, handshakes or open
+    /// files past their threshold).
+    Overloaded,
 }
 
 impl HandshakeError {
     /// Every variant, in a fixed order (metrics index by it).
-    pub const ALL: [HandshakeError; 20] = {
+    pub const ALL: [HandshakeError; 21] = {
         use HandshakeError::*;
         [
             Malformed,
@@ -124,6 +127,7 @@ impl HandshakeError {
             Forbidden,
             RateLimited,
             BackendUnavailable,
+            Overloaded,
         ]
     };
 
@@ -156,6 +160,7 @@ impl HandshakeError {
             Forbidden => "forbidden",
             RateLimited => "rate_limited",
             BackendUnavailable => "backend_unavailable",
+            Overloaded => "overloaded",
         }
     }
 
@@ -174,7 +179,7 @@ impl HandshakeError {
             OriginNotAllowed | Forbidden => (403, "Forbidden"),
             Unauthorized => (401, "Unauthorized"),
             AddressLimit | RateLimited => (429, "Too Many Requests"),
-            ServerFull | Draining | BackendUnavailable => (503, "Service Unavailable"),
+            ServerFull | Draining | BackendUnavailable | Overloaded => (503, "Service Unavailable"),
         }
     }
 
@@ -202,6 +207,7 @@ impl HandshakeError {
             Forbidden => "the token does not allow this",
             RateLimited => "too many handshakes from this address",
             BackendUnavailable => "the connect backend is unavailable; retry later",
+            Overloaded => "server overloaded; retry later",
         }
     }
 
@@ -215,6 +221,7 @@ impl HandshakeError {
                 | HandshakeError::RateLimited
                 | HandshakeError::Draining
                 | HandshakeError::BackendUnavailable
+                | HandshakeError::Overloaded
         )
     }
 

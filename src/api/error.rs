@@ -70,6 +70,8 @@ pub(crate) enum ApiError {
     Unsaved(u64),
     /// 504: a delivery report or a query answer did not come back in time.
     NoAnswer(&'static str),
+    /// 503 with `Retry-After`: the overload manager paused history and presence queries.
+    Paused,
 }
 
 impl ApiError {
@@ -87,7 +89,8 @@ impl ApiError {
             ApiError::Busy { .. }
             | ApiError::TooManyConnections
             | ApiError::IdempotencyFull { .. }
-            | ApiError::Unsaved(_) => 503,
+            | ApiError::Unsaved(_)
+            | ApiError::Paused => 503,
             ApiError::NoAnswer(_) => 504,
         }
     }
@@ -122,6 +125,9 @@ impl ApiError {
             ApiError::Unsaved(n) => Cow::Owned(format!(
                 "the durable log cannot be written (the server log says why): {n} message(s) are not on disk, though delivered where they could be"
             )),
+            ApiError::Paused => Cow::Borrowed(
+                "the server is overloaded: history and presence queries are paused; retry later",
+            ),
             ApiError::IdempotencyFull { max } => Cow::Owned(format!(
                 "{max} idempotency keys are within their window (--idempotency-max-keys); retry later"
             )),
@@ -142,6 +148,7 @@ impl ApiError {
             ApiError::Method(m) if m == http::Method::GET => "Allow: GET\r\n",
             ApiError::Method(_) => "Allow: POST\r\n",
             ApiError::Methods(_) => "Allow: GET, DELETE\r\n",
+            ApiError::Paused => "Retry-After: 2\r\n",
             _ => "",
         }
     }
@@ -191,11 +198,12 @@ mod tests {
             ApiError::TooManyConnections,
             ApiError::IdempotencyFull { max: 3 },
             ApiError::NoAnswer("no answer"),
+            ApiError::Paused,
         ];
         let statuses: Vec<u16> = errors.iter().map(ApiError::status).collect();
         assert_eq!(
             statuses,
-            [400, 400, 400, 401, 403, 404, 405, 408, 411, 413, 431, 503, 503, 503, 504]
+            [400, 400, 400, 401, 403, 404, 405, 408, 411, 413, 431, 503, 503, 503, 504, 503]
         );
         for e in &errors {
             let v: Value = serde_json::from_slice(&e.reply().body).unwrap();

@@ -1,6 +1,7 @@
 //! `GET /metrics`: every shard's counters in the Prometheus text format, summed at scrape time
 //! (each shard writes its own counters; nothing on the hot path is shared).
 
+use crate::server::overload::{Action, Monitor};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -65,6 +66,42 @@ pub(crate) fn render(
     );
     o.family("ringcast_draining", "gauge", "1 while the server is shutting down.");
     o.sample("ringcast_draining", "", u64::from(shared.draining.load(Relaxed)));
+    o.family(
+        "ringcast_overload_pressure",
+        "gauge",
+        "The overload manager's pressures, 0 to 1 (above 1: past the limit), per shard.",
+    );
+    for (i, s) in c.iter().enumerate() {
+        for (m, g) in Monitor::ALL.iter().zip(&s.overload_pressure) {
+            let v = g.get();
+            let _ = writeln!(
+                o.0,
+                "ringcast_overload_pressure{{shard=\"{i}\",monitor=\"{}\"}} {}.{:03}",
+                m.label(),
+                v / 1000,
+                v % 1000
+            );
+        }
+    }
+    o.family(
+        "ringcast_overload_action",
+        "gauge",
+        "1 while the overload manager has the action on in the shard.",
+    );
+    for (i, s) in c.iter().enumerate() {
+        for (a, g) in Action::ALL.iter().zip(&s.overload_action) {
+            let labels = format!("shard=\"{i}\",action=\"{}\"", a.label());
+            o.sample("ringcast_overload_action", &labels, g.get());
+        }
+    }
+    o.family("ringcast_memory_held_bytes", "gauge", "Bytes held for clients (outboxes, histories, mailboxes), all shards; the overload manager weighs it and the RSS against the budget.");
+    o.sample("ringcast_memory_held_bytes", "", c.iter().map(|s| s.held_for_clients()).sum());
+    o.family(
+        "ringcast_memory_rss_bytes",
+        "gauge",
+        "The process's resident set, as the overload manager last read it.",
+    );
+    o.sample("ringcast_memory_rss_bytes", "", shared.overload.rss.load(Relaxed));
 
     let per_shard = |o: &mut Out, name: &str, help: &str, f: &dyn Fn(usize, &Counters) -> u64| {
         o.family(name, "gauge", help);
@@ -298,6 +335,19 @@ pub(crate) fn render(
             ("expired", sum(c, |s| s.pushes_expired.get())),
             ("conflated", sum(c, |s| s.pushes_conflated.get())),
             ("inbox_full", sum(c, |s| s.inbox_full.get())),
+        ],
+    );
+    o.labelled(
+        "ringcast_overload_refusals_total",
+        "counter",
+        "What the overload manager refused or closed, by action.",
+        "action",
+        &[
+            ("shed_low", shared.overload.shed_low.load(Relaxed)),
+            ("pause", shared.overload.paused.load(Relaxed)),
+            ("stop_admitting", sum(c, |s| s.refused(HandshakeError::Overloaded).get())),
+            ("shed_normal", sum(c, |s| s.overload_shed.get())),
+            ("reclaim", sum(c, |s| s.overload_reclaimed.get())),
         ],
     );
     o.counter(

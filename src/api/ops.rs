@@ -13,6 +13,7 @@ use crate::push::ids::home_of;
 use crate::push::msg::ShardMsg;
 use crate::push::report::{Acks, Report, Totals};
 use crate::push::streams::StreamKey;
+use crate::server::overload::Action;
 
 use super::error::ApiError;
 use super::fields::{BadRequest, Fields};
@@ -92,6 +93,7 @@ impl Done {
                 "conflated": t.conflated,
                 "offline": t.offline,
                 "stored": t.stored,
+                "shed": t.shed,
             });
             if let Some(a) = &self.acks {
                 v["acked"] = json!(a.acked.iter().map(|d| &**d).collect::<Vec<_>>());
@@ -239,10 +241,20 @@ pub(crate) fn dispatch(ctx: &ApiContext, op: Op, f: Fields) -> Result<Pending, A
         Pending { report, done, kick: op == Op::Kick, wait: std::time::Duration::ZERO };
     let send =
         |shard: usize, m: ShardMsg| ctx.router.send(shard, m).map_err(|_| ApiError::Busy { shard });
+    // Overload: a low-priority message, once checked, is refused here: `shed: 1`, sent
+    // nowhere.
+    let shed = |priority| {
+        priority == crate::push::msg::Priority::Low && ctx.shared.overload.on(Action::ShedLow)
+    };
     match op {
         Op::Publish => {
             let (channel, payload, priority) = (f.name("channel")?, f.payload()?, f.priority()?);
             let meta = f.meta(&format!("channel:{channel}"), now_ms)?;
+            if shed(priority) {
+                ctx.shared.overload.shed_low.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                part.add(Totals { shed: 1, ..Default::default() });
+                return Ok(pending);
+            }
             let home = home_of(&channel, n);
             send(home, ShardMsg::Publish { channel, payload, priority, meta, report: part })?;
         }
@@ -258,6 +270,11 @@ pub(crate) fn dispatch(ctx: &ApiContext, op: Op, f: Fields) -> Result<Pending, A
                     "\"wait_ack_ms\" needs a durable stream, and user:{user} is not durable by the [[streams]] rules"
                 );
                 return Err(BadRequest::new("wait_ack_ms", m).into());
+            }
+            if shed(priority) {
+                ctx.shared.overload.shed_low.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                part.add(Totals { shed: 1, ..Default::default() });
+                return Ok(pending);
             }
             pending.wait = std::time::Duration::from_millis(u64::from(wait_ack_ms));
             let home = home_of(&user, n);
@@ -279,7 +296,10 @@ pub(crate) fn dispatch(ctx: &ApiContext, op: Op, f: Fields) -> Result<Pending, A
             let (payload, priority) = (f.payload()?, f.priority()?);
             let meta = f.meta("direct", now_ms)?;
             let shard = usize::from(conn.shard);
-            if shard >= n {
+            if shed(priority) {
+                ctx.shared.overload.shed_low.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                part.add(Totals { shed: 1, ..Default::default() });
+            } else if shard >= n {
                 part.add(Totals { offline: 1, ..Default::default() });
             } else {
                 send(shard, ShardMsg::SendConn { conn, payload, priority, meta, report: part })?;
@@ -288,6 +308,11 @@ pub(crate) fn dispatch(ctx: &ApiContext, op: Op, f: Fields) -> Result<Pending, A
         Op::Broadcast => {
             let (payload, priority) = (f.payload()?, f.priority()?);
             let meta = f.meta("broadcast", now_ms)?;
+            if shed(priority) {
+                ctx.shared.overload.shed_low.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                part.add(Totals { shed: 1, ..Default::default() });
+                return Ok(pending);
+            }
             let home = home_of(StreamKey::Broadcast.home_name(), n);
             send(home, ShardMsg::Broadcast { payload, priority, meta, report: part })?;
         }

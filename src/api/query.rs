@@ -252,6 +252,16 @@ pub(crate) fn stats(ctx: &ApiContext) -> Reply {
             "epoch": ctx.shared.epoch,
             "connections": ctx.shared.total.load(Relaxed),
             "draining": ctx.shared.draining.load(Relaxed),
+            "overload": {
+                "actions": crate::server::overload::Action::ALL
+                    .iter()
+                    .filter(|a| ctx.shared.overload.on(**a))
+                    .map(|a| a.label())
+                    .collect::<Vec<_>>(),
+                "memory_budget": ctx.shared.overload.budget.load(Relaxed),
+                "memory_held": ctx.counters.iter().map(|c| c.held_for_clients()).sum::<u64>(),
+                "rss": ctx.shared.overload.rss.load(Relaxed),
+            },
             "shards": shards,
             "upstreams": upstreams,
             "totals": totals,

@@ -1,5 +1,6 @@
 //! Routing: which endpoint a request names, whether its method fits, and who answers it.
 
+use crate::server::overload::Action;
 use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
@@ -120,6 +121,9 @@ async fn route(
         Endpoint::Health => Ok(Reply::json(200, &json!({"status": "alive"}))),
         Endpoint::Ready => Ok(if ctx.shared.draining.load(Relaxed) {
             Reply::json(503, &json!({"ready": false, "reason": "draining"}))
+        } else if ctx.shared.overload.on(Action::StopAdmit) {
+            // A load balancer sends new clients elsewhere while admission is stopped.
+            Reply::json(503, &json!({"ready": false, "reason": "overloaded"}))
         } else {
             Reply::json(200, &json!({"ready": true}))
         }),
@@ -138,6 +142,15 @@ async fn route(
         }
         Endpoint::Batch => Ok(batch::batch(ctx, &body, caller).await),
         Endpoint::Stats => Ok(query::stats(ctx)),
+        Endpoint::User(_)
+        | Endpoint::Channel(_)
+        | Endpoint::Stream(_)
+        | Endpoint::StreamHistory(_)
+            if ctx.shared.overload.on(Action::Pause) =>
+        {
+            ctx.shared.overload.paused.fetch_add(1, Relaxed);
+            Err(ApiError::Paused)
+        }
         Endpoint::User(user) => query::user(ctx, user).await,
         Endpoint::Mailbox(user) => {
             query::mailbox(ctx, user, head.method == http::Method::DELETE).await

@@ -88,7 +88,26 @@ impl Config {
                 .filter_map(|a| Some((a.get_id().as_str(), a.get_long()?)))
                 .filter(|(id, _)| *id != "config")
                 .collect();
+            // An `[overload]` table's keys are the `overload-*` flags (its `memory_budget`,
+            // the flag of that name).
+            let mut entries: Vec<(String, &toml::Value)> = Vec::new();
             for (key, value) in &table {
+                match (key.as_str(), value.as_table()) {
+                    ("overload", Some(t)) => {
+                        for (k, v) in t {
+                            let k = k.replace('_', "-");
+                            let name = match k.as_str() {
+                                "memory-budget" | "overload" => k,
+                                _ => format!("overload-{k}"),
+                            };
+                            entries.push((name, v));
+                        }
+                    }
+                    _ => entries.push((key.clone(), value)),
+                }
+            }
+            for (key, value) in entries {
+                let (key, value) = (&key, value);
                 if key == "streams" {
                     stream_rules = parse_stream_rules(value, &name)?;
                     continue;

@@ -12,6 +12,7 @@ use clap::Parser;
 mod api_keys;
 mod auth;
 mod load;
+mod overload;
 mod streams;
 mod units;
 mod upstreams;
@@ -19,6 +20,7 @@ mod upstreams;
 pub(crate) use api_keys::{ApiKeyRule, Scope};
 pub(crate) use auth::{Auth, AuthMode};
 pub use load::{render, Loaded, Source};
+pub use overload::OverloadConfig;
 pub(crate) use streams::StreamRule;
 pub(crate) use units::{parse_duration, parse_size};
 pub(crate) use upstreams::{EventRule, UpstreamRule};
@@ -55,6 +57,8 @@ pub struct Config {
     pub(crate) delivery: Delivery,
     #[command(flatten)]
     pub(crate) history: History,
+    #[command(flatten)]
+    pub(crate) overload: OverloadConfig,
     #[command(flatten)]
     pub(crate) two_way: TwoWay,
     #[command(flatten)]

@@ -21,6 +21,7 @@ pub struct Report {
     unsaved: AtomicU64,
     deferred: AtomicU64,
     conflated: AtomicU64,
+    shed: AtomicU64,
     pending: AtomicI64,
     done: Mutex<Option<oneshot::Sender<()>>>,
     /// A push that waited for acknowledgements (`wait_ack_ms`): the devices that acknowledged
@@ -59,6 +60,9 @@ pub struct Totals {
     pub deferred: u64,
     /// Older frames with the same conflation key this one replaced in outboxes.
     pub conflated: u64,
+    /// Frames the overload manager refused (low priority at the API; normal priority to the
+    /// fullest outboxes), never queued.
+    pub shed: u64,
 }
 
 impl Totals {
@@ -87,6 +91,7 @@ impl Report {
             unsaved: AtomicU64::new(0),
             deferred: AtomicU64::new(0),
             conflated: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
             pending: AtomicI64::new(1),
             done: Mutex::new(Some(tx)),
             acks: Mutex::new(None),
@@ -104,6 +109,7 @@ impl Report {
             unsaved: self.unsaved.load(Relaxed),
             deferred: self.deferred.load(Relaxed),
             conflated: self.conflated.load(Relaxed),
+            shed: self.shed.load(Relaxed),
         }
     }
 
@@ -141,7 +147,11 @@ impl ReportPart {
         self.0.offline.fetch_add(t.offline, Relaxed);
         self.0.stored.fetch_add(t.stored, Relaxed);
         self.0.unsaved.fetch_add(t.unsaved, Relaxed);
-        for (total, n) in [(&self.0.deferred, t.deferred), (&self.0.conflated, t.conflated)] {
+        for (total, n) in [
+            (&self.0.deferred, t.deferred),
+            (&self.0.conflated, t.conflated),
+            (&self.0.shed, t.shed),
+        ] {
             if n > 0 {
                 total.fetch_add(n, Relaxed);
             }

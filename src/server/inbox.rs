@@ -90,6 +90,12 @@ pub(crate) struct Mesh {
 }
 
 impl Mesh {
+    /// The inbox's backlog against its capacity (0 to 1).
+    pub(crate) fn backlog(&self) -> f64 {
+        let cap = self.inbox.rx.capacity().unwrap_or(0).max(1);
+        self.inbox.rx.len() as f64 / cap as f64
+    }
+
     pub(crate) fn new(id: usize, router: Arc<Router>, inbox: Inbox) -> Mesh {
         Mesh { id, router, inbox, local: VecDeque::new(), retry: VecDeque::new() }
     }

@@ -5,6 +5,7 @@ pub(crate) mod conn;
 pub(crate) mod inbox;
 pub(crate) mod limits;
 pub mod outbox;
+pub(crate) mod overload;
 mod rehome;
 pub mod shard;
 pub mod sim;
@@ -54,6 +55,27 @@ pub struct Shared {
     pub(crate) upstreams: Upstreams,
     /// The `[[streams]]` rules, for the API's checks (each home shard has its own copy).
     pub(crate) streams: crate::push::history::Rules,
+    /// What the overload manager has on, for the API thread.
+    pub(crate) overload: OverloadState,
+}
+
+/// The overload manager's state every thread reads: per action, the shards that have it on;
+/// the process's RSS as shard 0 last read it.
+#[derive(Debug, Default)]
+pub(crate) struct OverloadState {
+    pub(crate) on: [AtomicUsize; 5],
+    pub(crate) rss: std::sync::atomic::AtomicU64,
+    /// Low-priority messages the API refused (`shed`), and queries it answered 503.
+    pub(crate) shed_low: std::sync::atomic::AtomicU64,
+    pub(crate) paused: std::sync::atomic::AtomicU64,
+    /// `--memory-budget` as resolved (bytes).
+    pub(crate) budget: std::sync::atomic::AtomicU64,
+}
+
+impl OverloadState {
+    pub(crate) fn on(&self, a: overload::Action) -> bool {
+        self.on[a as usize].load(Relaxed) > 0
+    }
 }
 
 /// The `[[upstreams]]` every shard calls, this node's name in their events, and their figures.
@@ -323,6 +345,10 @@ impl Server {
                 .map_err(|e| StartError(format!("cannot make a session key: {e}")))?,
             upstreams: Upstreams::new(&cfg, n),
             streams: shard::history_rules(&cfg),
+            overload: OverloadState {
+                budget: cfg.overload.budget().into(),
+                ..OverloadState::default()
+            },
         });
         let cfg = Arc::new(cfg);
         let mut threads = Vec::with_capacity(n);

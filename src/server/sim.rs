@@ -60,6 +60,10 @@ impl SimNode {
             token_key: super::session_key(cfg)?,
             upstreams: super::Upstreams::new(cfg, n),
             streams: super::shard::history_rules(cfg),
+            overload: super::OverloadState {
+                budget: cfg.overload.budget().into(),
+                ..super::OverloadState::default()
+            },
         });
         let counters: Vec<Arc<Counters>> = (0..n).map(|_| Arc::new(Counters::default())).collect();
         let peers: Arc<[Arc<Counters>]> = counters.clone().into();

@@ -48,6 +48,10 @@ macro_rules! counters {
             pub(crate) auth_refused: [Counter; AuthError::LABELS.len()],
             /// Time from the API receiving a delivery to this shard queueing it.
             pub(crate) publish_to_queued: LatencyHistogram,
+            /// The overload manager's pressures in thousandths, by `Monitor::ALL` (gauges).
+            pub(crate) overload_pressure: [Counter; 5],
+            /// Whether each overload action is on (0 or 1), by `Action::ALL` (gauges).
+            pub(crate) overload_action: [Counter; 5],
         }
 
         impl Counters {
@@ -127,9 +131,16 @@ counters! {
     log_segments_deleted: "durable log segments deleted whole (nothing in them was needed)",
     log_copied_forward: "live records written again at the log's end so a mostly dead segment could be deleted",
     log_failures: "shards whose durable log failed (durable pushes are refused with 503 since)",
+    overload_reclaimed: "connections closed (4002) by the overload manager to reclaim memory",
+    overload_shed: "normal-priority frames refused to the fullest outboxes while shed_normal was on",
 }
 
 impl Counters {
+    /// Bytes this shard holds for clients: outboxes, histories, mailboxes.
+    pub(crate) fn held_for_clients(&self) -> u64 {
+        self.outbox_bytes.get() + self.history_bytes.get() + self.mailbox_bytes.get()
+    }
+
     pub(crate) fn refused(&self, e: HandshakeError) -> &Counter {
         &self.refused[e.index()]
     }

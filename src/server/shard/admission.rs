@@ -15,6 +15,7 @@ use crate::push::msg::Priority;
 use crate::push::session::Session;
 
 use super::super::conn::{flag, Conn, Link, Liveness, Phase, Route, TlsLink};
+use super::super::overload::Action;
 use super::super::sys::{self, EV_IN, EV_OUT, EV_RDHUP};
 use super::{token, Core};
 
@@ -142,6 +143,18 @@ impl Core {
         };
         if let Some(e) = refusal {
             self.refuse_overload(key, up, e, overload_wait_ms(e));
+            return false;
+        }
+        if self.overloaded(Action::StopAdmit) {
+            // The hint grows with the pressure: 1 s at the threshold, up to 5 s (jittered to
+            // twice that) at full pressure, so refused clients do not come back together.
+            let p = self.pressure_of(Action::StopAdmit);
+            let wait = 1000 + (4000.0 * p) as u64;
+            self.shared.release();
+            if let Some(l) = &self.shared.limiter {
+                l.release(ip);
+            }
+            self.refuse_overload(key, up, HandshakeError::Overloaded, wait);
             return false;
         }
         let mut resp = Vec::with_capacity(160);

@@ -22,6 +22,7 @@ use crate::push::streams::{CatchUp, Position, StreamKey};
 
 use super::super::conn::{flag, Route};
 use super::super::outbox::Queued;
+use super::super::overload::Action;
 use super::Core;
 
 impl Core {
@@ -262,6 +263,10 @@ impl Core {
         };
         // Whether any connection here waits for a repair (usually none: no per-recipient look).
         let gaps = channel.is_some() && self.repairs.open() > 0;
+        // Overload: a frame below high priority skips the outboxes already half full. A kept
+        // one comes later (gap repair, redelivery); one that is not is reported `shed`.
+        let shed_above = (frame.priority != Priority::High && self.overloaded(Action::ShedNormal))
+            .then_some(self.p.outbox_max_bytes / 2);
         for &slot in &slots {
             t.recipients += 1;
             let key = slot as usize;
@@ -269,6 +274,20 @@ impl Core {
                 if self.conns[key].has(flag::GAPPED) && self.repairs.holds(slot, ch) {
                     // Behind a gap: this message comes with its repair (or its reset).
                     t.add_lost(frame.kept);
+                    continue;
+                }
+            }
+            if let Some(limit) = shed_above {
+                if self.conns[key].outbox.as_ref().is_some_and(|o| o.bytes() >= limit) {
+                    self.counters.overload_shed.inc();
+                    match channel.filter(|_| frame.kept) {
+                        Some(ch) => {
+                            self.lost(key, ch, &frame.bytes);
+                            t.add_lost(true);
+                        }
+                        None if frame.kept => t.add_lost(true),
+                        None => t.shed += 1,
+                    }
                     continue;
                 }
             }

@@ -16,6 +16,7 @@ mod admission;
 mod apply;
 mod close;
 pub(crate) mod log;
+mod pressure;
 mod read;
 mod runtime;
 mod timers;
@@ -330,6 +331,8 @@ pub(super) struct Core {
     authorizing: HashMap<usize, Box<crate::proto::handshake::Upgrade>>,
     /// The durable log's commits waiting to be reported durable, with their reports.
     log: log::Waiting,
+    /// The overload manager: its pressures and actions.
+    watch: pressure::Watch,
 }
 
 /// What a shard is built from besides the configuration.
@@ -399,6 +402,7 @@ impl Shard {
         wheel.reserve(capacity);
         let read_buf = vec![0u8; p.read_buffer].into_boxed_slice();
         let core = Core {
+            watch: pressure::Watch::new(&cfg.overload),
             id,
             wheel,
             next_stream_sweep: p.minute_ticks,
@@ -508,6 +512,7 @@ impl Shard {
 
     /// One turn of the event loop at `now`, each step named:
     pub(crate) fn turn(&mut self, now: Instant) -> Turn {
+        let began = Instant::now();
         self.core.clock(now);
         self.read_ready_sockets(); // readiness, then read, decode and handle what arrived
         let inbox_left = self.core.drain_inbox(); // directory updates, requests, deliveries
@@ -521,6 +526,8 @@ impl Shard {
         self.core.flush_dirty(); // one gather write per connection with queued frames
         self.core.after_flush(); // what drained outboxes asked of this shard itself
         self.core.seal_log(); // this turn's durable records: one commit for the log writer
+        self.core.watch_load(); // every --overload-interval: pressures, and the actions they drive
+        self.core.watch.turn_took(began.elapsed());
         self.core.next_turn(inbox_left, self.core.ready.is_empty())
     }
 }

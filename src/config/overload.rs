@@ -1,0 +1,108 @@
+//! `[overload]`: the memory budget and the overload manager's thresholds (docs/operations.md,
+//! "Overload"). In a file they may sit in an `[overload]` table (`shed_low = 0.8`) or at the
+//! top level by their flag names (`overload-shed-low`).
+
+use std::time::Duration;
+
+use super::units::{parse_duration, parse_size};
+
+/// A pressure threshold: 0 to 1, or above 1 for never.
+fn parse_threshold(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.05..=10.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: a pressure from 0.05 to 1 (above 1: never)")),
+    }
+}
+
+/// `auto`, or a size (`4GiB`).
+fn parse_budget(s: &str) -> Result<u64, String> {
+    if s == "auto" {
+        return Ok(0);
+    }
+    match parse_size(s)? {
+        n if n >= 16 << 20 => Ok(n),
+        _ => Err(format!("{s:?}: at least 16MiB, or `auto`")),
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Overload")]
+pub struct OverloadConfig {
+    /// What the gateway may hold for clients (outboxes, histories, mailboxes) and use in all
+    /// (its RSS); `auto`: 80 % of the cgroup's memory.max where there is one, else of physical
+    /// memory.
+    #[arg(long, env = "RINGCAST_MEMORY_BUDGET", default_value = "auto", value_parser = parse_budget)]
+    pub(crate) memory_budget: u64,
+    /// The overload manager: `on`, or `off` (only the fixed caps then).
+    #[arg(long, env = "RINGCAST_OVERLOAD", default_value = "on", value_parser = ["on", "off"])]
+    pub(crate) overload: String,
+    /// Pressure at which low-priority pushes and publishes are refused (`shed`).
+    #[arg(long, env = "RINGCAST_OVERLOAD_SHED_LOW", default_value = "0.80", value_parser = parse_threshold)]
+    pub(crate) overload_shed_low: f64,
+    /// Pressure at which history and presence queries answer 503.
+    #[arg(long, env = "RINGCAST_OVERLOAD_PAUSE", default_value = "0.85", value_parser = parse_threshold)]
+    pub(crate) overload_pause: f64,
+    /// Pressure at which new upgrades are refused with 503 and `Retry-After`.
+    #[arg(long, env = "RINGCAST_OVERLOAD_STOP_ADMITTING", default_value = "0.90", value_parser = parse_threshold)]
+    pub(crate) overload_stop_admitting: f64,
+    /// Pressure at which normal-priority frames to the fullest outboxes are refused too.
+    #[arg(long, env = "RINGCAST_OVERLOAD_SHED_NORMAL", default_value = "0.95", value_parser = parse_threshold)]
+    pub(crate) overload_shed_normal: f64,
+    /// Memory pressure at which the connections holding the largest outboxes are closed (4002).
+    #[arg(long, env = "RINGCAST_OVERLOAD_RECLAIM", default_value = "0.98", value_parser = parse_threshold)]
+    pub(crate) overload_reclaim: f64,
+    /// An action goes off once its pressure is this far below its threshold...
+    #[arg(long, env = "RINGCAST_OVERLOAD_BAND", default_value = "0.05", value_parser = parse_threshold)]
+    pub(crate) overload_band: f64,
+    /// ...and it has been on this long.
+    #[arg(long, env = "RINGCAST_OVERLOAD_HOLD", default_value = "2s", value_parser = parse_duration)]
+    pub(crate) overload_hold: Duration,
+    /// How long one turn of a shard's event loop may take before its event-loop lag pressure
+    /// is 1.
+    #[arg(long, env = "RINGCAST_OVERLOAD_LAG_LIMIT", default_value = "1s", value_parser = parse_duration)]
+    pub(crate) overload_lag_limit: Duration,
+    /// How often each shard samples its pressures.
+    #[arg(long, env = "RINGCAST_OVERLOAD_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    pub(crate) overload_interval: Duration,
+}
+
+impl OverloadConfig {
+    pub(crate) fn enabled(&self) -> bool {
+        self.overload == "on"
+    }
+
+    pub(crate) fn thresholds(&self) -> crate::server::overload::Thresholds {
+        crate::server::overload::Thresholds {
+            on: [
+                self.overload_shed_low,
+                self.overload_pause,
+                self.overload_stop_admitting,
+                self.overload_shed_normal,
+                self.overload_reclaim,
+            ],
+            band: self.overload_band,
+            hold_ms: self.overload_hold.as_millis() as u64,
+        }
+    }
+
+    /// The budget in bytes: the flag, or 80 % of the cgroup's limit or of physical memory.
+    pub(crate) fn budget(&self) -> u64 {
+        if self.memory_budget > 0 {
+            return self.memory_budget;
+        }
+        let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        let physical = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
+        });
+        let limit = match (cgroup, physical) {
+            (Some(c), Some(p)) => c.min(p),
+            (Some(c), None) => c,
+            (None, Some(p)) => p,
+            (None, None) => 4 << 30,
+        };
+        limit / 5 * 4
+    }
+}

@@ -1,0 +1,157 @@
+//! The shard's side of the overload manager: every `--overload-interval` it samples its
+//! pressures (memory held by every shard and the process's RSS against the budget, how late
+//! the sample itself ran, its inbox, its pending handshakes, the node's connections against
+//! the open-file limit), feeds the pure [`Overload`] decision and applies what is on:
+//! refusing upgrades, shedding, and closing the connections that hold the most.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::proto::CloseReason;
+
+use super::super::overload::{Action, Monitor, Overload};
+use super::Core;
+
+/// The manager's state in a shard.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    pub(crate) o: Overload,
+    pub(crate) enabled: bool,
+    next_ms: u64,
+    /// The longest turn since the last sample: everything on the shard (timers, sockets,
+    /// inbox) waited that long.
+    longest_turn_us: u64,
+    pub(crate) interval_ms: u64,
+    pub(crate) lag_limit_ms: u64,
+    pub(crate) budget: u64,
+}
+
+impl Watch {
+    pub(crate) fn new(cfg: &crate::config::OverloadConfig) -> Watch {
+        Watch {
+            o: Overload::new(cfg.thresholds()),
+            enabled: cfg.enabled(),
+            next_ms: 0,
+            longest_turn_us: 0,
+            interval_ms: (cfg.overload_interval.as_millis() as u64).max(1),
+            lag_limit_ms: (cfg.overload_lag_limit.as_millis() as u64).max(1),
+            budget: cfg.budget().max(1),
+        }
+    }
+}
+
+impl Watch {
+    /// A turn of the event loop took `d`.
+    pub(crate) fn turn_took(&mut self, d: std::time::Duration) {
+        self.longest_turn_us = self.longest_turn_us.max(d.as_micros() as u64);
+    }
+}
+
+/// The process's resident set in bytes (`/proc/self/statm`), 0 when unreadable.
+fn rss_bytes() -> u64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/statm") else { return 0 };
+    let pages = s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+impl Core {
+    /// Whether the overload manager has `a` on in this shard.
+    pub(super) fn overloaded(&self, a: Action) -> bool {
+        self.watch.o.on(a)
+    }
+
+    /// The pressure behind `a` (0 to 1), for scaling retry hints.
+    pub(super) fn pressure_of(&self, a: Action) -> f64 {
+        self.watch.o.driving(a).0.min(1.0)
+    }
+
+    /// Once per `--overload-interval`: sample, decide, apply.
+    pub(super) fn watch_load(&mut self) {
+        if !self.watch.enabled || self.now_ms < self.watch.next_ms {
+            return;
+        }
+        self.watch.next_ms = self.now_ms + self.watch.interval_ms;
+        let lag_us = std::mem::take(&mut self.watch.longest_turn_us);
+        if self.id == 0 {
+            self.shared.overload.rss.store(rss_bytes(), Relaxed);
+        }
+        let held: u64 = self.peers.iter().map(|c| c.held_for_clients()).sum();
+        let rss = self.shared.overload.rss.load(Relaxed);
+        let budget = self.watch.budget as f64;
+        let pressures = [
+            held.max(rss) as f64 / budget,
+            lag_us as f64 / (self.watch.lag_limit_ms * 1000) as f64,
+            self.mesh.backlog(),
+            self.handshaking as f64 / self.p.max_pending.max(1) as f64,
+            self.shared.total.load(Relaxed) as f64 / self.shared.max_total.max(1) as f64,
+        ];
+        for t in self.watch.o.sample(pressures, self.now_ms) {
+            let flag = &self.shared.overload.on[t.action as usize];
+            if t.on {
+                flag.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    shard = self.id,
+                    action = t.action.label(),
+                    monitor = t.monitor.label(),
+                    pressure = format!("{:.3}", t.pressure),
+                    "overload: {} on",
+                    t.action.label()
+                );
+            } else {
+                flag.fetch_sub(1, Relaxed);
+                tracing::info!(
+                    shard = self.id,
+                    action = t.action.label(),
+                    pressure = format!("{:.3}", t.pressure),
+                    "overload: {} off",
+                    t.action.label()
+                );
+            }
+        }
+        let c = &self.counters;
+        for (m, g) in Monitor::ALL.iter().zip(&c.overload_pressure) {
+            g.set((self.watch.o.pressure(*m) * 1000.0).round() as u64);
+        }
+        for (a, g) in Action::ALL.iter().zip(&c.overload_action) {
+            g.set(u64::from(self.watch.o.on(*a)));
+        }
+        if self.watch.o.on(Action::Reclaim) {
+            // What closing connections can free is what is held for them: RSS the allocator
+            // keeps after they go would close everyone and free nothing.
+            self.reclaim(held);
+        }
+    }
+
+    /// Closes the connections holding the largest outboxes (4002) until this shard's share
+    /// of the excess over the reclaim threshold, less its band, is freed.
+    fn reclaim(&mut self, held: u64) {
+        let t = self.watch.o.thresholds();
+        let target = (t.of(Action::Reclaim) - t.band).max(0.0) * self.watch.budget as f64;
+        let excess = held as f64 - target;
+        if excess <= 0.0 {
+            return;
+        }
+        let mine = self.counters.outbox_bytes.get() as f64;
+        let all: f64 = self.peers.iter().map(|c| c.outbox_bytes.get() as f64).sum();
+        if mine <= 0.0 || all <= 0.0 {
+            return;
+        }
+        let share = excess * (mine / all);
+        let mut holders: Vec<(usize, usize)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.phase.is_open())
+            .filter_map(|(k, c)| Some((k, c.outbox.as_ref()?.bytes())))
+            .filter(|(_, b)| *b > 0)
+            .collect();
+        holders.sort_unstable_by_key(|h| std::cmp::Reverse(h.1));
+        let mut freed = 0.0;
+        for (key, bytes) in holders {
+            if freed >= share {
+                break;
+            }
+            freed += bytes as f64;
+            self.counters.overload_reclaimed.inc();
+            self.close_for(key, CloseReason::SlowConsumer);
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The overload manager on real sockets: slow readers fill their outboxes against a small
+//! `--memory-budget`; the server stays up, sheds, stops admitting (503 with `Retry-After`,
+//! `/readyz` 503, `/healthz` 200), closes the biggest holders with 4002, keeps a reader that
+//! keeps up, and comes back to normal once the slow readers are gone.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // reason: a panic is the failure report; tests time themselves
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Client, Server};
+use serde_json::json;
+
+/// A metric from /metrics, summed over its series that contain `labels`.
+fn metric(s: &Server, name: &str, labels: &str) -> f64 {
+    let (_, _, text) = s.http("GET", "/metrics", "", b"");
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A subscriber that upgrades and then never reads again.
+fn slow_reader(s: &Server) -> TcpStream {
+    let mut t = TcpStream::connect(s.addr).unwrap();
+    t.write_all(common::upgrade_request("/ws?channels=hot", "").as_bytes()).unwrap();
+    t
+}
+
+#[test]
+fn slow_readers_against_a_small_budget_are_shed_refused_and_reclaimed_and_it_recovers() {
+    let budget: u64 = 128 << 20;
+    let s = Server::start(&[
+        "--shards",
+        "1",
+        "--memory-budget",
+        "128MiB",
+        "--overload-interval",
+        "20ms",
+        "--overload-hold",
+        "300ms",
+        "--slow-consumer-timeout",
+        "10m",
+        "--max-message-size",
+        "64KiB",
+    ]);
+    let mut good = Client::connect(s.addr, "/ws?channels=hot");
+    let mut slow: Vec<TcpStream> = (0..150).map(|_| slow_reader(&s)).collect();
+    s.wait_for("/v1/channels/hot", |v| v["subscribers"] == 151);
+    assert_eq!(metric(&s, "ringcast_overload_action", ""), 0.0, "calm at the start");
+    // 16 KiB messages, 40 to a batch, until admission stops.
+    let data = "x".repeat(16 << 10);
+    let batch: String = (0..40)
+        .map(|_| json!({"op": "publish", "channel": "hot", "data": data}).to_string() + "\n")
+        .collect();
+    let mut sent = 0;
+    while metric(&s, "ringcast_overload_action", "stop_admitting") < 1.0 {
+        assert!(sent < 2000, "admission never stopped");
+        let (st, _, _) = s.http("POST", "/v1/batch", "", batch.as_bytes());
+        assert_eq!(st, 200);
+        sent += 40;
+        // The reader that keeps up reads everything.
+        for _ in 0..40 {
+            assert_eq!(good.json()["type"], "message");
+        }
+    }
+    // Refused at the door, told when to come back; not ready, still alive.
+    let refused = Client::try_connect(s.addr, "/ws", "").map(|_| ()).unwrap_err();
+    assert!(refused.starts_with("HTTP/1.1 503") && refused.contains("Retry-After:"), "{refused}");
+    assert_eq!(metric(&s, "ringcast_overload_refusals_total", "stop_admitting"), 1.0);
+    assert_eq!(s.get("/readyz").0, 503);
+    assert_eq!(s.get("/healthz").0, 200);
+    // Low priority is shed at the API, and history queries are paused.
+    until("shed_low", Duration::from_secs(5), || {
+        metric(&s, "ringcast_overload_action", "shed_low") >= 1.0
+    });
+    let (st, r) = s.post("/v1/publish", json!({"channel": "hot", "data": 1, "priority": "low"}));
+    assert_eq!((st, &r["shed"], &r["queued"]), (200, &json!(1), &json!(0)), "{r}");
+    let (st, head, _) = s.http("GET", "/v1/streams/channel:hot/history", "", b"");
+    assert!(st == 503 && head.contains("Retry-After: 2"), "{head}");
+    // Past the reclaim threshold the biggest holders go (4002), until the memory held is
+    // back under it; the reader that keeps up stays.
+    for _ in 0..5 {
+        let (st, _, _) = s.http("POST", "/v1/batch", "", batch.as_bytes());
+        assert_eq!(st, 200);
+        for _ in 0..40 {
+            let m = good.json();
+            assert!(m["type"] == "message", "{m}");
+        }
+    }
+    until("a reclaim", Duration::from_secs(10), || {
+        metric(&s, "ringcast_overload_refusals_total", "reclaim") > 0.0
+    });
+    let held = metric(&s, "ringcast_memory_held_bytes", "");
+    assert!(held <= budget as f64, "held {held} over the budget {budget}");
+    // The frames are shared by every outbox that holds them: the process itself stays far
+    // below what is accounted.
+    let rss = metric(&s, "ringcast_memory_rss_bytes", "");
+    assert!(rss > 0.0 && rss <= budget as f64, "RSS {rss} over the budget {budget}");
+    let slow_closed = metric(&s, "ringcast_evictions_total", "slow_consumer");
+    assert!(slow_closed > 0.0 && slow_closed < 150.0, "{slow_closed} closed");
+    good.text(r#"{"type":"ping"}"#);
+    loop {
+        let m = good.json();
+        if m["type"] == "pong" {
+            break;
+        }
+    }
+    // The slow readers go: everything comes back.
+    slow.clear();
+    until("the actions to end", Duration::from_secs(10), || {
+        metric(&s, "ringcast_overload_action", "") == 0.0
+    });
+    assert_eq!(s.get("/readyz").0, 200);
+    let mut late = Client::connect(s.addr, "/ws?channels=hot");
+    let (_, r) = s.post("/v1/publish", json!({"channel": "hot", "data": 2, "priority": "low"}));
+    assert_eq!(r["shed"], 0, "{r}");
+    assert_eq!(late.json()["data"], 2);
+}
