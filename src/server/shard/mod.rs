@@ -512,7 +512,7 @@ impl Shard {
 
     /// One turn of the event loop at `now`, each step named:
     pub(crate) fn turn(&mut self, now: Instant) -> Turn {
-        let began = Instant::now();
+        let began = clock::now();
         self.core.clock(now);
         self.read_ready_sockets(); // readiness, then read, decode and handle what arrived
         let inbox_left = self.core.drain_inbox(); // directory updates, requests, deliveries
