@@ -527,7 +527,7 @@ impl Shard {
         self.core.after_flush(); // what drained outboxes asked of this shard itself
         self.core.seal_log(); // this turn's durable records: one commit for the log writer
         self.core.watch_load(); // every --overload-interval: pressures, and the actions they drive
-        self.core.watch.turn_took(began.elapsed());
+        self.core.watch.turn_took(clock::now().saturating_duration_since(began));
         self.core.next_turn(inbox_left, self.core.ready.is_empty())
     }
 }
