@@ -58,6 +58,9 @@ fn slow_readers_against_a_small_budget_are_shed_refused_and_reclaimed_and_it_rec
     let mut slow: Vec<TcpStream> = (0..150).map(|_| slow_reader(&s)).collect();
     s.wait_for("/v1/channels/hot", |v| v["subscribers"] == 151);
     assert_eq!(metric(&s, "ringcast_overload_action", ""), 0.0, "calm at the start");
+    assert_eq!(metric(&s, "ringcast_memory_budget_bytes", ""), budget as f64);
+    let limit = metric(&s, "ringcast_connections_limit", "");
+    assert!(limit > 151.0 && limit < 20_000.0, "the open-file limit bounds it: {limit}");
     // 16 KiB messages, 40 to a batch, until admission stops.
     let data = "x".repeat(16 << 10);
     let batch: String = (0..40)

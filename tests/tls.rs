@@ -44,6 +44,22 @@ impl Pki {
         (c.display().to_string(), k.display().to_string())
     }
 
+    /// Like `pair`, valid until midnight UTC of the first of January of `year`.
+    fn pair_until(&mut self, stem: &str, names: &[&str], year: i32) -> (String, String) {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let (c, k) = (self.dir.join(format!("{stem}.crt")), self.dir.join(format!("{stem}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        self.certs.retain(|(s, _)| s != stem);
+        self.certs.push((stem.to_string(), cert.der().clone()));
+        (c.display().to_string(), k.display().to_string())
+    }
+
     fn der(&self, stem: &str) -> CertificateDer<'static> {
         self.certs.iter().find(|(s, _)| s == stem).unwrap().1.clone()
     }
@@ -254,13 +270,25 @@ fn sighup_swaps_the_certificate_for_new_handshakes_only() {
     }
     assert!(tls_connect(addr, &old_root, "localhost").is_ok());
     std::fs::write(&crt, saved).unwrap();
-    // A new pair under the same file names.
-    pki.pair("one", &["localhost"]);
+    // The expiry of each leaf, for the certificate-expiry alert (rcgen's default: 4096).
+    let expiry = |s: &Server, file: &str| -> i64 {
+        let (_, _, text) = s.http("GET", "/metrics", "", b"");
+        let series =
+            format!("ringcast_tls_certificate_expiry_timestamp_seconds{{cert=\"{file}\"}} ");
+        let line =
+            text.lines().find(|l| l.starts_with(&series)).unwrap_or_else(|| panic!("{text}"));
+        line[series.len()..].parse().unwrap()
+    };
+    let one = crt.display().to_string();
+    assert_eq!(expiry(&s, &one), 67_090_118_400, "4096-01-01");
+    // A new pair under the same file names, valid until 2030.
+    pki.pair_until("one", &["localhost"], 2030);
     s.signal(libc::SIGHUP);
     while !s.log().contains("reloaded TLS certificates") {
         assert!(Instant::now() < end, "{}", s.log());
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert_eq!(expiry(&s, &one), 1_893_456_000, "2030-01-01");
     assert!(tls_connect(addr, &old_root, "localhost").is_err(), "new handshakes get the new one");
     assert!(tls_connect(addr, &pki.der("one"), "localhost").is_ok());
     old.send(OpCode::Text, b"old connection");

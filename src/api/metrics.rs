@@ -102,6 +102,28 @@ pub(crate) fn render(
         "The process's resident set, as the overload manager last read it.",
     );
     o.sample("ringcast_memory_rss_bytes", "", shared.overload.rss.load(Relaxed));
+    o.family("ringcast_memory_budget_bytes", "gauge", "--memory-budget as resolved.");
+    o.sample("ringcast_memory_budget_bytes", "", shared.overload.budget.load(Relaxed));
+    o.family(
+        "ringcast_connections_limit",
+        "gauge",
+        "The most connections the node admits: --max-connections, or what the open-file limit allows.",
+    );
+    o.sample("ringcast_connections_limit", "", shared.max_total as u64);
+    if let Some(tls) = &shared.tls {
+        o.family(
+            "ringcast_tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When each --tls-cert's leaf certificate expires (Unix seconds), as last loaded.",
+        );
+        for (file, when) in tls.expiry().iter() {
+            let file = file.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            let _ = writeln!(
+                o.0,
+                "ringcast_tls_certificate_expiry_timestamp_seconds{{cert=\"{file}\"}} {when}"
+            );
+        }
+    }
 
     let per_shard = |o: &mut Out, name: &str, help: &str, f: &dyn Fn(usize, &Counters) -> u64| {
         o.family(name, "gauge", help);

@@ -49,6 +49,16 @@ impl ResolvesServerCert for Certs {
 pub(crate) struct Tls {
     settings: TlsSettings,
     current: RwLock<Arc<ServerConfig>>,
+    /// Each pair's certificate file and when its leaf certificate expires (Unix seconds), as
+    /// last loaded: `ringcast_tls_certificate_expiry_timestamp_seconds`.
+    expiry: RwLock<Arc<Vec<(String, i64)>>>,
+}
+
+/// When a leaf certificate stops being valid (its `notAfter`, Unix seconds).
+fn not_after(leaf: &CertificateDer<'_>) -> Result<i64, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| format!("the certificate does not parse: {e}"))?;
+    Ok(cert.validity().not_after.timestamp())
 }
 
 fn load_pair(
@@ -73,13 +83,20 @@ fn load_pair(
     Ok((chain, Arc::new(ck)))
 }
 
-fn build(s: &TlsSettings) -> Result<ServerConfig, String> {
+type Built = (ServerConfig, Vec<(String, i64)>);
+
+fn build(s: &TlsSettings) -> Result<Built, String> {
     if s.pairs.is_empty() {
         return Err("--tls-listen needs at least one --tls-cert and --tls-key pair".into());
     }
     let mut keys = Vec::with_capacity(s.pairs.len());
+    let mut expiry = Vec::with_capacity(s.pairs.len());
     for (c, k) in &s.pairs {
-        keys.push(load_pair(c, k)?);
+        let pair = load_pair(c, k)?;
+        let leaf = pair.0.first().ok_or_else(|| format!("--tls-cert {}: empty", c.display()))?;
+        let when = not_after(leaf).map_err(|e| format!("--tls-cert {}: {e}", c.display()))?;
+        expiry.push((c.display().to_string(), when));
+        keys.push(pair);
     }
     let versions: &[&rustls::SupportedProtocolVersion] = if s.tls12 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
@@ -95,14 +112,23 @@ fn build(s: &TlsSettings) -> Result<ServerConfig, String> {
     cfg.ticketer = provider::Ticketer::new().map_err(|e| format!("TLS session tickets: {e}"))?;
     // Everything is written through ringcast's own buffers; rustls keeps none of its own.
     cfg.max_early_data_size = 0;
-    Ok(cfg)
+    Ok((cfg, expiry))
 }
 
 impl Tls {
     /// Loads every pair; a file that does not load is a start-up error naming it.
     pub(crate) fn new(settings: TlsSettings) -> Result<Tls, String> {
-        let cfg = build(&settings)?;
-        Ok(Tls { settings, current: RwLock::new(Arc::new(cfg)) })
+        let (cfg, expiry) = build(&settings)?;
+        Ok(Tls {
+            settings,
+            current: RwLock::new(Arc::new(cfg)),
+            expiry: RwLock::new(Arc::new(expiry)),
+        })
+    }
+
+    /// Each certificate file and when its leaf expires (Unix seconds).
+    pub(crate) fn expiry(&self) -> Arc<Vec<(String, i64)>> {
+        self.expiry.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The configuration new handshakes use.
@@ -113,8 +139,9 @@ impl Tls {
     /// Reads the pairs again: new handshakes use them; a pair that does not load is refused
     /// with the reason and the old configuration stays.
     pub(crate) fn reload(&self) -> Result<String, String> {
-        let cfg = build(&self.settings)?;
+        let (cfg, expiry) = build(&self.settings)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
+        *self.expiry.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(expiry);
         Ok(format!("{} certificate pair(s)", self.settings.pairs.len()))
     }
 }
