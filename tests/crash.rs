@@ -144,7 +144,8 @@ fn a_mostly_dead_segment_is_emptied_by_copying_its_live_records_forward() {
         let (st, _, _) = s.http("DELETE", &format!("/v1/users/gone{u}/mailbox"), "", b"");
         assert_eq!(st, 200);
     }
-    let first = dir.0.join("shard-0").join("0000000000.log");
+    let first = dir.0.join("shard-0").join("0000000001.log");
+    assert!(first.exists(), "the first segment holds the message that stays");
     let end = Instant::now() + Duration::from_secs(10);
     while first.exists() || metric(&s, "ringcast_log_copied_forward_total") == 0 {
         assert!(

@@ -109,7 +109,7 @@ pub(crate) fn render(
         "gauge",
         "The most connections the node admits: --max-connections, or what the open-file limit allows.",
     );
-    o.sample("ringcast_connections_limit", "", shared.max_total as u64);
+    o.sample("ringcast_connections_limit", "", shared.max_total.min(shared.fd_limit) as u64);
     if let Some(tls) = &shared.tls {
         o.family(
             "ringcast_tls_certificate_expiry_timestamp_seconds",

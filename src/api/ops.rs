@@ -192,13 +192,23 @@ impl Prepared {
             Prepared::Sent { pending, key } => {
                 let v = pending.finish().await?.json();
                 if let Some(k) = key {
-                    ctx.idempotency.done(&k, &v);
+                    // Shed whole by the overload manager: nothing was delivered or kept, so
+                    // a retry with the same key must be able to deliver it.
+                    let none = |f: &str| v[f].as_u64().unwrap_or(0) == 0;
+                    if !none("shed") && none("queued") && none("stored") && none("deferred") {
+                        ctx.idempotency.failed(&k);
+                    } else {
+                        ctx.idempotency.done(&k, &v);
+                    }
                 }
                 Ok(v)
             }
             Prepared::Duplicate(v) => Ok(duplicate(v)),
             Prepared::Wait(key) => {
-                let deadline = clock::now() + REPORT_TIMEOUT;
+                // The first may wait for acks (`wait_ack_ms`) as well as for its report.
+                let longest =
+                    std::time::Duration::from_millis(super::fields::MAX_WAIT_ACK_MS.into());
+                let deadline = clock::now() + REPORT_TIMEOUT + longest;
                 loop {
                     monoio::time::sleep(std::time::Duration::from_millis(2)).await;
                     match ctx.idempotency.claim(&key, clock::now())? {
@@ -213,7 +223,7 @@ impl Prepared {
                         }
                         Claim::Wait if clock::now() >= deadline => {
                             return Err(ApiError::NoAnswer(
-                                "the first request with this idempotency key did not complete in 10 s",
+                                "the first request with this idempotency key did not complete in 70 s",
                             ));
                         }
                         Claim::Wait => {}

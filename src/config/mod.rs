@@ -451,6 +451,7 @@ impl Config {
         {
             return err(format!("--tick must be between 1ms and 1s, got {:?}", self.timeouts.tick));
         }
+        self.overload.validate().map_err(ConfigError)?;
         if self.frames.handshake_timeout < self.timeouts.tick {
             return err("--handshake-timeout must be at least one --tick".into());
         }
@@ -697,6 +698,17 @@ mod tests {
         assert!(c.validate().unwrap_err().0.contains("--mailbox-size"));
         let c = Config::parse_from(["ringcast", "--ack-timeout", "1ms"]);
         assert!(c.validate().unwrap_err().0.contains("--ack-timeout"));
+        let c =
+            Config::parse_from(["ringcast", "--overload-band", "0.5", "--overload-pause", "0.4"]);
+        let e = c.validate().unwrap_err().0;
+        assert!(e.contains("--overload-band") && e.contains("--overload-pause"), "{e}");
+        let c = Config::parse_from(["ringcast", "--overload-interval", "0ms"]);
+        assert!(c.validate().unwrap_err().0.contains("--overload-interval"));
+        let c = Config::parse_from(["ringcast", "--overload-lag-limit", "1ms"]);
+        assert!(c.validate().unwrap_err().0.contains("--overload-lag-limit"));
+        Config::parse_from(["ringcast", "--overload-reclaim", "2", "--overload-band", "0.1"])
+            .validate()
+            .unwrap();
     }
 
     #[test]

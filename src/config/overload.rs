@@ -67,6 +67,37 @@ pub struct OverloadConfig {
 }
 
 impl OverloadConfig {
+    /// The band must leave room under every threshold (or that action would never go off),
+    /// and the sampling interval must be one a shard can keep.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        let named = [
+            ("--overload-shed-low", self.overload_shed_low),
+            ("--overload-pause", self.overload_pause),
+            ("--overload-stop-admitting", self.overload_stop_admitting),
+            ("--overload-shed-normal", self.overload_shed_normal),
+            ("--overload-reclaim", self.overload_reclaim),
+        ];
+        for (flag, on) in named {
+            if self.overload_band >= on {
+                return Err(format!(
+                    "--overload-band {} must be below {flag} {on}: the action could never go off",
+                    self.overload_band
+                ));
+            }
+        }
+        if self.overload_band > 0.5 {
+            return Err(format!("--overload-band {} must be at most 0.5", self.overload_band));
+        }
+        let ms = self.overload_interval.as_millis();
+        if !(1..=10_000).contains(&ms) {
+            return Err(format!("--overload-interval must be from 1ms to 10s, got {ms} ms"));
+        }
+        if self.overload_lag_limit < Duration::from_millis(10) {
+            return Err("--overload-lag-limit must be at least 10ms".into());
+        }
+        Ok(())
+    }
+
     pub(crate) fn enabled(&self) -> bool {
         self.overload == "on"
     }

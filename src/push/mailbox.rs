@@ -85,6 +85,10 @@ struct UserMail {
     gone_upto: u64,
     /// The log record that says `lost_upto` and `gone_upto`.
     mark_rec: Option<RecordId>,
+    /// Until when a message let go (settled by an ack, or cleared) would still be live if its
+    /// record were read back: the user's cursors and mark, which say it is gone, stay that
+    /// long, even once nothing else is left (a replay would bring it back otherwise).
+    hold_ms: u64,
 }
 
 /// What an ack did.
@@ -104,6 +108,8 @@ pub(crate) struct Acked {
 pub(crate) struct Pending {
     /// Unacknowledged messages for its device, oldest first.
     pub(crate) frames: Vec<Frame>,
+    /// Their seqs.
+    pub(crate) seqs: Vec<u64>,
     /// Its device's cursor is behind messages that were dropped unsettled.
     pub(crate) lost: bool,
     /// The device's acknowledged cursor (0 when it has none).
@@ -183,7 +189,9 @@ impl Mailboxes {
         // Replay reads a message copied forward after newer ones, and may read it twice (a
         // crash before the old segment went): entries stay in seq order, once each.
         let at = m.entries.partition_point(|e| e.seq < seq);
+        let expires_ms = now_ms.saturating_add(ttl_ms.map_or(p.ttl_ms, |t| t.min(p.ttl_ms)));
         if seq <= m.gone_upto {
+            m.hold_ms = m.hold_ms.max(expires_ms);
             self.released.extend(rec);
             return 0;
         }
@@ -191,7 +199,6 @@ impl Mailboxes {
             self.released.extend(std::mem::replace(&mut e.rec, rec));
             return 0;
         }
-        let expires_ms = now_ms.saturating_add(ttl_ms.map_or(p.ttl_ms, |t| t.min(p.ttl_ms)));
         let size = frame.bytes.len();
         let e = Entry { seq, at_ms: now_ms, expires_ms, frame, device, first_ack, rec };
         m.entries.insert(at, e);
@@ -255,12 +262,14 @@ impl Mailboxes {
         let acked = cursor_of(&m.cursors, device);
         let known = m.cursors.iter().any(|c| c.device == *device);
         let mut last = acked;
+        let mut seqs = Vec::new();
         let frames: Vec<Frame> = m
             .entries
             .iter()
             .filter(|e| e.seq > acked && e.expires_ms > now_ms && for_device(e, device))
             .map(|e| {
                 last = e.seq;
+                seqs.push(e.seq);
                 e.frame.clone()
             })
             .collect();
@@ -275,14 +284,16 @@ impl Mailboxes {
         // `--mailbox-devices` cap) cannot say what it missed: anything dropped unsettled may
         // have been for it, so it is told too.
         let lost = if known { acked < m.lost_upto } else { m.lost_upto > 0 };
-        Pending { frames, lost, acked }
+        Pending { frames, seqs, lost, acked }
     }
 
     /// The connection closed: its redelivery stops (the device's cursor stays).
     pub(crate) fn left(&mut self, user: &str, conn: ConnId) {
         if let Some(m) = self.users.get_mut(user) {
             m.live.retain(|l| l.conn != conn);
-            if m.entries.is_empty() && m.live.is_empty() && m.cursors.is_empty() {
+            // A mark, or messages let go that a replay could bring back, wait for `expire`.
+            let idle = m.entries.is_empty() && m.live.is_empty() && m.cursors.is_empty();
+            if idle && m.mark_rec.is_none() && m.hold_ms == 0 {
                 self.users.remove(user);
             }
         }
@@ -338,6 +349,7 @@ impl Mailboxes {
         }
         let cursors = &m.cursors;
         let mut freed = 0;
+        let mut hold = m.hold_ms;
         let n = m.entries.len();
         let released = &mut self.released;
         m.entries.retain(|e| {
@@ -348,10 +360,12 @@ impl Mailboxes {
             };
             if done {
                 freed += e.frame.bytes.len();
+                hold = hold.max(e.expires_ms);
                 released.extend(e.rec);
             }
             !done
         });
+        m.hold_ms = hold;
         out.settled = (n - m.entries.len()) as u64;
         m.bytes -= freed;
         self.held -= freed;
@@ -438,7 +452,8 @@ impl Mailboxes {
             }
             m.bytes = m.entries.iter().map(|e| e.frame.bytes.len()).sum();
             let recent = m.cursors.iter().any(|c| c.at_ms.saturating_add(p.cursor_ttl_ms) > now_ms);
-            let stay = !(m.entries.is_empty() && m.live.is_empty() && !recent);
+            let held_back = m.hold_ms > now_ms;
+            let stay = !m.entries.is_empty() || !m.live.is_empty() || recent || held_back;
             if !stay {
                 released.extend(m.cursors.iter().filter_map(|c| c.rec));
                 released.extend(m.mark_rec);
@@ -472,7 +487,10 @@ impl Mailboxes {
                 self.marked.push(Arc::from(user));
             }
         }
-        self.released.extend(m.entries.drain(..).filter_map(|e| e.rec));
+        for e in m.entries.drain(..) {
+            m.hold_ms = m.hold_ms.max(e.expires_ms);
+            self.released.extend(e.rec);
+        }
         m.bytes = 0;
         n
     }
@@ -518,14 +536,17 @@ impl Mailboxes {
         while m.entries.front().is_some_and(|e| e.seq <= m.gone_upto) {
             let Some(e) = m.entries.pop_front() else { break };
             m.bytes -= e.frame.bytes.len();
+            m.hold_ms = m.hold_ms.max(e.expires_ms);
             self.held -= e.frame.bytes.len();
             self.released.extend(e.rec);
         }
         self.released.extend(m.mark_rec.replace(rec));
     }
 
-    /// Replay: a cursor read back (it settles again what it settled). Returns how many
-    /// messages it settled.
+    /// Replay: a cursor read back. It only moves the device's cursor: what it settles is
+    /// settled once every cursor is known ([`Mailboxes::settle_replayed`]), since a cursor
+    /// copied forward comes after newer ones of other devices (settling on each would let
+    /// go a message a device read later has not acknowledged).
     pub(crate) fn restore_cursor(
         &mut self,
         user: &Arc<str>,
@@ -535,9 +556,56 @@ impl Mailboxes {
         rec: RecordId,
         p: &MailParams,
     ) {
-        self.ack(user, device, acked, acked, at_ms, p);
-        self.counts.acks -= 1;
+        let m = self.users.entry(user.clone()).or_default();
+        match m.cursors.iter_mut().find(|c| c.device == *device) {
+            Some(c) => {
+                c.acked = c.acked.max(acked);
+                c.at_ms = c.at_ms.max(at_ms);
+            }
+            None => {
+                m.cursors.push(Cursor { device: device.clone(), acked, at_ms, rec: None });
+                if m.cursors.len() > p.devices {
+                    if let Some(i) =
+                        m.cursors.iter().enumerate().min_by_key(|(_, c)| c.at_ms).map(|(i, _)| i)
+                    {
+                        let gone = m.cursors.swap_remove(i);
+                        self.released.extend(gone.rec);
+                    }
+                }
+            }
+        }
         self.cursor_written(user, device, rec);
+    }
+
+    /// Replay is over: every user's messages its cursors settle are let go (as the acks
+    /// did before the restart; no `cancel` is sent for them).
+    pub(crate) fn settle_replayed(&mut self) {
+        let mut freed = 0;
+        for m in self.users.values_mut() {
+            let cursors = &m.cursors;
+            if cursors.is_empty() {
+                continue;
+            }
+            let (mut gone, mut hold) = (0, m.hold_ms);
+            let released = &mut self.released;
+            m.entries.retain(|e| {
+                let done = match (&e.device, e.first_ack) {
+                    (_, true) => cursors.iter().any(|c| c.acked >= e.seq),
+                    (Some(d), _) => cursor_of(cursors, d) >= e.seq,
+                    (None, _) => cursors.iter().all(|c| c.acked >= e.seq),
+                };
+                if done {
+                    gone += e.frame.bytes.len();
+                    hold = hold.max(e.expires_ms);
+                    released.extend(e.rec);
+                }
+                !done
+            });
+            m.hold_ms = hold;
+            m.bytes -= gone;
+            freed += gone;
+        }
+        self.held -= freed;
     }
 
     /// Replay: everything of a user's stream before this epoch is stale (it was forgotten
@@ -805,6 +873,50 @@ mod tests {
         assert_eq!(r.info("u").count, 0, "a record read after the mark stays gone too");
         r.put(&u, 4, frame(4), None, false, None, 0, &K, rid(2, 1));
         assert_eq!(r.info("u").count, 1);
+    }
+
+    #[test]
+    fn a_replayed_cursor_read_before_an_older_one_settles_nothing_the_older_device_lacks() {
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let (mut m, u) = (Mailboxes::new(), Arc::<str>::from("u"));
+        for seq in 1..=4 {
+            m.put(&u, seq, frame(seq), None, false, None, 0, &K, rid(1, seq as u32));
+        }
+        // b acked 4 after a acked 2; a's cursor was copied forward, so it is read last.
+        m.restore_cursor(&u, &b, 4, 20, RecordId { segment: 2, offset: 0 }, &P);
+        m.restore_cursor(&u, &a, 2, 10, RecordId { segment: 3, offset: 0 }, &P);
+        m.settle_replayed();
+        assert_eq!(m.info("u").count, 2, "3 and 4 wait for a");
+        assert_eq!(seqs(&m.joined(&u, conn(1), &a, 1, &P).frames), ["m3", "m4"]);
+        assert_eq!(m.held(), 4);
+    }
+
+    #[test]
+    fn a_cleared_or_settled_user_keeps_its_mark_and_cursors_until_what_they_let_go_expires() {
+        let (mut m, u, d) = (Mailboxes::new(), Arc::<str>::from("u"), Arc::<str>::from("d"));
+        m.put(&u, 1, frame(1), None, false, Some(5_000), 0, &K, rid(1, 0));
+        assert_eq!(m.clear("u"), 1);
+        m.mark_written("u", RecordId { segment: 2, offset: 0 });
+        m.released.clear();
+        // No entry, connection or cursor: it would go at once, and a replay of message 1's
+        // record (its segment still there) would bring it back.
+        m.expire(4_999, &P);
+        assert!(m.holds("u") && m.released.is_empty(), "the mark stays while 1 could come back");
+        m.expire(5_000, &P);
+        assert!(!m.holds("u"));
+        assert_eq!(m.released, [RecordId { segment: 2, offset: 0 }], "then the mark goes");
+        // Settled by an ack: the cursor stays as long as the message could come back, even
+        // past the cursors' own time.
+        let p = MailParams { cursor_ttl_ms: 10, ..P };
+        m.put(&u, 2, frame(2), None, false, Some(8_000), 6_000, &K, rid(3, 0));
+        m.ack(&u, &d, 2, 2, 6_001, &p);
+        let j = m.joined(&u, conn(1), &d, 2, &p);
+        assert!(j.frames.is_empty());
+        m.left("u", conn(1));
+        m.expire(13_999, &p);
+        assert!(m.holds("u"));
+        m.expire(14_000, &p);
+        assert!(!m.holds("u"));
     }
 
     #[test]

@@ -40,6 +40,11 @@ use sys::EventFd;
 pub struct Shared {
     pub(crate) total: AtomicUsize,
     pub(crate) max_total: usize,
+    /// The connections the open-file limit leaves room for (the overload manager's
+    /// `open_files` monitor weighs the node's connections against it).
+    pub(crate) fd_limit: usize,
+    /// `DATA_DIR/LOCK`, held while the process runs.
+    _data_lock: Option<std::fs::File>,
     pub(crate) draining: AtomicBool,
     pub(crate) limiter: Option<IpLimiter>,
     /// wss: the TLS configuration new handshakes use.
@@ -329,10 +334,12 @@ impl Server {
                  (about {fd_budget}); raise the limit (tuning/) or accepts will fail"
             );
         }
-        data_dir_for(&cfg, n)?;
+        let data_lock = data_dir_for(&cfg, n)?;
         let shared = Arc::new(Shared {
             total: AtomicUsize::new(0),
             max_total,
+            fd_limit: fd_budget,
+            _data_lock: data_lock,
             draining: AtomicBool::new(false),
             limiter: (cfg.limits.max_connections_per_ip > 0)
                 .then(|| IpLimiter::new(cfg.limits.max_connections_per_ip)),
@@ -526,16 +533,18 @@ async fn serve(
 /// Creates `--data-dir` on the first start and records the shard count in its `META`; a later
 /// start with another count is refused (each shard's log holds the streams homed on it, and
 /// homes move with the count).
-fn data_dir_for(cfg: &Config, shards: usize) -> Result<(), StartError> {
+/// Readies the data directory for `shards` shards and returns its `LOCK`, held for as long
+/// as the process runs (None without one).
+fn data_dir_for(cfg: &Config, shards: usize) -> Result<Option<std::fs::File>, StartError> {
     let (dir, _) = cfg.data_dir();
     if dir == "none" {
-        return Ok(());
+        return Ok(None);
     }
     let dir = std::path::Path::new(dir);
     let fail = |e: std::io::Error| StartError(format!("--data-dir {}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(fail)?;
-    // One start at a time looks at META and moves logs (each shard's log has its own lock
-    // for as long as the process runs).
+    // One process at a time: it looks at META, moves logs, and keeps the lock while it runs
+    // (each shard's log has its own lock too).
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -544,7 +553,7 @@ fn data_dir_for(cfg: &Config, shards: usize) -> Result<(), StartError> {
         .map_err(fail)?;
     lock.try_lock().map_err(|_| {
         StartError(format!(
-            "--data-dir {}: another ringcast is starting on it (its LOCK is held)",
+            "--data-dir {}: another ringcast is using it (its LOCK is held)",
             dir.display()
         ))
     })?;
@@ -557,7 +566,12 @@ fn data_dir_for(cfg: &Config, shards: usize) -> Result<(), StartError> {
         Ok(text) => {
             let was = text.trim().strip_prefix("shards ").and_then(|n| n.parse::<usize>().ok());
             match was {
-                Some(w) if w == shards => Ok(()),
+                Some(w) if w == shards => {
+                    if rehome::abandon(dir).map_err(fail)? {
+                        tracing::warn!(data_dir = %dir.display(), "removed the copy of a move to another shard count that did not complete");
+                    }
+                    Ok(Some(lock))
+                }
                 Some(w) => {
                     // Each stream's home depends on the shard count: every record goes to its
                     // user's new home before a shard opens its log.
@@ -578,7 +592,7 @@ fn data_dir_for(cfg: &Config, shards: usize) -> Result<(), StartError> {
                         ms = crate::clock::now().saturating_duration_since(started).as_millis() as u64,
                         "the logs of {w} shards were moved to {shards}: each user's records to its new home shard"
                     );
-                    Ok(())
+                    Ok(Some(lock))
                 }
                 None => Err(StartError(format!(
                     "--data-dir {}: META is not `shards N` ({text:?})",
@@ -591,7 +605,8 @@ fn data_dir_for(cfg: &Config, shards: usize) -> Result<(), StartError> {
             std::fs::write(&tmp, format!("shards {shards}\n")).map_err(fail)?;
             std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(fail)?;
             std::fs::rename(&tmp, &meta).map_err(fail)?;
-            std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(fail)
+            std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(fail)?;
+            Ok(Some(lock))
         }
         Err(e) => Err(fail(e)),
     }

@@ -6,7 +6,10 @@
 //! Crash-safe in three steps: the new logs are written and synced under `rehome.tmp` (a crash
 //! there leaves the old logs in charge; the next start throws `rehome.tmp` away and begins
 //! again); renaming it to `rehome` commits the move; [`finish`] then swaps the directories and
-//! `META` last, and a start that finds `rehome` finishes what a crash interrupted.
+//! `META` last, and a start that finds `rehome` finishes what a crash interrupted. The old
+//! logs are only read (`Log::read`: a torn tail is reported, not cut) until the commit, so a
+//! move cut short and retried sees the same records and the same damage. A move needs room
+//! for a second copy of the logs while it runs.
 
 use std::collections::HashMap;
 use std::io;
@@ -35,6 +38,18 @@ pub(crate) struct Moved {
 const STAGING: &str = "rehome.tmp";
 const COMMITTED: &str = "rehome";
 
+/// A move that failed or was cut short before its commit, then a start with the old count
+/// again: its staging directory is thrown away.
+pub(crate) fn abandon(dir: &Path) -> io::Result<bool> {
+    let staging = dir.join(STAGING);
+    if !staging.exists() {
+        return Ok(false);
+    }
+    std::fs::remove_dir_all(&staging)?;
+    sync_dir(dir)?;
+    Ok(true)
+}
+
 /// Routes the logs of `from` shards under `dir` to `to` new ones and makes them the
 /// directory's logs.
 pub(crate) fn rehome(dir: &Path, from: usize, to: usize, segment_bytes: u64) -> io::Result<Moved> {
@@ -62,30 +77,41 @@ pub(crate) fn rehome(dir: &Path, from: usize, to: usize, segment_bytes: u64) -> 
         if !old.exists() {
             continue;
         }
-        let mut records: Vec<(u8, Vec<u8>)> = Vec::new();
-        let opts = Options { segment_bytes, durability: Durability::None };
-        let (log, replayed) =
-            Log::open(&old, opts, |_| {}, |_, kind, body| records.push((kind, body.to_vec())))?;
-        drop(log);
-        // The last message of each user's stream, for the marks a damaged log owes.
+        // Each record is decoded for its user and appended to its new home as it is read
+        // (nothing of the old log is held in memory, and the old log is not changed: a move
+        // cut short and retried sees the same records and the same damage).
         let mut last: HashMap<String, (u64, u64)> = HashMap::new();
-        for (n, (kind, body)) in records.iter().enumerate() {
-            let Some(rec) = journal::decode(*kind, body) else {
-                moved.unknown += 1;
-                continue;
-            };
-            let user = match rec {
-                Rec::Push { user, epoch, seq, .. } => {
-                    last.insert(user.to_string(), (epoch, seq));
-                    user
+        let mut err: Option<io::Error> = None;
+        let replayed =
+            Log::read(&old, |_, kind, body| {
+                if err.is_some() {
+                    return;
                 }
-                Rec::Cursor { user, .. } | Rec::Mark { user, .. } => user,
-            };
-            append(&mut logs[home_of(user, to)], *kind, body)?;
-            moved.records += 1;
-            if n % 4096 == 4095 {
-                seal_all(&mut logs)?;
-            }
+                let Some(rec) = journal::decode(kind, body) else {
+                    moved.unknown += 1;
+                    return;
+                };
+                let user = match rec {
+                    Rec::Push { user, epoch, seq, .. } => {
+                        // The last message of each user's stream, for the marks a damaged log owes.
+                        last.insert(user.to_string(), (epoch, seq));
+                        user
+                    }
+                    Rec::Cursor { user, .. } | Rec::Mark { user, .. } => user,
+                };
+                let r = append(&mut logs[home_of(user, to)], kind, body);
+                moved.records += 1;
+                let r = r.and_then(|()| {
+                    if moved.records % 4096 == 0 {
+                        seal_all(&mut logs)
+                    } else {
+                        Ok(())
+                    }
+                });
+                err = r.err();
+            })?;
+        if let Some(e) = err {
+            return Err(e);
         }
         if !replayed.damage.is_empty() {
             for (user, (epoch, seq)) in &last {

@@ -49,6 +49,8 @@ impl SimNode {
             } else {
                 cfg.limits.max_connections
             },
+            fd_limit: usize::MAX,
+            _data_lock: None,
             draining: AtomicBool::new(false),
             limiter: (cfg.limits.max_connections_per_ip > 0)
                 .then(|| IpLimiter::new(cfg.limits.max_connections_per_ip)),

@@ -91,6 +91,76 @@ impl std::fmt::Debug for Log {
     }
 }
 
+/// Reads every segment of the log in `dir` in order, passing each readable record to `each`;
+/// with `repair`, a torn or corrupt tail of the last segment is cut off (and a segment whose
+/// header never got written is removed). Returns the segments, what was read, and the newest
+/// segment number.
+fn scan(
+    dir: &Path,
+    repair: bool,
+    each: &mut impl FnMut(RecordId, u8, &[u8]),
+) -> io::Result<(BTreeMap<u32, Seg>, Replayed, Option<u32>)> {
+    let mut segs = BTreeMap::new();
+    let mut replayed = Replayed::default();
+    let listed = segment::list(dir)?;
+    let mut buf = Vec::new();
+    for (i, &s) in listed.iter().enumerate() {
+        let last = i + 1 == listed.len();
+        let path = segment::path(dir, s);
+        buf.clear();
+        File::open(&path)?.read_to_end(&mut buf)?;
+        match segment::check_header(&buf) {
+            Header::Valid => {}
+            Header::Short => {
+                // Created, and the crash came before its header: it never held a record.
+                if repair {
+                    std::fs::remove_file(&path)?;
+                }
+                continue;
+            }
+            Header::Foreign => {
+                return Err(io::Error::other(format!(
+                    "{} is not a ringcast log segment of this version",
+                    path.display()
+                )))
+            }
+        }
+        let mut r = Reader::new(&buf[HEADER_LEN..]);
+        let mut seg = Seg::default();
+        for rec in r.by_ref() {
+            let id = RecordId { segment: s, offset: (HEADER_LEN + rec.offset) as u32 };
+            each(id, rec.kind, rec.body);
+            seg.records += 1;
+        }
+        seg.live = seg.records;
+        let valid = (HEADER_LEN + r.valid_len()) as u64;
+        seg.len = valid;
+        if let Some(Tail::Torn | Tail::Corrupt(_)) = r.tail() {
+            let what = match r.tail() {
+                Some(Tail::Corrupt(w)) => w,
+                _ => "a record cut short",
+            };
+            replayed.damage.push(Damage {
+                segment: s,
+                offset: valid,
+                lost_bytes: buf.len() as u64 - valid,
+                what,
+                truncated: last && repair,
+            });
+            if last && repair {
+                let f = OpenOptions::new().write(true).open(&path)?;
+                f.set_len(valid)?;
+                f.sync_all()?;
+            }
+        }
+        replayed.records += seg.records;
+        replayed.bytes += seg.len;
+        replayed.segments += 1;
+        segs.insert(s, seg);
+    }
+    Ok((segs, replayed, listed.last().copied()))
+}
+
 impl Log {
     /// Opens (creating) the log in `dir`, replaying every readable record into `each` in the
     /// order written, and starts its writer thread. Every replayed record counts as live
@@ -116,64 +186,9 @@ impl Log {
             )),
             std::fs::TryLockError::Error(e) => e,
         })?;
-        let mut segs = BTreeMap::new();
-        let mut replayed = Replayed::default();
-        let listed = segment::list(dir)?;
-        let mut buf = Vec::new();
-        for (i, &s) in listed.iter().enumerate() {
-            let last = i + 1 == listed.len();
-            let path = segment::path(dir, s);
-            buf.clear();
-            File::open(&path)?.read_to_end(&mut buf)?;
-            match segment::check_header(&buf) {
-                Header::Valid => {}
-                Header::Short => {
-                    // Created, and the crash came before its header: it never held a record.
-                    std::fs::remove_file(&path)?;
-                    continue;
-                }
-                Header::Foreign => {
-                    return Err(io::Error::other(format!(
-                        "{} is not a ringcast log segment of this version",
-                        path.display()
-                    )))
-                }
-            }
-            let mut r = Reader::new(&buf[HEADER_LEN..]);
-            let mut seg = Seg::default();
-            for rec in r.by_ref() {
-                let id = RecordId { segment: s, offset: (HEADER_LEN + rec.offset) as u32 };
-                each(id, rec.kind, rec.body);
-                seg.records += 1;
-            }
-            seg.live = seg.records;
-            let valid = (HEADER_LEN + r.valid_len()) as u64;
-            seg.len = valid;
-            if let Some(Tail::Torn | Tail::Corrupt(_)) = r.tail() {
-                let what = match r.tail() {
-                    Some(Tail::Corrupt(w)) => w,
-                    _ => "a record cut short",
-                };
-                replayed.damage.push(Damage {
-                    segment: s,
-                    offset: valid,
-                    lost_bytes: buf.len() as u64 - valid,
-                    what,
-                    truncated: last,
-                });
-                if last {
-                    let f = OpenOptions::new().write(true).open(&path)?;
-                    f.set_len(valid)?;
-                    f.sync_all()?;
-                }
-            }
-            replayed.records += seg.records;
-            replayed.bytes += seg.len;
-            replayed.segments += 1;
-            segs.insert(s, seg);
-        }
+        let (mut segs, replayed, newest) = scan(dir, true, &mut each)?;
         // New records go to a new segment: replayed ones are never appended to.
-        let current = listed.last().map_or(1, |l| l + 1);
+        let current = newest.map_or(1, |l| l + 1);
         segs.insert(current, Seg { len: HEADER_LEN as u64, ..Seg::default() });
         let (tx, rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(WriterStats::default());
@@ -196,6 +211,24 @@ impl Log {
             _lock: lock,
         };
         Ok((log, replayed))
+    }
+
+    /// Reads the log in `dir` as [`Log::open`] would replay it, without changing a byte of it
+    /// (a torn tail is reported, not cut) and without a writer: for moving its records
+    /// elsewhere before it is given up. Refused while another process holds the directory.
+    pub fn read(dir: &Path, mut each: impl FnMut(RecordId, u8, &[u8])) -> io::Result<Replayed> {
+        let lock = OpenOptions::new().write(true).open(dir.join("LOCK"));
+        if let Ok(l) = &lock {
+            l.try_lock().map_err(|e| match e {
+                std::fs::TryLockError::WouldBlock => io::Error::other(format!(
+                    "{} is in use by another process (its LOCK is held)",
+                    dir.display()
+                )),
+                std::fs::TryLockError::Error(e) => e,
+            })?;
+        }
+        let (_, replayed, _) = scan(dir, false, &mut each)?;
+        Ok(replayed)
     }
 
     /// Appends a record; it is written with the next [`Log::seal`] and is durable when that

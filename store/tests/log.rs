@@ -145,6 +145,34 @@ fn a_torn_tail_is_cut_at_the_last_valid_record_and_a_flipped_byte_loses_only_wha
 }
 
 #[test]
+fn reading_a_log_to_move_it_reports_a_torn_tail_and_changes_nothing() {
+    let dir = Dir::new("read");
+    let (mut log, _, _, rx) = open(&dir, Durability::Always);
+    for i in 0..10 {
+        log.append(1, &body(i)).unwrap();
+    }
+    wait(&rx, log.seal().unwrap().unwrap());
+    // While it is open elsewhere, it cannot be read to be moved.
+    assert!(Log::read(&dir.0, |_, _, _| {}).is_err());
+    drop(log);
+    let last = dir.0.join(dir.segments().last().unwrap());
+    let len = std::fs::metadata(&last).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+    f.set_len(len - 5).unwrap();
+    drop(f);
+    let before = std::fs::read(&last).unwrap();
+    let mut got = Vec::new();
+    let r = Log::read(&dir.0, |_, _, b| got.push(b.to_vec())).unwrap();
+    assert_eq!(got, (0..9).map(body).collect::<Vec<_>>());
+    assert_eq!(r.damage.len(), 1);
+    assert!(!r.damage[0].truncated, "reported, not cut: {:?}", r.damage);
+    assert_eq!(std::fs::read(&last).unwrap(), before, "not a byte changed");
+    // Read again (a move cut short and retried): the same damage is seen again.
+    let r = Log::read(&dir.0, |_, _, _| {}).unwrap();
+    assert_eq!(r.damage.len(), 1);
+}
+
+#[test]
 fn released_segments_are_deleted_whole_and_mostly_dead_ones_offered_for_copying() {
     let dir = Dir::new("delete");
     let (mut log, _, _, rx) = open(&dir, Durability::Always);

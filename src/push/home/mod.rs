@@ -194,6 +194,7 @@ impl Home {
                 }
             }
         };
+        let target = device.clone();
         self.mail.put(&user, seq, frame.clone(), device, first_ack, ttl, now_ms, &keep, rec);
         self.settle_log(now_ms);
         let mut sent = Vec::new();
@@ -210,7 +211,8 @@ impl Home {
         }
         if wait_ack_ms > 0 {
             let deadline = now_ms.saturating_add(u64::from(wait_ack_ms));
-            self.waits.add(&user, seq, deadline, first_ack, sent, report.split());
+            let w = waits::Wait { seq, deadline_ms: deadline, first_ack, device: target };
+            self.waits.add(&user, w, sent, report.split());
         }
     }
 
@@ -303,7 +305,7 @@ impl Home {
                 let mail = self.streams.keep(&key).durable().then(|| {
                     let dev = device.clone().unwrap_or_else(|| Arc::from(NO_DEVICE));
                     let p = self.mail.joined(&user, conn, &dev, now_ms, &self.p.mail);
-                    self.waits.joined(&user, &dev);
+                    self.waits.joined(&user, &dev, &p.seqs);
                     Box::new(MailCatchUp { frames: p.frames, lost: p.lost })
                 });
                 let c = UserConn { conn, device, connected_ms: at_ms, active_ms: at_ms, info };

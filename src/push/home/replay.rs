@@ -105,8 +105,8 @@ impl Home {
 
     /// Replay is over: messages past their time go (and are marked lost for their devices).
     pub(crate) fn replayed(&mut self, now_ms: u64) {
+        self.mail.settle_replayed();
         self.mail.expire(now_ms, &self.p.mail);
-        self.settle_log(now_ms);
         self.settle_log(now_ms);
     }
 }

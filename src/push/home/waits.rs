@@ -7,11 +7,23 @@ use std::sync::Arc;
 
 use super::super::report::{Acks, ReportPart};
 
+/// What a push waits for: message `seq` acknowledged before `deadline_ms`, by the first
+/// device or by every one, of `device` only when it was addressed to one.
+#[derive(Debug)]
+pub(super) struct Wait {
+    pub(super) seq: u64,
+    pub(super) deadline_ms: u64,
+    pub(super) first_ack: bool,
+    pub(super) device: Option<Arc<str>>,
+}
+
 #[derive(Debug)]
 struct AckWait {
     seq: u64,
     deadline_ms: u64,
     first_ack: bool,
+    /// The device the push was addressed to: no other one is waited for or counted.
+    device: Option<Arc<str>>,
     /// Devices the message was sent to: at the push, and later from the mailbox.
     sent: Vec<Arc<str>>,
     acked: Vec<Arc<str>>,
@@ -19,6 +31,10 @@ struct AckWait {
 }
 
 impl AckWait {
+    fn for_device(&self, device: &str) -> bool {
+        self.device.as_deref().is_none_or(|d| d == device)
+    }
+
     /// Done once some device acked and, unless the first settles it, every one it was sent to.
     fn settled(&self) -> bool {
         !self.acked.is_empty()
@@ -45,28 +61,28 @@ impl AckWaits {
         AckWaits { by_user: HashMap::new(), next_ms: u64::MAX }
     }
 
-    /// Holds `part` until message `seq` of `user`'s stream is acknowledged by the devices it
-    /// was `sent` to, or until `deadline_ms`.
+    /// Holds `part` until the push is acknowledged by the devices it was `sent` to (and
+    /// those the mailbox sends it to later), or until its deadline.
     pub(super) fn add(
         &mut self,
         user: &Arc<str>,
-        seq: u64,
-        deadline_ms: u64,
-        first_ack: bool,
+        w: Wait,
         mut sent: Vec<Arc<str>>,
         part: ReportPart,
     ) {
         sent.sort_unstable();
         sent.dedup();
-        self.next_ms = self.next_ms.min(deadline_ms);
-        let w = AckWait { seq, deadline_ms, first_ack, sent, acked: Vec::new(), part };
+        self.next_ms = self.next_ms.min(w.deadline_ms);
+        let Wait { seq, deadline_ms, first_ack, device } = w;
+        let w = AckWait { seq, deadline_ms, first_ack, device, sent, acked: Vec::new(), part };
         self.by_user.entry(user.clone()).or_default().push(w);
     }
 
-    /// A device of `user` connected: the mailbox sends it what it has not acknowledged.
-    pub(super) fn joined(&mut self, user: &str, device: &Arc<str>) {
+    /// A device of `user` connected: the mailbox sends it what it has not acknowledged
+    /// (`pending`: the seqs it holds for that device).
+    pub(super) fn joined(&mut self, user: &str, device: &Arc<str>, pending: &[u64]) {
         for w in self.by_user.get_mut(user).into_iter().flatten() {
-            if !w.sent.contains(device) {
+            if w.for_device(device) && pending.contains(&w.seq) && !w.sent.contains(device) {
                 w.sent.push(device.clone());
             }
         }
@@ -75,7 +91,7 @@ impl AckWaits {
     /// `device` acknowledged `user`'s stream up to `seq`: the reports this settles.
     pub(super) fn acked(&mut self, user: &str, device: &Arc<str>, seq: u64) -> Vec<ReportPart> {
         let Some(ws) = self.by_user.get_mut(user) else { return Vec::new() };
-        for w in ws.iter_mut().filter(|w| w.seq <= seq) {
+        for w in ws.iter_mut().filter(|w| w.seq <= seq && w.for_device(device)) {
             if !w.acked.contains(device) {
                 w.acked.push(device.clone());
             }
@@ -127,14 +143,36 @@ mod tests {
         Arc::from(d)
     }
 
+    fn wait(seq: u64, deadline_ms: u64, first_ack: bool, device: Option<&str>) -> Wait {
+        Wait { seq, deadline_ms, first_ack, device: device.map(Arc::from) }
+    }
+
+    #[test]
+    fn a_push_to_one_device_waits_for_that_device_and_only_for_what_it_was_sent() {
+        let mut w = AckWaits::new();
+        let u: Arc<str> = "u".into();
+        let (r1, p1, _d1) = Report::new(crate::clock::now());
+        let (r2, p2, _d2) = Report::new(crate::clock::now());
+        w.add(&u, wait(3, 100, false, Some("a")), vec![], p1);
+        w.add(&u, wait(4, 100, false, None), vec![dev("a")], p2);
+        // b connects: the mailbox has nothing of 3 for it, and 4 went (expired) before.
+        w.joined("u", &dev("b"), &[]);
+        assert!(w.acked("u", &dev("b"), 9).is_empty(), "b's ack says nothing of a's message");
+        w.joined("u", &dev("a"), &[3, 4]);
+        assert_eq!(w.acked("u", &dev("a"), 4).len(), 2);
+        assert_eq!(r1.acks(), Some(Acks { acked: vec![dev("a")], not_acked: vec![] }));
+        let want = Acks { acked: vec![dev("b"), dev("a")], not_acked: vec![] };
+        assert_eq!(r2.acks(), Some(want), "b acked 4 cumulatively");
+    }
+
     #[test]
     fn a_wait_ends_when_every_device_it_went_to_acked_or_at_its_deadline() {
         let mut w = AckWaits::new();
         let u: Arc<str> = "u".into();
         let (r1, p1, _d1) = Report::new(crate::clock::now());
         let (r2, p2, _d2) = Report::new(crate::clock::now());
-        w.add(&u, 5, 100, false, vec![dev("a"), dev("b")], p1);
-        w.add(&u, 6, 200, false, vec![dev("a")], p2);
+        w.add(&u, wait(5, 100, false, None), vec![dev("a"), dev("b")], p1);
+        w.add(&u, wait(6, 200, false, None), vec![dev("a")], p2);
         assert!(w.acked("u", &dev("a"), 4).is_empty(), "below both");
         assert!(w.acked("u", &dev("a"), 5).is_empty(), "b has not acked 5");
         let done = w.acked("u", &dev("b"), 9);
@@ -156,9 +194,9 @@ mod tests {
         let u: Arc<str> = "u".into();
         let (r1, p1, _d1) = Report::new(crate::clock::now());
         let (r2, p2, _d2) = Report::new(crate::clock::now());
-        w.add(&u, 1, 100, true, vec![dev("a"), dev("b")], p1);
-        w.add(&u, 2, 100, false, vec![], p2);
-        w.joined("u", &dev("c"));
+        w.add(&u, wait(1, 100, true, None), vec![dev("a"), dev("b")], p1);
+        w.add(&u, wait(2, 100, false, None), vec![], p2);
+        w.joined("u", &dev("c"), &[1, 2]);
         assert_eq!(w.acked("u", &dev("b"), 1).len(), 1, "first_ack: b settles 1");
         assert_eq!(r1.acks().unwrap().not_acked, [dev("a"), dev("c")], "c got 1 at connect");
         assert!(w.acked("u", &dev("a"), 2).is_empty(), "c got 2 when it connected");

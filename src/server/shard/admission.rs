@@ -19,6 +19,13 @@ use super::super::overload::Action;
 use super::super::sys::{self, EV_IN, EV_OUT, EV_RDHUP};
 use super::{token, Core};
 
+/// The base retry hint of an upgrade refused while admission is stopped: 1 s at the
+/// threshold `on`, growing to 5 s at full pressure (jittered up to twice it).
+fn stop_admit_wait_ms(pressure: f64, on: f64) -> u64 {
+    let over = if on >= 1.0 { 1.0 } else { ((pressure - on) / (1.0 - on)).clamp(0.0, 1.0) };
+    1000 + (4000.0 * over).round() as u64
+}
+
 /// The base retry hint of an overload refusal (jittered up to twice it): a draining server
 /// points clients elsewhere soon; a full one asks them to wait longer.
 fn overload_wait_ms(e: HandshakeError) -> u64 {
@@ -148,8 +155,10 @@ impl Core {
         if self.overloaded(Action::StopAdmit) {
             // The hint grows with the pressure: 1 s at the threshold, up to 5 s (jittered to
             // twice that) at full pressure, so refused clients do not come back together.
-            let p = self.pressure_of(Action::StopAdmit);
-            let wait = 1000 + (4000.0 * p) as u64;
+            let wait = stop_admit_wait_ms(
+                self.pressure_of(Action::StopAdmit),
+                self.watch.o.thresholds().of(Action::StopAdmit),
+            );
             self.shared.release();
             if let Some(l) = &self.shared.limiter {
                 l.release(ip);
@@ -239,5 +248,18 @@ impl Core {
         handshake::write_refusal_retry(&mut resp, e, reason, retry_s);
         self.queue_bytes(key, Bytes::from(resp));
         self.linger(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_stop_admitting_hint_grows_from_1_s_at_the_threshold_to_5_s_at_full_pressure() {
+        assert_eq!(super::stop_admit_wait_ms(0.90, 0.90), 1000);
+        assert_eq!(super::stop_admit_wait_ms(0.95, 0.90), 3000);
+        assert_eq!(super::stop_admit_wait_ms(1.00, 0.90), 5000);
+        assert_eq!(super::stop_admit_wait_ms(3.00, 0.90), 5000, "past the limit");
+        assert_eq!(super::stop_admit_wait_ms(0.50, 0.90), 1000, "held on in the band");
+        assert_eq!(super::stop_admit_wait_ms(1.50, 1.20), 5000, "a threshold above 1");
     }
 }

@@ -285,7 +285,8 @@ impl Core {
                             self.lost(key, ch, &frame.bytes);
                             t.add_lost(true);
                         }
-                        None if frame.kept => t.add_lost(true),
+                        // Not on a channel: no gap repair brings it (a durable user
+                        // stream's mailbox still sends it again after the ack timeout).
                         None => t.shed += 1,
                     }
                     continue;

@@ -82,7 +82,7 @@ impl Core {
             lag_us as f64 / (self.watch.lag_limit_ms * 1000) as f64,
             self.mesh.backlog(),
             self.handshaking as f64 / self.p.max_pending.max(1) as f64,
-            self.shared.total.load(Relaxed) as f64 / self.shared.max_total.max(1) as f64,
+            self.shared.total.load(Relaxed) as f64 / self.shared.fd_limit.max(1) as f64,
         ];
         for t in self.watch.o.sample(pressures, self.now_ms) {
             let flag = &self.shared.overload.on[t.action as usize];
@@ -122,26 +122,27 @@ impl Core {
     }
 
     /// Closes the connections holding the largest outboxes (4002) until this shard's share
-    /// of the excess over the reclaim threshold, less its band, is freed.
+    /// of the excess over the reclaim threshold, less its band, is freed. Only outboxes can
+    /// be freed this way: where histories and mailboxes hold the excess, reclaim stops at
+    /// the outbox bytes rather than close everyone for memory it cannot free.
     fn reclaim(&mut self, held: u64) {
         let t = self.watch.o.thresholds();
         let target = (t.of(Action::Reclaim) - t.band).max(0.0) * self.watch.budget as f64;
-        let excess = held as f64 - target;
-        if excess <= 0.0 {
-            return;
-        }
         let mine = self.counters.outbox_bytes.get() as f64;
         let all: f64 = self.peers.iter().map(|c| c.outbox_bytes.get() as f64).sum();
-        if mine <= 0.0 || all <= 0.0 {
+        let excess = (held as f64 - target).min(all);
+        if excess <= 0.0 || mine <= 0.0 || all <= 0.0 {
             return;
         }
         let share = excess * (mine / all);
+        let behind = self.p.outbox_max_bytes / 8;
         let mut holders: Vec<(usize, usize)> = self
             .conns
             .iter()
             .filter(|(_, c)| c.phase.is_open())
             .filter_map(|(k, c)| Some((k, c.outbox.as_ref()?.bytes())))
-            .filter(|(_, b)| *b > 0)
+            // A connection that keeps up is never closed for memory: only one behind.
+            .filter(|(_, b)| *b > 0 && *b >= behind)
             .collect();
         holders.sort_unstable_by_key(|h| std::cmp::Reverse(h.1));
         let mut freed = 0.0;
