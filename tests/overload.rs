@@ -130,3 +130,46 @@ fn slow_readers_against_a_small_budget_are_shed_refused_and_reclaimed_and_it_rec
     assert_eq!(r["shed"], 0, "{r}");
     assert_eq!(late.json()["data"], 2);
 }
+
+#[test]
+fn a_slow_consumer_that_never_reads_is_reset_so_its_unread_bytes_are_freed() {
+    let s = Server::start(&[
+        "--shards",
+        "1",
+        "--slow-consumer-timeout",
+        "200ms",
+        "--close-timeout",
+        "300ms",
+        "--outbox-max-bytes",
+        "256KiB",
+    ]);
+    // A deaf client with a small receive window: what it does not read stays in the server's
+    // socket.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16 << 10).unwrap();
+    sock.connect(&s.addr.into()).unwrap();
+    let mut deaf: TcpStream = sock.into();
+    deaf.write_all(common::upgrade_request("/ws?channels=deaf", "").as_bytes()).unwrap();
+    s.wait_for("/v1/channels/deaf", |v| v["subscribers"] == 1);
+    let data = "y".repeat(32 << 10);
+    let batch: String = (0..20)
+        .map(|_| json!({"op": "publish", "channel": "deaf", "data": data}).to_string() + "\n")
+        .collect();
+    until("the slow consumer's reset", Duration::from_secs(15), || {
+        let (st, _, _) = s.http("POST", "/v1/batch", "", batch.as_bytes());
+        assert_eq!(st, 200);
+        metric(&s, "ringcast_unread_resets_total", "") >= 1.0
+    });
+    assert_eq!(metric(&s, "ringcast_evictions_total", "slow_consumer"), 1.0);
+    // The client finds the connection reset once it reads what had reached it.
+    deaf.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let err = loop {
+        match std::io::Read::read(&mut deaf, &mut buf) {
+            Ok(0) => panic!("a clean end, not a reset"),
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+}

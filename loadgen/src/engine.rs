@@ -71,6 +71,8 @@ pub struct Plan {
     pub keep_open: bool,
     /// wss: the TLS client configuration and the server name (SNI) to send.
     pub tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    /// SO_RCVBUF for each socket (0: the kernel's default, autotuned).
+    pub rcvbuf: usize,
 }
 
 /// Messages a thread sends (the `echo` scenario): `per_conn` on each of its connections, at
@@ -293,10 +295,14 @@ fn request(plan: &Plan, index: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-fn open_socket(target: SocketAddr, source: IpAddr) -> io::Result<OwnedFd> {
+fn open_socket(target: SocketAddr, source: IpAddr, rcvbuf: usize) -> io::Result<OwnedFd> {
     let s = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
     s.set_nonblocking(true)?;
     s.set_tcp_nodelay(true)?;
+    if rcvbuf > 0 {
+        // Before connect, so the window it offers is sized by it.
+        s.set_recv_buffer_size(rcvbuf)?;
+    }
     // Best effort, as before: without it the bind takes a port per source address.
     let _ = sys::bind_address_no_port(s.as_fd());
     s.bind(&SocketAddr::new(source, 0).into())?;
@@ -368,7 +374,7 @@ pub fn run(
             tally.attempted += 1;
             let now = Instant::now();
             tally.first_attempt.get_or_insert(now);
-            match open_socket(plan.target, source) {
+            match open_socket(plan.target, source, plan.rcvbuf) {
                 Ok(fd) => {
                     let key = conns.insert(Conn {
                         fd,

@@ -26,6 +26,7 @@ use args::ConnArgs;
 use scenario::churn::ChurnArgs;
 use scenario::echo::EchoArgs;
 use scenario::fanout::{FanoutArgs, SlowArgs};
+use scenario::overload::OverloadArgs;
 use scenario::push::PushArgs;
 use scenario::resume::ResumeArgs;
 use scenario::rpc::RpcArgs;
@@ -62,6 +63,10 @@ enum Scenario {
     /// N subscribers; every connection drops (closed, or silently) and comes back resuming
     /// from its position: missing, duplicated, resets, time to catch up, server CPU.
     Resume(ResumeArgs),
+    /// Readers on a channel, then a storm of clients that stop reading at --rate while
+    /// messages are published: admitted and refused clients, the readers' latency, server RSS
+    /// over time, the time back to normal once the load stops.
+    Overload(OverloadArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +80,7 @@ fn main() -> ExitCode {
         Scenario::Echo(a) => scenario::echo::echo(a),
         Scenario::Rpc(a) => scenario::rpc::rpc(a),
         Scenario::Resume(a) => scenario::resume::resume(a),
+        Scenario::Overload(a) => scenario::overload::overload(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -97,6 +97,90 @@ pub fn svg(h: &Histogram<u64>, title: &str, unit_scale: f64, unit: &str) -> Stri
     s
 }
 
+/// A chart of two byte series over time (`(t_secs, a, b)`: the server's RSS and the kernel's
+/// TCP memory), in MiB, with a mark where the load stopped and the budget when there is one.
+pub fn series_svg(
+    points: &[(f64, u64, u64)],
+    title: &str,
+    stop: f64,
+    budget: Option<u64>,
+) -> String {
+    let (w, ht, left, bottom, top, right) = (760.0, 420.0, 70.0, 50.0, 40.0, 20.0);
+    let (pw, ph) = (w - left - right, ht - top - bottom);
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let t_max = points.iter().map(|p| p.0).fold(stop, f64::max).max(1.0);
+    let top_v =
+        points.iter().map(|p| mib(p.1.max(p.2))).fold(budget.map_or(0.0, mib), f64::max).max(1.0)
+            * 1.1;
+    let x_of = |t: f64| left + pw * t / t_max;
+    let y_of = |v: f64| top + ph * (1.0 - v / top_v);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
+        w / 2.0,
+        title.replace('&', "&amp;").replace('<', "&lt;")
+    );
+    for i in 0..=5 {
+        let v = top_v * f64::from(i) / 5.0;
+        let y = y_of(v);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>",
+            left + pw,
+            left - 6.0,
+            y + 4.0
+        );
+        let tx = t_max * f64::from(i) / 5.0;
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{tx:.0} s</text>",
+            x_of(tx),
+            top + ph + 18.0
+        );
+    }
+    let x = x_of(stop);
+    let _ = writeln!(
+        s,
+        "<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#888\" stroke-dasharray=\"4 3\"/><text x=\"{:.1}\" y=\"{:.1}\">load stops</text>",
+        top + ph,
+        x + 4.0,
+        top + 14.0
+    );
+    if let Some(b) = budget {
+        let y = y_of(mib(b));
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#c22\" stroke-dasharray=\"6 3\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"#c22\">budget</text>",
+            left + pw,
+            left + 4.0,
+            y - 4.0
+        );
+    }
+    for (pick, color, name, row) in
+        [(0usize, "#1f6fb2", "server RSS", 0.0), (1, "#e08a1e", "kernel TCP memory", 16.0)]
+    {
+        let mut line = String::new();
+        for p in points {
+            let v = if pick == 0 { p.1 } else { p.2 };
+            let _ = write!(line, "{:.1},{:.1} ", x_of(p.0), y_of(mib(v)));
+        }
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{line}\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"{color}\" text-anchor=\"end\">{name}</text>",
+            left + pw - 4.0,
+            top + 14.0 + row
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">seconds since the storm began</text></svg>",
+        left + pw / 2.0,
+        ht - 8.0
+    );
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +200,14 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("latency &lt;test>"));
         assert!(svg.contains("<polyline"));
+    }
+
+    #[test]
+    fn draws_memory_over_time_with_the_stop_and_the_budget() {
+        let pts = [(0.0, 10 << 20, 1 << 20), (1.0, 40 << 20, 8 << 20), (2.0, 20 << 20, 2 << 20)];
+        let svg = series_svg(&pts, "rss", 1.5, Some(64 << 20));
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.contains("load stops") && svg.contains("budget"));
     }
 }

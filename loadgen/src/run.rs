@@ -51,6 +51,8 @@ pub(crate) struct Extras {
     /// A path per connection (resume), and whether to leave sockets open at stop.
     pub(crate) paths: Option<Arc<Vec<String>>>,
     pub(crate) keep_open: bool,
+    /// SO_RCVBUF for each socket (0: the kernel's default).
+    pub(crate) rcvbuf: usize,
 }
 
 /// Starts the client threads, each with a sink made by `sink(first, count)`.
@@ -99,6 +101,7 @@ pub(crate) fn start_connections<S: MessageSink + Send + 'static>(
             paths: extras.paths.clone(),
             keep_open: extras.keep_open,
             tls: tls.clone(),
+            rcvbuf: extras.rcvbuf,
         };
         let mut s = sink(first, share);
         first += share;

@@ -468,3 +468,59 @@ fn rpc_counts_every_reply_and_the_backend_requests() {
     assert!(per_event > 0.0 && per_event <= 1.0, "{v}");
     assert!(v["latency_us"]["p99"].as_u64().is_some(), "{v}");
 }
+
+#[test]
+fn overload_counts_admitted_and_refused_clients_and_the_time_back_to_normal() {
+    // A small budget: some hundred deaf clients with 512 KiB outboxes fill it, admission
+    // stops, the rest of the storm is refused with 503, and the readers still get everything.
+    let r = Ringcast::start(&[
+        "--memory-budget",
+        "64MiB",
+        "--outbox-max-bytes",
+        "512KiB",
+        "--overload-interval",
+        "20ms",
+        "--overload-hold",
+        "200ms",
+        "--socket-send-buffer",
+        "32KiB",
+    ]);
+    let (ws, api) = (r.ws.to_string(), format!("http://{}", r.api));
+    let o = loadgen(&[
+        "overload",
+        "--target",
+        &ws,
+        "--api-url",
+        &api,
+        "--readers",
+        "5",
+        "-n",
+        "300",
+        "--rate",
+        "300",
+        "--messages",
+        "300",
+        "--pub-rate",
+        "100",
+        "--size",
+        "16000",
+        "--storm-rcvbuf",
+        "16384",
+        "--recovery-timeout",
+        "20s",
+        "--sample",
+        "50ms",
+    ]);
+    let storm = &o["storm"];
+    let refused = storm["refused_by_status"]["503"].as_u64().unwrap_or(0);
+    assert!(refused > 0, "the storm met a stopped admission: {storm}");
+    assert_eq!(u(storm, "attempted"), 300);
+    assert_eq!(u(storm, "admitted") + refused, 300, "{storm}");
+    assert_eq!((u(&o, "expected"), u(&o, "missing")), (5 * 300, 0), "the readers got everything");
+    assert!(o["server_alive"].as_bool().unwrap());
+    assert!(o["recovery_ms"].as_u64().is_some(), "back to normal: {o}");
+    assert!(u(&o, "samples_not_ready") > 0, "/readyz said not ready while admission was stopped");
+    let c = &o["server_counters"];
+    assert_eq!(c["overload_refusals"]["stop_admitting"].as_u64().unwrap(), refused);
+    assert!(!o["series"]["rows"].as_array().unwrap().is_empty());
+}

@@ -102,6 +102,19 @@ pub(crate) fn render(
         "The process's resident set, as the overload manager last read it.",
     );
     o.sample("ringcast_memory_rss_bytes", "", shared.overload.rss.load(Relaxed));
+    let pages = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed).saturating_mul(4096);
+    o.family(
+        "ringcast_kernel_tcp_memory_bytes",
+        "gauge",
+        "The kernel's TCP socket buffer memory, host-wide (/proc/net/sockstat), as last read.",
+    );
+    o.sample("ringcast_kernel_tcp_memory_bytes", "", pages(&shared.overload.tcp_pages));
+    o.family(
+        "ringcast_kernel_tcp_pressure_bytes",
+        "gauge",
+        "Where the kernel starts to squeeze TCP buffers (net.ipv4.tcp_mem, its second value).",
+    );
+    o.sample("ringcast_kernel_tcp_pressure_bytes", "", pages(&shared.overload.tcp_pressure_pages));
     o.family("ringcast_memory_budget_bytes", "gauge", "--memory-budget as resolved.");
     o.sample("ringcast_memory_budget_bytes", "", shared.overload.budget.load(Relaxed));
     o.family(
@@ -210,6 +223,11 @@ pub(crate) fn render(
             "ringcast_log_copied_forward_total",
             "Live records written again so a mostly dead log segment could be deleted.",
             |s: &Counters| s.log_copied_forward.get(),
+        ),
+        (
+            "ringcast_unread_resets_total",
+            "Connections given up on (close timeout, pong timeout) whose socket still held unread bytes: closed with RST so the kernel frees them at once.",
+            |s: &Counters| s.unread_resets.get(),
         ),
         (
             "ringcast_log_failures_total",

@@ -261,6 +261,7 @@ pub(crate) fn stats(ctx: &ApiContext) -> Reply {
                 "memory_budget": ctx.shared.overload.budget.load(Relaxed),
                 "memory_held": ctx.counters.iter().map(|c| c.held_for_clients()).sum::<u64>(),
                 "rss": ctx.shared.overload.rss.load(Relaxed),
+                "kernel_tcp_memory": ctx.shared.overload.tcp_pages.load(Relaxed).saturating_mul(4096),
             },
             "shards": shards,
             "upstreams": upstreams,

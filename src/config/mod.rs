@@ -206,6 +206,12 @@ pub(crate) struct OutboxConfig {
     /// Per-shard read buffer.
     #[arg(long, env = "RINGCAST_READ_BUFFER", default_value = "64KiB", value_parser = parse_size)]
     pub(crate) read_buffer: u64,
+    /// The kernel send buffer of each client socket (SO_SNDBUF; the kernel doubles it for
+    /// its bookkeeping). What a slow reader has not read waits there, outside the memory
+    /// budget, before the outbox holds the rest; `0`: the kernel's own, which grows up to
+    /// `net.ipv4.tcp_wmem`'s maximum (4 MiB by default) per socket.
+    #[arg(long, env = "RINGCAST_SOCKET_SEND_BUFFER", default_value = "0", value_parser = parse_size)]
+    pub(crate) socket_send_buffer: u64,
 }
 
 /// Endpoints.

@@ -29,7 +29,7 @@ fn parse_budget(s: &str) -> Result<u64, String> {
 #[command(next_help_heading = "Overload")]
 pub struct OverloadConfig {
     /// What the gateway may hold for clients (outboxes, histories, mailboxes) and use in all
-    /// (its RSS); `auto`: 80 % of the cgroup's memory.max where there is one, else of physical
+    /// (its RSS); `auto`: 80 % of the cgroup memory limit (v2 or v1) where there is one, else of physical
     /// memory.
     #[arg(long, env = "RINGCAST_MEMORY_BUDGET", default_value = "auto", value_parser = parse_budget)]
     pub(crate) memory_budget: u64,
@@ -116,14 +116,16 @@ impl OverloadConfig {
         }
     }
 
-    /// The budget in bytes: the flag, or 80 % of the cgroup's limit or of physical memory.
+    /// The budget in bytes: the flag, or 80 % of the cgroup's limit (the tightest of the
+    /// process's cgroup and its ancestors, v2 `memory.max` or v1 `memory.limit_in_bytes`) or
+    /// of physical memory.
     pub(crate) fn budget(&self) -> u64 {
         if self.memory_budget > 0 {
             return self.memory_budget;
         }
-        let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        let cgroup = std::fs::read_to_string("/proc/self/cgroup")
             .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok());
+            .and_then(|s| cgroup_limit(&s, |p| std::fs::read_to_string(p).ok()));
         let physical = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
             let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
             line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
@@ -135,5 +137,80 @@ impl OverloadConfig {
             (None, None) => 4 << 30,
         };
         limit / 5 * 4
+    }
+}
+
+/// The tightest memory limit on the process's cgroup and its ancestors, from the text of
+/// `/proc/self/cgroup` and a reader of files under `/sys/fs/cgroup`: the unified hierarchy's
+/// `memory.max` (`0::/path`), else the v1 memory controller's `memory.limit_in_bytes`
+/// (`N:memory:/path`). None where no limit is set.
+fn cgroup_limit(proc_cgroup: &str, read: impl Fn(&str) -> Option<String>) -> Option<u64> {
+    let mut best: Option<u64> = None;
+    for line in proc_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (root, file) = if controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        // The cgroup itself, then each ancestor up to the root.
+        let mut at = path.trim_end_matches('/').to_string();
+        loop {
+            let limit = read(&format!("{root}{at}/{file}"))
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                // v1 says "no limit" with a number near i64::MAX.
+                .filter(|&n| n < 1 << 60);
+            if let Some(n) = limit {
+                best = Some(best.map_or(n, |b| b.min(n)));
+            }
+            match at.rfind('/') {
+                Some(i) => at.truncate(i),
+                None => break,
+            }
+            if at.is_empty() {
+                if let Some(n) = read(&format!("{root}/{file}"))
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .filter(|&n| n < 1 << 60)
+                {
+                    best = Some(best.map_or(n, |b| b.min(n)));
+                }
+                break;
+            }
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cgroup_limit;
+
+    #[test]
+    fn the_cgroup_limit_is_the_tightest_of_the_process_cgroup_and_its_ancestors() {
+        let files = |list: &'static [(&'static str, &'static str)]| {
+            move |p: &str| list.iter().find(|(f, _)| *f == p).map(|(_, v)| v.to_string())
+        };
+        // v2, the limit on the parent slice.
+        let v2 = files(&[
+            ("/sys/fs/cgroup/system.slice/ringcast.service/memory.max", "max\n"),
+            ("/sys/fs/cgroup/system.slice/memory.max", "4294967296\n"),
+        ]);
+        assert_eq!(cgroup_limit("0::/system.slice/ringcast.service\n", v2), Some(4 << 30));
+        // v1 (a hybrid host): its memory controller's line; "no limit" is a huge number.
+        let v1 = files(&[
+            ("/sys/fs/cgroup/memory/bench/memory.limit_in_bytes", "536870912\n"),
+            ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "9223372036854771712\n"),
+        ]);
+        let text = "4:memory:/bench\n3:cpuset:/\n0::/\n";
+        assert_eq!(cgroup_limit(text, v1), Some(512 << 20));
+        let none = files(&[("/sys/fs/cgroup/memory/memory.limit_in_bytes", "9223372036854771712")]);
+        assert_eq!(cgroup_limit("4:memory:/\n0::/\n", none), None);
+        assert_eq!(cgroup_limit("", files(&[])), None);
     }
 }

@@ -75,6 +75,10 @@ pub(crate) struct OverloadState {
     pub(crate) paused: std::sync::atomic::AtomicU64,
     /// `--memory-budget` as resolved (bytes).
     pub(crate) budget: std::sync::atomic::AtomicU64,
+    /// The kernel's TCP buffer memory and its pressure level (pages), as shard 0 last read
+    /// them.
+    pub(crate) tcp_pages: std::sync::atomic::AtomicU64,
+    pub(crate) tcp_pressure_pages: std::sync::atomic::AtomicU64,
 }
 
 impl OverloadState {

@@ -19,11 +19,24 @@ pub(crate) enum Monitor {
     Handshakes,
     /// Open connections against what the open-file limit allows.
     Files,
+    /// The kernel's memory for TCP socket buffers, host-wide, against the level at which it
+    /// starts to squeeze every socket (`net.ipv4.tcp_mem`'s pressure value): what slow
+    /// readers' unread bytes cost outside the process.
+    TcpMemory,
 }
 
+/// How many monitors there are.
+pub(crate) const MONITORS: usize = 6;
+
 impl Monitor {
-    pub(crate) const ALL: [Monitor; 5] =
-        [Monitor::Memory, Monitor::Lag, Monitor::Inbox, Monitor::Handshakes, Monitor::Files];
+    pub(crate) const ALL: [Monitor; MONITORS] = [
+        Monitor::Memory,
+        Monitor::Lag,
+        Monitor::Inbox,
+        Monitor::Handshakes,
+        Monitor::Files,
+        Monitor::TcpMemory,
+    ];
 
     pub(crate) fn label(self) -> &'static str {
         match self {
@@ -32,6 +45,7 @@ impl Monitor {
             Monitor::Inbox => "inbox",
             Monitor::Handshakes => "handshakes",
             Monitor::Files => "open_files",
+            Monitor::TcpMemory => "tcp_memory",
         }
     }
 }
@@ -70,11 +84,12 @@ impl Action {
     fn monitors(self) -> &'static [Monitor] {
         use Monitor::*;
         match self {
-            Action::ShedLow | Action::ShedNormal => &[Memory, Lag, Inbox],
+            Action::ShedLow | Action::ShedNormal => &[Memory, Lag, Inbox, TcpMemory],
             Action::Pause => &[Memory, Lag],
-            Action::StopAdmit => &[Memory, Lag, Handshakes, Files],
-            // Closing connections frees memory and nothing else.
-            Action::Reclaim => &[Memory],
+            Action::StopAdmit => &[Memory, Lag, Handshakes, Files, TcpMemory],
+            // Closing connections frees memory (theirs, and their sockets' buffers) and
+            // nothing else.
+            Action::Reclaim => &[Memory, TcpMemory],
         }
     }
 
@@ -120,13 +135,13 @@ pub(crate) struct Transition {
 #[derive(Clone, Debug)]
 pub(crate) struct Overload {
     t: Thresholds,
-    pressures: [f64; 5],
+    pressures: [f64; MONITORS],
     since_ms: [Option<u64>; 5],
 }
 
 impl Overload {
     pub(crate) fn new(t: Thresholds) -> Overload {
-        Overload { t, pressures: [0.0; 5], since_ms: [None; 5] }
+        Overload { t, pressures: [0.0; MONITORS], since_ms: [None; 5] }
     }
 
     /// The latest pressure of `m`.
@@ -153,7 +168,7 @@ impl Overload {
 
     /// Takes a sample (`pressures` in [`Monitor::ALL`] order; NaN counts as 0) at `now_ms`
     /// and returns what changed.
-    pub(crate) fn sample(&mut self, pressures: [f64; 5], now_ms: u64) -> Vec<Transition> {
+    pub(crate) fn sample(&mut self, pressures: [f64; MONITORS], now_ms: u64) -> Vec<Transition> {
         self.pressures = pressures.map(|p| if p.is_finite() { p.clamp(0.0, 4.0) } else { 0.0 });
         let mut out = Vec::new();
         for a in Action::ALL {
@@ -183,8 +198,8 @@ impl Overload {
 mod tests {
     use super::*;
 
-    fn at(m: Monitor, p: f64) -> [f64; 5] {
-        let mut a = [0.0; 5];
+    fn at(m: Monitor, p: f64) -> [f64; MONITORS] {
+        let mut a = [0.0; MONITORS];
         a[m as usize] = p;
         a
     }

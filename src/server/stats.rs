@@ -49,7 +49,7 @@ macro_rules! counters {
             /// Time from the API receiving a delivery to this shard queueing it.
             pub(crate) publish_to_queued: LatencyHistogram,
             /// The overload manager's pressures in thousandths, by `Monitor::ALL` (gauges).
-            pub(crate) overload_pressure: [Counter; 5],
+            pub(crate) overload_pressure: [Counter; crate::server::overload::MONITORS],
             /// Whether each overload action is on (0 or 1), by `Action::ALL` (gauges).
             pub(crate) overload_action: [Counter; 5],
         }
@@ -80,6 +80,7 @@ counters! {
     abnormal_closures: "connections that dropped without a close frame",
     io_errors: "connections closed on a socket error",
     close_timeouts: "close handshakes that timed out",
+    unread_resets: "connections given up on whose socket still held unread bytes, closed with RST to free them",
     drain_forced: "connections still open at the drain deadline",
     messages_in: "messages received",
     bytes_in: "bytes received",

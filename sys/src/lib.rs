@@ -219,6 +219,51 @@ pub fn set_nodelay(fd: BorrowedFd<'_>) {
     };
 }
 
+/// Bytes written to a TCP socket that the peer has not yet acknowledged (`SIOCOUTQ`), 0 when
+/// unknown.
+pub fn unsent_bytes(fd: BorrowedFd<'_>) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int through the pointer, which is live.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    if r == 0 {
+        n.max(0) as usize
+    } else {
+        0
+    }
+}
+
+/// Makes the socket's close abortive (SO_LINGER on, 0 s): closing it then sends RST and frees
+/// its send queue at once, instead of leaving an orphan that holds unread bytes in kernel
+/// memory while it probes a peer that does not read.
+pub fn reset_on_close(fd: BorrowedFd<'_>) {
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: passes a pointer to a live linger struct and its exact size.
+    let _ = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Sets SO_SNDBUF (the kernel doubles it, and stops growing it on its own).
+pub fn set_send_buffer(fd: BorrowedFd<'_>, bytes: usize) {
+    let n = bytes.min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: passes a pointer to a live c_int and its exact size.
+    let _ = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&n as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
 /// The CPUs this process may run on.
 pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; all-zero is a valid (empty) set.

@@ -60,6 +60,9 @@ impl Core {
             (true, None) => return,
         };
         sys::set_nodelay(fd.as_fd());
+        if self.p.send_buffer > 0 {
+            sys::set_send_buffer(fd.as_fd(), self.p.send_buffer);
+        }
         self.gen = self.gen.wrapping_add(1);
         let gen = self.gen;
         let entry = self.conns.vacant_entry();

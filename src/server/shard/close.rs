@@ -51,10 +51,23 @@ impl Core {
             Closing::Linger => self.linger(key),
             Closing::Drop => {
                 self.flush(key);
+                self.reset_if_unread(key);
                 self.remove(key);
             }
         }
         dropped
+    }
+
+    /// A connection given up on (its close not answered in time, or its peer gone silent)
+    /// whose socket still holds bytes the peer has not read: its close sends RST, so the
+    /// kernel frees them now rather than keep them for minutes in an orphan that probes a
+    /// peer that does not read. Counted in `ringcast_unread_resets_total`.
+    pub(super) fn reset_if_unread(&mut self, key: usize) {
+        let fd = std::os::fd::AsFd::as_fd(&self.conns[key].fd);
+        if sys::unsent_bytes(fd) > 0 {
+            sys::reset_on_close(fd);
+            self.counters.unread_resets.inc();
+        }
     }
 
     /// Queues the close frame behind everything queued (RFC 6455 §5.5.1: it is the last

@@ -87,6 +87,8 @@ pub(crate) struct Params {
     pub(crate) max_pending: usize,
     pub(crate) overload_close: bool,
     pub(crate) drain_spread_ticks: u64,
+    /// `--socket-send-buffer` (0: the kernel's).
+    pub(crate) send_buffer: usize,
     pub(crate) outbox_max_bytes: usize,
     pub(crate) outbox_max_frames: usize,
     pub(crate) read_buffer: usize,
@@ -160,6 +162,7 @@ impl Params {
             overload_close: cfg.limits.overload_close,
             drain_spread_ticks: cfg.ticks(cfg.timeouts.drain_spread),
             outbox_max_bytes: cfg.outbox.outbox_max_bytes as usize,
+            send_buffer: cfg.outbox.socket_send_buffer as usize,
             outbox_max_frames: cfg.outbox.outbox_max_frames,
             read_buffer: cfg.outbox.read_buffer as usize,
             minute_ticks,

@@ -46,6 +46,26 @@ impl Watch {
     }
 }
 
+/// The kernel's TCP buffer memory and the level at which it starts to squeeze sockets, in
+/// pages (`/proc/net/sockstat`'s `TCP: … mem N`, and the second value of
+/// `/proc/sys/net/ipv4/tcp_mem`); 0 when unreadable.
+fn tcp_memory_pages() -> (u64, u64) {
+    let used = std::fs::read_to_string("/proc/net/sockstat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("TCP:"))?.to_string();
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let i = f.iter().position(|x| *x == "mem")?;
+            f.get(i + 1)?.parse::<u64>().ok()
+        })
+        .unwrap_or(0);
+    let pressure = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_mem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    (used, pressure)
+}
+
 /// The process's resident set in bytes (`/proc/self/statm`), 0 when unreadable.
 fn rss_bytes() -> u64 {
     let Ok(s) = std::fs::read_to_string("/proc/self/statm") else { return 0 };
@@ -73,7 +93,14 @@ impl Core {
         let lag_us = std::mem::take(&mut self.watch.longest_turn_us);
         if self.id == 0 {
             self.shared.overload.rss.store(rss_bytes(), Relaxed);
+            let (used, pressure) = tcp_memory_pages();
+            self.shared.overload.tcp_pages.store(used, Relaxed);
+            self.shared.overload.tcp_pressure_pages.store(pressure, Relaxed);
         }
+        let tcp = match self.shared.overload.tcp_pressure_pages.load(Relaxed) {
+            0 => 0.0,
+            limit => self.shared.overload.tcp_pages.load(Relaxed) as f64 / limit as f64,
+        };
         let held: u64 = self.peers.iter().map(|c| c.held_for_clients()).sum();
         let rss = self.shared.overload.rss.load(Relaxed);
         let budget = self.watch.budget as f64;
@@ -83,6 +110,7 @@ impl Core {
             self.mesh.backlog(),
             self.handshaking as f64 / self.p.max_pending.max(1) as f64,
             self.shared.total.load(Relaxed) as f64 / self.shared.fd_limit.max(1) as f64,
+            tcp,
         ];
         for t in self.watch.o.sample(pressures, self.now_ms) {
             let flag = &self.shared.overload.on[t.action as usize];
@@ -117,24 +145,28 @@ impl Core {
         if self.watch.o.on(Action::Reclaim) {
             // What closing connections can free is what is held for them: RSS the allocator
             // keeps after they go would close everyone and free nothing.
-            self.reclaim(held);
+            self.reclaim(held, tcp);
         }
     }
 
-    /// Closes the connections holding the largest outboxes (4002) until this shard's share
-    /// of the excess over the reclaim threshold, less its band, is freed. Only outboxes can
-    /// be freed this way: where histories and mailboxes hold the excess, reclaim stops at
-    /// the outbox bytes rather than close everyone for memory it cannot free.
-    fn reclaim(&mut self, held: u64) {
+    /// Closes the connections holding the largest outboxes (4002), only ones that are
+    /// behind: until this shard's share of the memory excess over the reclaim threshold, less
+    /// its band, is freed (only outboxes can be freed this way: where histories and mailboxes
+    /// hold the excess, reclaim stops at the outbox bytes rather than close everyone for
+    /// memory it cannot free); and, while the kernel's TCP memory is above that level, a
+    /// tenth of them per sample (their unread socket buffers go with them).
+    fn reclaim(&mut self, held: u64, tcp: f64) {
         let t = self.watch.o.thresholds();
-        let target = (t.of(Action::Reclaim) - t.band).max(0.0) * self.watch.budget as f64;
+        let level = (t.of(Action::Reclaim) - t.band).max(0.0);
+        let target = level * self.watch.budget as f64;
         let mine = self.counters.outbox_bytes.get() as f64;
         let all: f64 = self.peers.iter().map(|c| c.outbox_bytes.get() as f64).sum();
         let excess = (held as f64 - target).min(all);
-        if excess <= 0.0 || mine <= 0.0 || all <= 0.0 {
+        let tcp_over = tcp > level;
+        if (excess <= 0.0 && !tcp_over) || mine <= 0.0 || all <= 0.0 {
             return;
         }
-        let share = excess * (mine / all);
+        let share = excess.max(0.0) * (mine / all);
         let behind = self.p.outbox_max_bytes / 8;
         let mut holders: Vec<(usize, usize)> = self
             .conns
@@ -145,14 +177,37 @@ impl Core {
             .filter(|(_, b)| *b > 0 && *b >= behind)
             .collect();
         holders.sort_unstable_by_key(|h| std::cmp::Reverse(h.1));
+        let for_tcp = if tcp_over { holders.len().div_ceil(10) } else { 0 };
         let mut freed = 0.0;
-        for (key, bytes) in holders {
-            if freed >= share {
+        for (n, (key, bytes)) in holders.into_iter().enumerate() {
+            if freed >= share && n >= for_tcp {
                 break;
             }
             freed += bytes as f64;
             self.counters.overload_reclaimed.inc();
-            self.close_for(key, CloseReason::SlowConsumer);
+            self.close_to_reclaim(key);
+        }
+    }
+}
+
+impl Core {
+    /// Closes a connection that is behind, to free what it holds: the 4002 close frame goes
+    /// after what is queued is dropped, and if its socket still holds bytes the peer has not
+    /// read (it cannot reach the close frame soon), the socket is reset at once rather than
+    /// after `--close-timeout`, so the kernel frees its buffers now.
+    fn close_to_reclaim(&mut self, key: usize) {
+        self.close_for(key, CloseReason::SlowConsumer);
+        if !self.conns.contains(key) {
+            return;
+        }
+        self.flush(key);
+        if !self.conns.contains(key) {
+            return;
+        }
+        let fd = std::os::fd::AsFd::as_fd(&self.conns[key].fd);
+        if super::super::sys::unsent_bytes(fd) > 0 {
+            self.reset_if_unread(key);
+            self.remove(key);
         }
     }
 }

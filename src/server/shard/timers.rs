@@ -102,6 +102,7 @@ impl Core {
                 } else {
                     self.counters.close_timeouts.inc();
                 }
+                self.reset_if_unread(key);
                 self.remove(key);
             }
             Phase::Open => {
