@@ -11,8 +11,8 @@
 #
 # Runs: "baseline" (manager on, no storm: the readers' unloaded latency), "on" (the storm,
 # --memory-budget BUDGET), "off" (the storm, --overload off). The "off" server runs inside a
-# cgroup v1 memory controller limited to OFF_LIMIT (where the host has one) so a runaway
-# cannot hurt the machine. Each run writes JSON and an RSS-over-time SVG under
+# cgroup v1 memory controller limited to OFF_LIMIT (where the host has one), which bounds its
+# RSS; socket buffers are bounded by the kernel's tcp_mem, whatever the cgroup. Each run writes JSON and an RSS-over-time SVG under
 # target/bench/overload/.
 #
 #   benches/overload.sh [readers] [storm] [rate] [messages] [pub-rate] [bytes] [budget]
@@ -40,6 +40,8 @@ if [ -d /sys/fs/cgroup/memory ] && [ -w /sys/fs/cgroup/memory ]; then
   mkdir -p "$cg"
   echo "$off_limit" >"$cg/memory.limit_in_bytes"
 fi
+pid=""
+trap '[ -n "$pid" ] && kill -TERM $pid 2>/dev/null || true' EXIT
 for run in baseline on off; do
   case $run in
     baseline) args="--memory-budget $budget"; n=0 ;;

@@ -173,3 +173,52 @@ fn a_slow_consumer_that_never_reads_is_reset_so_its_unread_bytes_are_freed() {
     };
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
 }
+
+#[test]
+fn a_message_being_assembled_counts_in_the_memory_held_until_it_is_whole_or_its_client_goes() {
+    let s =
+        Server::start(&["--shards", "1", "--max-frame-size", "1MiB", "--max-message-size", "1MiB"]);
+    let input = |s: &Server| metric(s, "ringcast_input_bytes", "");
+    assert_eq!(input(&s), 0.0);
+    let mut c = Client::connect(s.addr, "/echo");
+    // The first fragment of a message, 200 KB: held until the rest comes.
+    let mut v = Vec::new();
+    ringcast::proto::frame::encode_frame(
+        &mut v,
+        ringcast::proto::OpCode::Text,
+        false,
+        Some([1, 2, 3, 4]),
+        "a".repeat(200_000).as_bytes(),
+    );
+    c.send_raw(&v);
+    until("the fragment to be counted", Duration::from_secs(5), || input(&s) >= 200_000.0);
+    assert!(metric(&s, "ringcast_memory_held_bytes", "") >= 200_000.0);
+    // The last fragment: the message goes on, nothing is held.
+    v.clear();
+    ringcast::proto::frame::encode_frame(
+        &mut v,
+        ringcast::proto::OpCode::Continuation,
+        true,
+        Some([1, 2, 3, 4]),
+        b"!",
+    );
+    c.send_raw(&v);
+    match c.recv() {
+        common::Frame::Text(t) => assert_eq!(t.len(), 200_001),
+        f => panic!("{f:?}"),
+    }
+    until("nothing held", Duration::from_secs(5), || input(&s) == 0.0);
+    // Another partial message, then the client goes: released with the connection.
+    v.clear();
+    ringcast::proto::frame::encode_frame(
+        &mut v,
+        ringcast::proto::OpCode::Text,
+        false,
+        Some([1, 2, 3, 4]),
+        &[b'b'; 50_000],
+    );
+    c.send_raw(&v);
+    until("the second fragment", Duration::from_secs(5), || input(&s) >= 50_000.0);
+    drop(c);
+    until("released with the connection", Duration::from_secs(5), || input(&s) == 0.0);
+}

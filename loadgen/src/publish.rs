@@ -31,21 +31,37 @@ pub fn parse_url(s: &str) -> Result<Url, String> {
 pub struct Publisher {
     url: Url,
     auth: Option<String>,
+    timeout: Duration,
     stream: Option<TcpStream>,
     buf: Vec<u8>,
 }
 
 impl Publisher {
     pub fn new(url: Url, api_key: Option<String>) -> Publisher {
-        Publisher { url, auth: api_key, stream: None, buf: Vec::new() }
+        Publisher {
+            url,
+            auth: api_key,
+            timeout: Duration::from_secs(30),
+            stream: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// How long a connect or an answer may take (30 s unless set).
+    pub fn with_timeout(mut self, d: Duration) -> Publisher {
+        self.timeout = d;
+        self
     }
 
     fn connect(&mut self) -> Result<&mut TcpStream, String> {
         if self.stream.is_none() {
-            let s = TcpStream::connect_timeout(&self.url.addr, Duration::from_secs(5))
-                .map_err(|e| format!("cannot reach the publish URL {}: {e}", self.url.addr))?;
+            let s = TcpStream::connect_timeout(
+                &self.url.addr,
+                self.timeout.min(Duration::from_secs(5)),
+            )
+            .map_err(|e| format!("cannot reach the publish URL {}: {e}", self.url.addr))?;
             s.set_nodelay(true).ok();
-            s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+            s.set_read_timeout(Some(self.timeout)).ok();
             self.stream = Some(s);
         }
         self.stream.as_mut().ok_or_else(|| "no connection".to_string())

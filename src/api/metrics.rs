@@ -161,6 +161,12 @@ pub(crate) fn render(
     });
     per_shard(
         &mut o,
+        "ringcast_input_bytes",
+        "Clients' input held between reads: partial heads and frames, messages being assembled, TLS records not yet whole, ciphertext not yet sent.",
+        &|_, s| s.input_bytes.get(),
+    );
+    per_shard(
+        &mut o,
         "ringcast_history_bytes",
         "Frame bytes held in stream histories (replayed to clients that resume).",
         &|_, s| s.history_bytes.get(),
@@ -226,7 +232,7 @@ pub(crate) fn render(
         ),
         (
             "ringcast_unread_resets_total",
-            "Connections given up on (close timeout, pong timeout) whose socket still held unread bytes: closed with RST so the kernel frees them at once.",
+            "Connections given up on (close timeout, pong timeout, overload reclaim) whose socket still held unread bytes: closed with RST so the kernel frees them at once.",
             |s: &Counters| s.unread_resets.get(),
         ),
         (

@@ -192,10 +192,12 @@ impl Prepared {
             Prepared::Sent { pending, key } => {
                 let v = pending.finish().await?.json();
                 if let Some(k) = key {
-                    // Shed whole by the overload manager: nothing was delivered or kept, so
-                    // a retry with the same key must be able to deliver it.
+                    // Shed at the API by the overload manager: it went nowhere (no recipient,
+                    // nothing stored), so a retry with the same key must be able to deliver
+                    // it. A shed at the shards is not freed: a durable push is in its
+                    // mailbox already and comes again; a retry would deliver it twice.
                     let none = |f: &str| v[f].as_u64().unwrap_or(0) == 0;
-                    if !none("shed") && none("queued") && none("stored") && none("deferred") {
+                    if !none("shed") && none("recipients") && none("stored") {
                         ctx.idempotency.failed(&k);
                     } else {
                         ctx.idempotency.done(&k, &v);

@@ -118,6 +118,7 @@ counters! {
     gapped_connections: "connections with a gap waiting for repair (gauge)",
     resets: "resume requests answered with a reset (history exceeded or epoch changed)",
     outbox_bytes: "bytes queued in connection outboxes (gauge)",
+    input_bytes: "bytes of clients' input held between reads: partial heads and frames, messages being assembled, TLS records not yet whole and ciphertext not yet sent (gauge)",
     history_bytes: "frame bytes held in stream histories (gauge)",
     mailbox_bytes: "frame bytes held in durable user streams' mailboxes (gauge)",
     ack_waits: "durable pushes whose API report waits for acks (wait_ack_ms) (gauge)",
@@ -137,9 +138,12 @@ counters! {
 }
 
 impl Counters {
-    /// Bytes this shard holds for clients: outboxes, histories, mailboxes.
+    /// Bytes this shard holds for clients: outboxes, histories, mailboxes, input.
     pub(crate) fn held_for_clients(&self) -> u64 {
-        self.outbox_bytes.get() + self.history_bytes.get() + self.mailbox_bytes.get()
+        self.outbox_bytes.get()
+            + self.history_bytes.get()
+            + self.mailbox_bytes.get()
+            + self.input_bytes.get()
     }
 
     pub(crate) fn refused(&self, e: HandshakeError) -> &Counter {

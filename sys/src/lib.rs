@@ -219,9 +219,9 @@ pub fn set_nodelay(fd: BorrowedFd<'_>) {
     };
 }
 
-/// Bytes written to a TCP socket that the peer has not yet acknowledged (`SIOCOUTQ`), 0 when
-/// unknown.
-pub fn unsent_bytes(fd: BorrowedFd<'_>) -> usize {
+/// Bytes written to a TCP socket that the peer has not yet acknowledged, sent or not
+/// (`SIOCOUTQ`), 0 when unknown.
+pub fn unacked_bytes(fd: BorrowedFd<'_>) -> usize {
     let mut n: libc::c_int = 0;
     // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int through the pointer, which is live.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n as *mut libc::c_int) };

@@ -72,7 +72,8 @@ struct Sample {
 /// GET `path` on the API; the status, or 0 when it does not answer.
 fn status_of(url: &publish::Url, path: &str, key: &Option<String>) -> (u16, Vec<u8>) {
     let u = publish::Url { path: path.to_string(), ..url.clone() };
-    let mut p = publish::Publisher::new(u, key.clone());
+    // A probe: an answer slower than this counts as none (the recovery loop keeps its pace).
+    let mut p = publish::Publisher::new(u, key.clone()).with_timeout(Duration::from_secs(2));
     p.get().unwrap_or((0, Vec::new()))
 }
 
@@ -243,6 +244,8 @@ pub(crate) fn overload(a: OverloadArgs) -> Result<(), String> {
         None => engine::Tally::empty(),
     };
     let cpu1 = pid.map(probe::proc_cpu_seconds).transpose()?;
+    // What the storm moved on the server, before the recovery probes add their own.
+    let moved = delta(&counters0, &counters(&api, &key));
     // Back to normal: ready, no action on, a new client admitted.
     let mut recovered = None;
     let mut alive = true;
@@ -263,7 +266,6 @@ pub(crate) fn overload(a: OverloadArgs) -> Result<(), String> {
     drop(progress);
     stop.store(true, Relaxed);
     let _ = sampler.join();
-    let moved = delta(&counters0, &counters(&api, &key));
     let (reader_tally, trackers) = readers.finish()?;
     let mut report = delivery_report(&trackers, Mode::Fanout, a.messages, first, last);
     let got = report["unique"].as_u64().unwrap_or(0);

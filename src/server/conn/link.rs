@@ -39,6 +39,8 @@ pub(crate) struct TlsLink {
     peer_closed: bool,
     /// We sent ours.
     notified: bool,
+    /// What of `partial` and `out` the shard's `input_bytes` gauge counts.
+    counted: usize,
 }
 
 impl std::fmt::Debug for TlsLink {
@@ -78,6 +80,7 @@ impl TlsLink {
             out: Vec::new(),
             peer_closed: false,
             notified: false,
+            counted: 0,
         })
     }
 }
@@ -200,6 +203,26 @@ impl Link {
     }
 
     /// Whether the link holds ciphertext the socket has not taken.
+    /// The TLS bytes held now (a partial record, ciphertext not yet sent) are what is counted
+    /// from here on: returns (what was counted, what is now).
+    pub(crate) fn recount(&mut self) -> (usize, usize) {
+        match self {
+            Link::Plain => (0, 0),
+            Link::Tls(t) => {
+                let now = t.partial.len() + t.out.len();
+                (std::mem::replace(&mut t.counted, now), now)
+            }
+        }
+    }
+
+    /// What the gauge counts for this link.
+    pub(crate) fn counted(&self) -> usize {
+        match self {
+            Link::Plain => 0,
+            Link::Tls(t) => t.counted,
+        }
+    }
+
     pub(crate) fn has_output(&self) -> bool {
         matches!(self, Link::Tls(t) if !t.out.is_empty())
     }

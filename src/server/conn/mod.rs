@@ -65,6 +65,8 @@ pub(crate) mod flag {
 pub(crate) struct Bufs {
     pub(crate) pending: Vec<u8>,
     pub(crate) message: Vec<u8>,
+    /// What of these the shard's `input_bytes` gauge counts ([`Conn::recount_input`]).
+    pub(crate) counted: usize,
 }
 
 #[derive(Debug)]
@@ -103,12 +105,26 @@ impl Conn {
     }
 
     /// Frees the input buffers once nothing is kept in them.
+    /// Frees the input buffers once they are empty and no longer counted.
     pub(crate) fn trim_bufs(&mut self) {
         if let Some(b) = &self.bufs {
-            if b.pending.is_empty() && b.message.is_empty() {
+            if b.pending.is_empty() && b.message.is_empty() && b.counted == 0 {
                 self.bufs = None;
             }
         }
+    }
+
+    /// The input held now (a partial head or frame, the message being assembled) is what
+    /// is counted from here on: returns (what was counted, what is now).
+    pub(crate) fn recount_input(&mut self) -> (usize, usize) {
+        let Some(b) = self.bufs.as_mut() else { return (0, 0) };
+        let now = b.pending.len() + b.message.len();
+        (std::mem::replace(&mut b.counted, now), now)
+    }
+
+    /// What the input gauge counts for this connection.
+    pub(crate) fn counted_input(&self) -> usize {
+        self.bufs.as_ref().map_or(0, |b| b.counted)
     }
 
     pub(crate) fn outbox_bytes(&self) -> usize {

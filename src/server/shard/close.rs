@@ -7,7 +7,7 @@ use crate::proto::frame::{close_payload, encode_frame};
 use crate::proto::handshake::HandshakeError;
 use crate::proto::{CloseReason, Closing, OpCode};
 
-use super::super::conn::{flag, Phase};
+use super::super::conn::{flag, Link, Phase};
 use super::super::sys;
 use super::Core;
 
@@ -58,16 +58,36 @@ impl Core {
         dropped
     }
 
+    /// What a connection holds of its client's input (a partial head or frame, the message
+    /// being assembled, a TLS record not yet whole, ciphertext not yet sent) is counted in
+    /// `input_bytes` (part of what the overload manager weighs): called after each read,
+    /// each TLS flush, and when a linger drops the input.
+    pub(super) fn account_input(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let (was, now) = conn.recount_input();
+        conn.trim_bufs();
+        let (was_tls, now_tls) = match conn.has(flag::TLS) {
+            true => self.links.get_mut(&key).map_or((0, 0), Link::recount),
+            false => (0, 0),
+        };
+        self.counters.input_bytes.add((now + now_tls) as u64);
+        self.counters.input_bytes.sub((was + was_tls) as u64);
+    }
+
     /// A connection given up on (its close not answered in time, or its peer gone silent)
     /// whose socket still holds bytes the peer has not read: its close sends RST, so the
     /// kernel frees them now rather than keep them for minutes in an orphan that probes a
     /// peer that does not read. Counted in `ringcast_unread_resets_total`.
-    pub(super) fn reset_if_unread(&mut self, key: usize) {
-        let fd = std::os::fd::AsFd::as_fd(&self.conns[key].fd);
-        if sys::unsent_bytes(fd) > 0 {
-            sys::reset_on_close(fd);
-            self.counters.unread_resets.inc();
+    pub(super) fn reset_if_unread(&mut self, key: usize) -> bool {
+        // A flush just before may have removed it (a failed write).
+        let Some(conn) = self.conns.get(key) else { return false };
+        let fd = std::os::fd::AsFd::as_fd(&conn.fd);
+        if sys::unacked_bytes(fd) == 0 {
+            return false;
         }
+        sys::reset_on_close(fd);
+        self.counters.unread_resets.inc();
+        true
     }
 
     /// Queues the close frame behind everything queued (RFC 6455 §5.5.1: it is the last
@@ -99,7 +119,7 @@ impl Core {
             b.pending = Vec::new();
             b.message = Vec::new();
         }
-        conn.trim_bufs();
+        self.account_input(key);
         self.mark_dirty(key);
         let deadline = (self.now + self.p.close_ticks).min(self.drain_deadline);
         self.arm(key, Some(deadline));
@@ -128,11 +148,14 @@ impl Core {
         self.authorizing.remove(&key);
         self.leave_indexes(key);
         let Some(conn) = self.conns.try_remove(key) else { return };
+        let mut counted = conn.counted_input();
         if conn.has(flag::TLS) {
             if let Some(mut l) = self.links.remove(&key) {
+                counted += l.counted();
                 l.close_notify(|w| sys::writev(std::os::fd::AsFd::as_fd(&conn.fd), w));
             }
         }
+        self.counters.input_bytes.sub(counted as u64);
         if conn.has(flag::GAPPED) {
             self.repairs.forget(key as u32);
             self.counters.gapped_connections.set(self.repairs.open() as u64);

@@ -183,6 +183,10 @@ impl Core {
             if freed >= share && n >= for_tcp {
                 break;
             }
+            // An earlier close's effects may have closed or removed this one.
+            if !self.conns.get(key).is_some_and(|c| c.phase.is_open()) {
+                continue;
+            }
             freed += bytes as f64;
             self.counters.overload_reclaimed.inc();
             self.close_to_reclaim(key);
@@ -201,12 +205,7 @@ impl Core {
             return;
         }
         self.flush(key);
-        if !self.conns.contains(key) {
-            return;
-        }
-        let fd = std::os::fd::AsFd::as_fd(&self.conns[key].fd);
-        if super::super::sys::unsent_bytes(fd) > 0 {
-            self.reset_if_unread(key);
+        if self.reset_if_unread(key) {
             self.remove(key);
         }
     }

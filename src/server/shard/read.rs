@@ -67,6 +67,11 @@ impl Shard {
 
     /// Reads a connection up to READS_PER_TURN times, handling what arrives.
     fn read_conn(&mut self, key: usize) {
+        self.read_conn_bytes(key);
+        self.core.account_input(key);
+    }
+
+    fn read_conn_bytes(&mut self, key: usize) {
         let Shard { read_buf, core } = self;
         for _ in 0..READS_PER_TURN {
             let Some(conn) = core.conns.get(key) else { return };

@@ -64,6 +64,15 @@ impl Core {
 
     /// Writes everything queued for a connection in gather writes.
     pub(super) fn flush(&mut self, key: usize) {
+        let tls = self.conns.get(key).is_some_and(|c| c.has(flag::TLS));
+        self.flush_queued(key);
+        if tls {
+            // Ciphertext the socket refused is held for the client.
+            self.account_input(key);
+        }
+    }
+
+    fn flush_queued(&mut self, key: usize) {
         let conn = &mut self.conns[key];
         if conn.has(flag::WRITE_BLOCKED) {
             return;
