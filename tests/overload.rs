@@ -53,6 +53,8 @@ fn slow_readers_against_a_small_budget_are_shed_refused_and_reclaimed_and_it_rec
         "10m",
         "--max-message-size",
         "64KiB",
+        "--overload-reclaim-grace",
+        "30s",
     ]);
     let mut good = Client::connect(s.addr, "/ws?channels=hot");
     let mut slow: Vec<TcpStream> = (0..150).map(|_| slow_reader(&s)).collect();
@@ -112,6 +114,30 @@ fn slow_readers_against_a_small_budget_are_shed_refused_and_reclaimed_and_it_rec
     assert!(rss > 0.0 && rss <= budget as f64, "RSS {rss} over the budget {budget}");
     let slow_closed = metric(&s, "ringcast_evictions_total", "slow_consumer");
     assert!(slow_closed > 0.0 && slow_closed < 150.0, "{slow_closed} closed");
+    // A reclaimed client that reads up to its close within the grace finds 4002 with a
+    // retry hint behind what its socket held.
+    let readers: Vec<_> = slow
+        .iter()
+        .map(|t| {
+            let mut t = t.try_clone().unwrap();
+            std::thread::spawn(move || {
+                t.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut all = Vec::new();
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n) = std::io::Read::read(&mut t, &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    all.extend_from_slice(&buf[..n]);
+                }
+                // A close frame (FIN, opcode 8, unmasked) with code 4002 and a JSON reason.
+                all.windows(5).any(|w| w[0] == 0x88 && w[2..4] == [0x0f, 0xa2] && w[4] == b'{')
+                    && String::from_utf8_lossy(&all).contains("\"retry_ms\":")
+            })
+        })
+        .collect();
+    let told = readers.into_iter().filter_map(|h| h.join().ok()).filter(|got| *got).count();
+    assert!(told > 0, "no reclaimed client found its 4002 with retry_ms");
     good.text(r#"{"type":"ping"}"#);
     loop {
         let m = good.json();

@@ -61,6 +61,10 @@ pub struct OverloadConfig {
     /// is 1.
     #[arg(long, env = "RINGCAST_OVERLOAD_LAG_LIMIT", default_value = "1s", value_parser = parse_duration)]
     pub(crate) overload_lag_limit: Duration,
+    /// How long a connection closed by reclaim may take to read up to its 4002 close frame
+    /// before it is reset (its socket buffers freed).
+    #[arg(long, env = "RINGCAST_OVERLOAD_RECLAIM_GRACE", default_value = "1s", value_parser = parse_duration)]
+    pub(crate) overload_reclaim_grace: Duration,
     /// How often each shard samples its pressures.
     #[arg(long, env = "RINGCAST_OVERLOAD_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
     pub(crate) overload_interval: Duration,

@@ -207,7 +207,7 @@ impl Core {
     }
 
     /// A retry hint of `base_ms` to twice that, so refused clients spread out.
-    fn retry_ms(&mut self, base_ms: u64) -> u64 {
+    pub(super) fn retry_ms(&mut self, base_ms: u64) -> u64 {
         let base = base_ms.max(1000);
         base + self.jitter.below(base + 1)
     }

@@ -127,7 +127,7 @@ impl Core {
 
     /// A closing connection takes no more pushes: its session leaves the channel index and its
     /// user's directory at once, not when the close handshake ends.
-    fn leave_indexes(&mut self, key: usize) {
+    pub(super) fn leave_indexes(&mut self, key: usize) {
         if self.conns.contains(key) {
             // What it sent its backends still goes; nothing more comes back to it.
             let id = self.conn_id(key);

@@ -79,6 +79,9 @@ pub(crate) struct Params {
     pub(crate) limits: Limits,
     pub(crate) handshake_ticks: u64,
     pub(crate) close_ticks: u64,
+    /// How long a connection closed by reclaim may take to read up to its 4002 before it is
+    /// reset (`--overload-reclaim-grace`).
+    pub(crate) reclaim_ticks: u64,
     pub(crate) drain_ticks: u64,
     /// Ping, pong, idle and slow-consumer deadlines of open connections.
     pub(crate) live: Deadlines,
@@ -149,6 +152,7 @@ impl Params {
             },
             handshake_ticks: cfg.ticks(cfg.frames.handshake_timeout),
             close_ticks: cfg.ticks(cfg.timeouts.close_timeout),
+            reclaim_ticks: cfg.ticks(cfg.overload.overload_reclaim_grace).max(1),
             drain_ticks: cfg.ticks(cfg.timeouts.drain_timeout),
             live: Deadlines {
                 ping: cfg.ticks(cfg.timeouts.ping_interval),

@@ -6,7 +6,11 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::proto::close::retry_reason;
+use crate::proto::frame::close_payload;
 use crate::proto::CloseReason;
+
+use super::super::conn::{flag, Phase};
 
 use super::super::overload::{Action, Monitor, Overload};
 use super::Core;
@@ -195,18 +199,27 @@ impl Core {
 }
 
 impl Core {
-    /// Closes a connection that is behind, to free what it holds: the 4002 close frame goes
-    /// after what is queued is dropped, and if its socket still holds bytes the peer has not
-    /// read (it cannot reach the close frame soon), the socket is reset at once rather than
-    /// after `--close-timeout`, so the kernel frees its buffers now.
+    /// Closes a connection that is behind, to free what it holds: what is queued is dropped
+    /// (the outbox's memory goes at once) and the 4002 close frame, with a retry hint,
+    /// follows what its socket already holds; a client still reading gets it, and one that
+    /// has not read up to it within `--overload-reclaim-grace` (1 s) is reset, so the kernel
+    /// frees its buffers then rather than after the close timeout.
     fn close_to_reclaim(&mut self, key: usize) {
-        self.close_for(key, CloseReason::SlowConsumer);
+        let reason = CloseReason::SlowConsumer;
+        self.counters.count_close(&reason);
+        self.conns[key].clear(flag::WELCOME_PENDING);
+        // When to come back: 2 to 4 s, jittered, so the closed do not return together.
+        let retry = self.retry_ms(2000);
+        let (code, _) = reason.frame();
+        let why = retry_reason(retry, "slow consumer: the server is reclaiming memory");
+        self.queue_close(key, &close_payload(code.0, &why), true);
+        self.leave_indexes(key);
         if !self.conns.contains(key) {
             return;
         }
+        self.set_phase(key, Phase::Closing);
+        let d = (self.now + self.p.reclaim_ticks).min(self.drain_deadline);
+        self.arm(key, Some(d));
         self.flush(key);
-        if self.reset_if_unread(key) {
-            self.remove(key);
-        }
     }
 }
