@@ -72,6 +72,32 @@ struct Live {
     attempts: u32,
 }
 
+impl UserMail {
+    /// Lets go what the cursors settle: a device's message once its cursor passed it, one
+    /// for every device once all cursors did, a `first_ack` one once any ack reached
+    /// `first_ack_upto`. Returns how many and their bytes.
+    fn settle(&mut self, first_ack_upto: u64, released: &mut Vec<RecordId>) -> (usize, usize) {
+        let cursors = &self.cursors;
+        let (n, mut freed, mut hold) = (self.entries.len(), 0, self.hold_ms);
+        self.entries.retain(|e| {
+            let done = match (&e.device, e.first_ack) {
+                (_, true) if e.seq <= first_ack_upto => true,
+                (Some(d), _) => cursor_of(cursors, d) >= e.seq,
+                (None, _) => !cursors.is_empty() && cursors.iter().all(|c| c.acked >= e.seq),
+            };
+            if done {
+                freed += e.frame.bytes.len();
+                hold = hold.max(e.expires_ms);
+                released.extend(e.rec);
+            }
+            !done
+        });
+        self.hold_ms = hold;
+        self.bytes -= freed;
+        (n - self.entries.len(), freed)
+    }
+}
+
 #[derive(Debug, Default)]
 struct UserMail {
     entries: VecDeque<Entry>,
@@ -347,27 +373,8 @@ impl Mailboxes {
                 out.cancels.push((l.conn, e.seq));
             }
         }
-        let cursors = &m.cursors;
-        let mut freed = 0;
-        let mut hold = m.hold_ms;
-        let n = m.entries.len();
-        let released = &mut self.released;
-        m.entries.retain(|e| {
-            let done = match (&e.device, e.first_ack) {
-                (_, true) if e.seq <= seq => true,
-                (Some(d), _) => cursor_of(cursors, d) >= e.seq,
-                (None, _) => !cursors.is_empty() && cursors.iter().all(|c| c.acked >= e.seq),
-            };
-            if done {
-                freed += e.frame.bytes.len();
-                hold = hold.max(e.expires_ms);
-                released.extend(e.rec);
-            }
-            !done
-        });
-        m.hold_ms = hold;
-        out.settled = (n - m.entries.len()) as u64;
-        m.bytes -= freed;
+        let (settled, freed) = m.settle(seq, &mut self.released);
+        out.settled = settled as u64;
         self.held -= freed;
         // first_ack messages settled by another device are not redelivered: a connection
         // that waited only for those waits no more.
@@ -582,28 +589,9 @@ impl Mailboxes {
     pub(crate) fn settle_replayed(&mut self) {
         let mut freed = 0;
         for m in self.users.values_mut() {
-            let cursors = &m.cursors;
-            if cursors.is_empty() {
-                continue;
-            }
-            let (mut gone, mut hold) = (0, m.hold_ms);
-            let released = &mut self.released;
-            m.entries.retain(|e| {
-                let done = match (&e.device, e.first_ack) {
-                    (_, true) => cursors.iter().any(|c| c.acked >= e.seq),
-                    (Some(d), _) => cursor_of(cursors, d) >= e.seq,
-                    (None, _) => cursors.iter().all(|c| c.acked >= e.seq),
-                };
-                if done {
-                    gone += e.frame.bytes.len();
-                    hold = hold.max(e.expires_ms);
-                    released.extend(e.rec);
-                }
-                !done
-            });
-            m.hold_ms = hold;
-            m.bytes -= gone;
-            freed += gone;
+            // A first_ack message is settled by any device's ack.
+            let newest = m.cursors.iter().map(|c| c.acked).max().unwrap_or(0);
+            freed += m.settle(newest, &mut self.released).1;
         }
         self.held -= freed;
     }
