@@ -248,3 +248,61 @@ fn a_message_being_assembled_counts_in_the_memory_held_until_it_is_whole_or_its_
     drop(c);
     until("released with the connection", Duration::from_secs(5), || input(&s) == 0.0);
 }
+
+#[test]
+fn under_pause_a_gap_repair_waits_its_turn_and_still_arrives_whole() {
+    // Only `pause` can come on (the others never), and it is on from the start: the
+    // process's own RSS is more than 10 % of 64 MiB.
+    let s = Server::start(&[
+        "--shards",
+        "1",
+        "--memory-budget",
+        "64MiB",
+        "--overload-pause",
+        "0.1",
+        "--overload-shed-low",
+        "10",
+        "--overload-stop-admitting",
+        "10",
+        "--overload-shed-normal",
+        "10",
+        "--overload-reclaim",
+        "10",
+        "--overload-interval",
+        "20ms",
+        "--outbox-max-bytes",
+        "64KiB",
+        "--history-size",
+        "1000",
+        "--history-bytes",
+        "64MiB",
+        "--slow-consumer-timeout",
+        "30s",
+    ]);
+    until("pause", Duration::from_secs(5), || {
+        metric(&s, "ringcast_overload_action", "pause") == 1.0
+    });
+    let mut c = Client::connect(s.addr, "/ws?channels=gaps");
+    // (The channel query is paused too: the gauge says when the subscription is in.)
+    until("the subscription", Duration::from_secs(5), || {
+        metric(&s, "ringcast_subscriptions", "") == 1.0
+    });
+    let (st, _, _) = s.http("GET", "/v1/channels/gaps", "", b"");
+    assert_eq!(st, 503, "queries are paused");
+    // Nothing read while 12 MB are published: the rest is deferred to gap repair.
+    let data = "x".repeat(30_000);
+    let mut deferred = 0;
+    for _ in 0..400 {
+        let (st, r) = s.post("/v1/publish", json!({"channel": "gaps", "data": data}));
+        assert_eq!((st, r["dropped"].as_u64()), (200, Some(0)), "{r}");
+        deferred += r["deferred"].as_u64().unwrap();
+    }
+    assert!(deferred > 0, "the outbox never filled");
+    // It reads again: its repair waits in the overload manager's queue, then comes, whole.
+    for want in 1..=400u64 {
+        let m = c.json();
+        assert_eq!((m["type"].as_str(), m["seq"].as_u64()), (Some("message"), Some(want)));
+    }
+    assert!(metric(&s, "ringcast_gap_repairs_deferred_total", "") >= 1.0);
+    assert!(metric(&s, "ringcast_gap_repairs_total", "") >= 1.0);
+}

@@ -231,6 +231,11 @@ pub(crate) fn render(
             |s: &Counters| s.log_copied_forward.get(),
         ),
         (
+            "ringcast_gap_repairs_deferred_total",
+            "Gap repairs held back while the overload manager had pause on (let through a few per sample).",
+            |s: &Counters| s.repairs_deferred.get(),
+        ),
+        (
             "ringcast_unread_resets_total",
             "Connections given up on (close timeout, pong timeout, overload reclaim) whose socket still held unread bytes: closed with RST so the kernel frees them at once.",
             |s: &Counters| s.unread_resets.get(),

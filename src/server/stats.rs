@@ -134,6 +134,7 @@ counters! {
     log_copied_forward: "live records written again at the log's end so a mostly dead segment could be deleted",
     log_failures: "shards whose durable log failed (durable pushes are refused with 503 since)",
     overload_reclaimed: "connections closed (4002) by the overload manager to reclaim memory",
+    repairs_deferred: "gap repairs held back while the overload manager had pause on (let through a few per sample)",
     overload_shed: "normal-priority frames refused to the fullest outboxes while shed_normal was on",
 }
 

@@ -57,6 +57,9 @@ pub(crate) mod flag {
     /// A connect backend is deciding who the connection is: the upgrade waits (its request is
     /// in `Core::authorizing`), and bytes that arrive meanwhile are kept.
     pub(crate) const AUTHORIZING: u16 = 4096;
+    /// Its gap repair waits in the overload manager's queue (`pause` was on when its outbox
+    /// drained).
+    pub(crate) const REPAIR_DEFERRED: u16 = 8192;
 }
 
 /// Input kept between reads: an incomplete request head, frame header or control frame, and

@@ -27,7 +27,12 @@ pub(crate) struct Watch {
     pub(crate) interval_ms: u64,
     pub(crate) lag_limit_ms: u64,
     pub(crate) budget: u64,
+    /// Connections whose gap repair waits while `pause` is on, oldest first.
+    pub(crate) deferred_repairs: std::collections::VecDeque<crate::push::ids::ConnId>,
 }
+
+/// Gap repairs let through per sample while `pause` is on.
+const REPAIRS_PER_SAMPLE: usize = 32;
 
 impl Watch {
     pub(crate) fn new(cfg: &crate::config::OverloadConfig) -> Watch {
@@ -39,6 +44,7 @@ impl Watch {
             interval_ms: (cfg.overload_interval.as_millis() as u64).max(1),
             lag_limit_ms: (cfg.overload_lag_limit.as_millis() as u64).max(1),
             budget: cfg.budget().max(1),
+            deferred_repairs: std::collections::VecDeque::new(),
         }
     }
 }
@@ -146,6 +152,7 @@ impl Core {
         for (a, g) in Action::ALL.iter().zip(&c.overload_action) {
             g.set(u64::from(self.watch.o.on(*a)));
         }
+        self.release_repairs();
         if self.watch.o.on(Action::Reclaim) {
             // What closing connections can free is what is held for them: RSS the allocator
             // keeps after they go would close everyone and free nothing.
@@ -199,6 +206,23 @@ impl Core {
 }
 
 impl Core {
+    /// Gap repairs deferred by `pause`: a few each sample while it is on, all once it is off.
+    /// One whose connection went, or whose outbox filled again, is skipped (its next drain
+    /// asks again).
+    fn release_repairs(&mut self) {
+        let n = if self.watch.o.on(Action::Pause) { REPAIRS_PER_SAMPLE } else { usize::MAX };
+        for _ in 0..n {
+            let Some(id) = self.watch.deferred_repairs.pop_front() else { break };
+            let Some(key) = self.slot_of(id) else { continue };
+            let conn = &mut self.conns[key];
+            conn.clear(flag::REPAIR_DEFERRED);
+            if conn.outbox.is_none() && conn.has(flag::GAPPED) {
+                self.repairs.drained(id, self.mesh.shards(), &mut self.effects);
+            }
+        }
+        self.apply_effects();
+    }
+
     /// Closes a connection that is behind, to free what it holds: what is queued is dropped
     /// (the outbox's memory goes at once) and the 4002 close frame, with a retry hint,
     /// follows what its socket already holds; a client still reading gets it, and one that

@@ -135,11 +135,18 @@ impl Core {
                 }
             }
         }
-        if conn.outbox.is_none() && conn.has(flag::GAPPED) {
-            // Room again: ask the homes for what the gaps missed.
+        if conn.outbox.is_none() && conn.has(flag::GAPPED) && !conn.has(flag::REPAIR_DEFERRED) {
+            // Room again: ask the homes for what the gaps missed; under `pause`, in turn with
+            // the other repairs, a few per sample.
             let id = self.conn_id(key);
-            self.repairs.drained(id, self.mesh.shards(), &mut self.effects);
-            self.apply_effects();
+            if self.overloaded(super::super::overload::Action::Pause) {
+                self.conns[key].set(flag::REPAIR_DEFERRED);
+                self.watch.deferred_repairs.push_back(id);
+                self.counters.repairs_deferred.inc();
+            } else {
+                self.repairs.drained(id, self.mesh.shards(), &mut self.effects);
+                self.apply_effects();
+            }
         }
         let conn = &mut self.conns[key];
         let tls_out = conn.has(flag::TLS) && self.links.get(&key).is_some_and(Link::has_output);
