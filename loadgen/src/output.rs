@@ -34,6 +34,17 @@ pub fn hgrm(h: &Histogram<u64>, scale: f64) -> String {
 }
 
 /// Latency against percentile (log scale on both axes, HdrHistogram style).
+/// An SVG document's opening: its size, a white background and the title.
+fn svg_open(w: f64, ht: f64, title: &str) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
+        w / 2.0,
+        title.replace('&', "&amp;").replace('<', "&lt;")
+    )
+}
+
 pub fn svg(h: &Histogram<u64>, title: &str, unit_scale: f64, unit: &str) -> String {
     let (w, ht, left, bottom, top, right) = (760.0, 420.0, 70.0, 50.0, 40.0, 20.0);
     let pw = w - left - right;
@@ -44,13 +55,7 @@ pub fn svg(h: &Histogram<u64>, title: &str, unit_scale: f64, unit: &str) -> Stri
     let min = (h.min().max(1) as f64 / unit_scale).max(1e-3);
     let (lo, hi) = (min.log10().floor(), max.log10().ceil().max(min.log10().floor() + 1.0));
     let y_of = |v: f64| top + ph * (1.0 - (v.max(1e-3).log10() - lo) / (hi - lo));
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
-        w / 2.0,
-        title.replace('&', "&amp;").replace('<', "&lt;")
-    );
+    let mut s = svg_open(w, ht, title);
     for q in xs {
         let x = x_of(q);
         let _ = writeln!(
@@ -114,13 +119,7 @@ pub fn series_svg(
             * 1.1;
     let x_of = |t: f64| left + pw * t / t_max;
     let y_of = |v: f64| top + ph * (1.0 - v / top_v);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
-        w / 2.0,
-        title.replace('&', "&amp;").replace('<', "&lt;")
-    );
+    let mut s = svg_open(w, ht, title);
     for i in 0..=5 {
         let v = top_v * f64::from(i) / 5.0;
         let y = y_of(v);

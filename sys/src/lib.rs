@@ -203,20 +203,29 @@ pub fn shutdown_listener(fd: RawFd) {
     let _ = unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
+/// setsockopt with a value of type `T` (a c_int or a struct the option takes).
+fn set_option<T>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live `T` and its exact size; the kernel only reads it.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
 /// Sets TCP_NODELAY: the shard coalesces writes itself, so Nagle only adds latency.
 pub fn set_nodelay(fd: BorrowedFd<'_>) {
-    let fd = fd.as_raw_fd();
-    let one: libc::c_int = 1;
-    // SAFETY: passes a pointer to a live c_int and its exact size.
-    let _ = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
+    let _ = set_option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, &(1 as libc::c_int));
 }
 
 /// Bytes written to a TCP socket that the peer has not yet acknowledged, sent or not
@@ -237,31 +246,13 @@ pub fn unacked_bytes(fd: BorrowedFd<'_>) -> usize {
 /// memory while it probes a peer that does not read.
 pub fn reset_on_close(fd: BorrowedFd<'_>) {
     let l = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: passes a pointer to a live linger struct and its exact size.
-    let _ = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
+    let _ = set_option(fd, libc::SOL_SOCKET, libc::SO_LINGER, &l);
 }
 
 /// Sets SO_SNDBUF (the kernel doubles it, and stops growing it on its own).
 pub fn set_send_buffer(fd: BorrowedFd<'_>, bytes: usize) {
     let n = bytes.min(i32::MAX as usize) as libc::c_int;
-    // SAFETY: passes a pointer to a live c_int and its exact size.
-    let _ = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&n as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
+    let _ = set_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &n);
 }
 
 /// The CPUs this process may run on.
@@ -351,18 +342,7 @@ pub fn disable_transparent_huge_pages() -> io::Result<()> {
 /// IP_BIND_ADDRESS_NO_PORT: a socket bound to an address (port 0) gets its port at connect(),
 /// so each source address can reuse ports across destinations.
 pub fn bind_address_no_port(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: passes a live c_int and its size.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })?;
-    Ok(())
+    set_option(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, &(1 as libc::c_int))
 }
 
 /// The pending error of a socket (SO_ERROR): how a non-blocking connect() ended.
